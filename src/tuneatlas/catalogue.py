@@ -1,0 +1,166 @@
+"""The artifact catalogue: every table and figure of STUDIES.md, with its fixed path and schema.
+
+Artifact `S1.T2` lives at results/tables/s1_t2.parquet with its figure at
+results/figures/s1_t2.png (DESIGN.md principle 4). `built` says whether the workflow already
+has rules for it; the README's catalogue is generated from this table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RESULTS = "results"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    id: str
+    study: str
+    title: str
+    columns: tuple[str, ...]
+    built: bool
+    extra_figures: tuple[str, ...] = ()  # file suffixes beyond the PNG, e.g. (".gif",)
+
+    @property
+    def slug(self) -> str:
+        return self.id.lower().replace(".", "_")
+
+    @property
+    def table(self) -> str:
+        return f"{RESULTS}/tables/{self.slug}.parquet"
+
+    @property
+    def figures(self) -> tuple[str, ...]:
+        return tuple(f"{RESULTS}/figures/{self.slug}{s}" for s in (".png", *self.extra_figures))
+
+
+# studies whose rules exist; the others are planned (their runs are in the plan, not in `rule all`)
+BUILT_STUDIES = frozenset({"S1", "S3"})
+
+
+def _a(id_: str, title: str, columns: str, extra: tuple[str, ...] = ()) -> Artifact:
+    study = id_.split(".")[0]
+    return Artifact(id_, study, title, tuple(columns.split()), study in BUILT_STUDIES, extra)
+
+
+ARTIFACTS: dict[str, Artifact] = {
+    a.id: a
+    for a in [
+        _a(
+            "S1.T1",
+            "CLS vector vs max-norm token (test score)",
+            "task metric split pooling seed value",
+        ),
+        _a(
+            "S1.T2",
+            "Top-5 dimension pairs, exhaustive and paper-rate sampled, vs all dims",
+            "task metric mode sample_size rank dims split value",
+        ),
+        _a(
+            "S1.TA1",
+            "Top-5 dimension triples at four sampling sizes and exhaustive",
+            "task metric mode sample_size rank dims split value",
+        ),
+        _a(
+            "S1.T3",
+            "Effective-dimension ablation from the top-10 triples; best effective pair",
+            "task metric kind triple_rank dims dropped_dim split value drop effective effective_dims",
+        ),
+        _a(
+            "S1.FA3",
+            "Histogram of all pair scores, fine-tuned with vs without dropout",
+            "task metric dropout split bin_left bin_right count",
+        ),
+        _a(
+            "S1.FL",
+            "Two-dimension score per hidden layer (best and distribution)",
+            "task metric layer split stat value",
+        ),
+        _a(
+            "S1.T4",
+            "Frozen encoder + 2 FC layers vs unfrozen + 1 FC layer",
+            "task metric setting split seed value",
+        ),
+        _a(
+            "S1.T5",
+            "Cross fine-tuning matrix (task A then task B, score on B)",
+            "task_a task_b metric split seed value",
+        ),
+        _a("S1.TA2", "All-dimension scores per seed", "task metric split pooling seed value"),
+        _a(
+            "S2.T1",
+            "Stability, mean, max and failures per (model, lr)",
+            "model lr metric stability mean max failures n_seeds",
+        ),
+        _a(
+            "S2.F1",
+            "Accuracy vs peak lr per model (95% CI), majority baseline",
+            "model lr seed metric value",
+        ),
+        _a(
+            "S2.F2", "Optimisation trajectory in polar coordinates", "model lr seed step r phi loss"
+        ),
+        _a(
+            "S2.F3",
+            "Normalised erank of per-layer Fisher before fine-tuning",
+            "model layer trial value",
+        ),
+        _a("S2.T2", "Whole-model Fisher effective rank", "model value"),
+        _a(
+            "S2.F4",
+            "Per-layer Fisher erank during fine-tuning",
+            "model lr seed step layer value failed",
+        ),
+        _a(
+            "S3.F4",
+            "Animation of the test set over checkpoints (PCA)",
+            "step point label x y",
+            extra=(".gif",),
+        ),
+        _a("S3.F5", "Probe trajectories (circle = start, triangle = end)", "point label step x y"),
+        _a("S3.F7", "Accuracy, macro-F1 and per-class F1 vs step", "step metric label value"),
+        _a(
+            "S3.F8",
+            "Trajectory clustering vs final-embedding clustering",
+            "method point label cluster ari",
+        ),
+        _a("S3.F9", "Mean displacement per interval per class vs step", "step label value"),
+        _a(
+            "S3.T1",
+            "Classic stay points: trajectories with a stay point per D (paper F10)",
+            "D T count share",
+        ),
+        _a("S3.T2", "Linearity-index stay points per epsilon (paper F11)", "epsilon k count share"),
+        _a("S3.F12", "Mean linearity index per class vs step for several k", "k step label value"),
+        _a(
+            "S4.F3",
+            "Relative improvement vs ratio per position, task and size",
+            "size task metric position ratio score ri",
+        ),
+        _a("S4.T1", "Top-5 mean relative improvement per size", "size rank variant mean_ri"),
+        _a(
+            "S4.T2",
+            "2B model: relative improvement per task (also the paper's T3)",
+            "variant task metric score ri",
+        ),
+        _a(
+            "S5.T1",
+            "Member and ensemble accuracy (seed ensemble vs Monju)",
+            "member kind metric value",
+        ),
+    ]
+}
+
+
+def get_artifact(artifact_id: str) -> Artifact:
+    key = artifact_id.upper()
+    if key not in ARTIFACTS:
+        raise ValueError(f"unknown artifact {artifact_id!r}; known: {', '.join(ARTIFACTS)}")
+    return ARTIFACTS[key]
+
+
+def from_slug(slug: str) -> Artifact:
+    for artifact in ARTIFACTS.values():
+        if artifact.slug == slug:
+            return artifact
+    raise ValueError(f"no artifact has the file name {slug!r}")

@@ -1,0 +1,256 @@
+"""The `tuneatlas` console script: one sub-command per workflow rule, plus config tools.
+
+Rules pass their run/artifact spec as a JSON string (`--spec`), so the command line of every job
+holds everything that determines its result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("tuneatlas")
+
+
+def _setup(threads: int | None) -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _spec(text: str) -> dict[str, Any]:
+    return json.loads(text)
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    from tuneatlas.config import config_hash, load_config
+    from tuneatlas.plan import make_plan
+
+    config = load_config(args.config)
+    plan = make_plan(config)
+    kinds: dict[str, int] = {}
+    for run in plan.runs.values():
+        kinds[f"{run.study}/{run.kind}"] = kinds.get(f"{run.study}/{run.kind}", 0) + 1
+    print(f"{args.config}: valid (hash {config_hash(config)})")
+    print(f"  datasets {len(plan.datasets)}, models {len(plan.models)}, runs {len(plan.runs)}")
+    for kind, n in sorted(kinds.items()):
+        print(f"    {kind}: {n}")
+    built = [t for t in plan.targets.values() if t.built]
+    print(
+        f"  artifacts {len(plan.targets)} planned, {len(built)} with rules: "
+        + ", ".join(t.artifact.id for t in built)
+    )
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from tuneatlas.data import prepare_dataset
+
+    written = prepare_dataset(
+        args.name,
+        _spec(args.spec),
+        Path(args.out),
+        seed=args.seed,
+        meta={"config_hash": args.config_hash, "dataset": args.name},
+    )
+    log.info("prepared %s: %s", args.name, ", ".join(sorted(written)))
+
+
+def _corpus_texts(data_root: Path, datasets: list[str]) -> list[str]:
+    import pandas as pd
+
+    texts: list[str] = []
+    for name in datasets:
+        for path in sorted((data_root / name).glob("*.parquet")):
+            df = pd.read_parquet(path)
+            for column in ("text_a", "text_b", "text"):
+                if column in df:
+                    texts.extend(df[column].dropna().astype(str).tolist())
+    return texts
+
+
+def cmd_build_model(args: argparse.Namespace) -> None:
+    from tuneatlas import models
+
+    spec = _spec(args.spec)
+    source = spec["source"]
+    if source == "build":
+        texts = _corpus_texts(Path(args.data_root), spec["corpus"])
+        models.build_bert(spec, texts, Path(args.out), seed=args.seed)
+    elif source in ("hub", "local"):
+        models.fetch_model(
+            spec["name"], Path(args.out), trust_remote_code=spec.get("trust_remote_code", False)
+        )
+    else:
+        raise SystemExit(
+            f"model source {source!r} is produced by its study's own rule, not build-model"
+        )
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from tuneatlas.spec import TrainSpec
+    from tuneatlas.train import train
+
+    spec = TrainSpec.from_dict(_spec(args.spec))
+    hooks = []
+    if spec.capture.every:
+        from tuneatlas.capture import EmbeddingCapture
+
+        hooks.append(EmbeddingCapture(spec.capture))
+    train(
+        spec,
+        Path(args.data),
+        Path(args.model),
+        Path(args.out),
+        init_dir=Path(args.init) if args.init else None,
+        hooks=hooks,
+        device=args.device,
+    )
+    (Path(args.out) / "captures").mkdir(exist_ok=True)  # declared output, empty without capture
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    from tuneatlas.embed import extract
+
+    extract(
+        Path(args.model),
+        Path(args.data),
+        Path(args.out),
+        splits=tuple(args.splits),
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        device=args.device,
+    )
+
+
+def cmd_table(args: argparse.Namespace) -> None:
+    from tuneatlas.io import provenance, write_parquet
+    from tuneatlas.tables import build_table
+
+    spec = _spec(args.spec)
+    df = build_table(args.artifact, spec, Path(args.results))
+    write_parquet(df, args.out, provenance(args.config_hash, artifact=args.artifact.upper()))
+    log.info("%s: %d rows -> %s", args.artifact, len(df), args.out)
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from tuneatlas.tables import plot_artifact
+
+    plot_artifact(args.artifact, Path(args.table), [Path(p) for p in args.out])
+
+
+def catalogue_markdown() -> str:
+    from tuneatlas.catalogue import ARTIFACTS
+
+    lines = [
+        "| ID | reproduces | table | figure | columns | status |",
+        "|---|---|---|---|---|---|",
+    ]
+    for a in ARTIFACTS.values():
+        status = "built" if a.built else "planned: study not built yet (later issue)"
+        figures = "<br>".join(f"`{f}`" for f in a.figures)
+        lines.append(
+            f"| {a.id} | {a.study}: {a.title} | `{a.table}` | {figures} "
+            f"| {', '.join(a.columns)} | {status} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def cmd_catalogue(args: argparse.Namespace) -> None:
+    table = catalogue_markdown()
+    if not args.readme:
+        print(table, end="")
+        return
+    readme = Path(args.readme)
+    text = readme.read_text()
+    start, end = "<!-- catalogue:start -->\n", "<!-- catalogue:end -->"
+    head, rest = text.split(start)
+    readme.write_text(head + start + table + end + rest.split(end, 1)[1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="tuneatlas", description=__doc__)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="validate a config and summarise its plan")
+    p.add_argument("config")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("prepare", help="prepare one dataset into normalised Parquet splits")
+    p.add_argument("--name", required=True)
+    p.add_argument("--spec", required=True, help="dataset config as JSON")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--config-hash", default="")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("build-model", help="build a tiny model offline or fetch one by name")
+    p.add_argument("--spec", required=True, help="model config as JSON")
+    p.add_argument("--data-root", default="results/data")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_build_model)
+
+    p = sub.add_parser("train", help="fine-tune one run (resumes from its last checkpoint)")
+    p.add_argument("--spec", required=True, help="TrainSpec as JSON")
+    p.add_argument("--data", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--init", default=None, help="model dir of the run this one continues from")
+    p.add_argument("--out", required=True)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("embed", help="extract per-layer CLS and max-norm vectors of a run")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--max-length", type=int, default=None, help="default: the run's own")
+    # the analyses rank on valid and report test; train-split embeddings of QQP alone are ~12 GB
+    p.add_argument("--splits", nargs="+", default=["valid", "test"])
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("table", help="build one artifact table")
+    p.add_argument("artifact")
+    p.add_argument("--spec", required=True, help="artifact target as JSON (runs, params)")
+    p.add_argument("--results", default="results")
+    p.add_argument("--config-hash", default="")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("plot", help="draw one artifact's figure(s) from its table")
+    p.add_argument("artifact")
+    p.add_argument("--table", required=True)
+    p.add_argument("--out", required=True, nargs="+")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("catalogue", help="print the artifact catalogue as a Markdown table")
+    p.add_argument("--readme", help="rewrite the catalogue between the markers of this file")
+    p.set_defaults(func=cmd_catalogue)
+
+    args = parser.parse_args(argv)
+    _setup(args.threads)
+    if os.environ.get("TUNEATLAS_DETERMINISTIC", "1") == "1":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        # researcher-facing errors (bad config, bad data) without a traceback wall
+        log.error("%s", exc)
+        raise SystemExit(1) from exc
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Load and validate a tuneatlas config: JSON Schema (with defaults) plus cross-reference checks.
+
+Everything that can be wrong with a config is caught here, before any job starts, with a
+message naming the key, e.g. ``config key 'studies.s1.train.lr': -1 is not > 0``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator, validators
+
+from tuneatlas.io import stable_hash
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A config that fails validation; the message names every offending key."""
+
+
+def _with_defaults(validator_class):
+    """A validator that fills `default` values into the instance before validating it."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return validators.extend(validator_class, {"properties": set_defaults})
+
+
+DefaultFillingValidator = _with_defaults(Draft202012Validator)
+
+
+@cache
+def load_schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _key(path: Iterable[Any]) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def validate_config(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a validated copy of `raw` with defaults filled in; raise ConfigError otherwise."""
+    config = copy.deepcopy(dict(raw))
+    validator = DefaultFillingValidator(load_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = []
+        for err in errors:
+            path = list(err.absolute_path)
+            if err.validator == "additionalProperties":
+                # name the unknown key itself, not its parent
+                extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+                path = path + [extra[0]] if len(extra) == 1 else path
+                lines.append(f"config key '{_key(path)}': unknown key ({err.message})")
+            else:
+                lines.append(f"config key '{_key(path)}': {err.message}")
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
+    _check_references(config)
+    return config
+
+
+def _check_references(config: dict[str, Any]) -> None:
+    """Cross-references the schema cannot express: tasks exist, ids point at defined entries."""
+    from tuneatlas.tasks import TASKS
+
+    problems: list[str] = []
+    datasets, models = config["datasets"], config["models"]
+    for name, ds in datasets.items():
+        if ds["task"] not in TASKS:
+            problems.append(
+                f"config key 'datasets.{name}.task': unknown task {ds['task']!r}; "
+                f"known tasks: {', '.join(sorted(TASKS))}"
+            )
+    for name, model in models.items():
+        if model["source"] == "build":
+            for key in (
+                "hidden_size",
+                "num_layers",
+                "num_heads",
+                "intermediate_size",
+                "vocab_size",
+                "max_position_embeddings",
+                "corpus",
+            ):
+                if key not in model:
+                    problems.append(
+                        f"config key 'models.{name}.{key}': required for source 'build'"
+                    )
+            for i, corpus in enumerate(model.get("corpus", [])):
+                if corpus not in datasets:
+                    problems.append(
+                        f"config key 'models.{name}.corpus.{i}': unknown dataset {corpus!r}"
+                    )
+        elif "name" not in model:
+            problems.append(
+                f"config key 'models.{name}.name': required for source {model['source']!r}"
+            )
+
+    def need(kind: str, mapping: Mapping[str, Any], key: str, value: Any) -> None:
+        if value is not None and value not in mapping:
+            problems.append(
+                f"config key '{key}': unknown {kind} {value!r}; "
+                f"defined: {', '.join(sorted(mapping))}"
+            )
+
+    studies = config["studies"]
+    for study, section in studies.items():
+        for field in ("model",):
+            if field in section:
+                need("model", models, f"studies.{study}.{field}", section[field])
+        for field in ("task", "dataset", "preliminary_dataset", "corpus"):
+            if field in section:
+                need("dataset", datasets, f"studies.{study}.{field}", section[field])
+        for field in ("tasks", "cross_tasks", "no_dropout_tasks"):
+            for i, value in enumerate(section.get(field) or []):
+                need("dataset", datasets, f"studies.{study}.{field}.{i}", value)
+    s1 = studies.get("s1")
+    if s1:
+        for field in ("cross_tasks", "no_dropout_tasks"):
+            for i, value in enumerate(s1.get(field) or []):
+                if value not in s1["tasks"]:
+                    problems.append(
+                        f"config key 'studies.s1.{field}.{i}': {value!r} is not in studies.s1.tasks"
+                    )
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Read a YAML config file, apply `overrides` (top-level keys), validate."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    raw.update(overrides or {})
+    return validate_config(raw)
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """Short, key-order-independent hash of a validated config (stored in every table)."""
+    return stable_hash(config)

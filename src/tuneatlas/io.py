@@ -1,0 +1,148 @@
+"""Atomic writers for every artifact: Parquet tables with provenance metadata, tensors, specs.
+
+A killed job must never leave a truncated file that looks complete, so every writer goes
+through a temporary file in the same directory followed by an atomic rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from tuneatlas import __version__
+
+META_PREFIX = "tuneatlas."
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for everyone
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def stable_hash(obj: Any, length: int = 12) -> str:
+    """Hash of a JSON-serialisable object, independent of key order."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+@cache
+def git_commit() -> str:
+    """Commit of the package's checkout ("unknown" outside git), "+dirty" if modified."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
+def provenance(config_hash: str, **extra: Any) -> dict[str, str]:
+    """Metadata stored in every Parquet file: config hash, package version, git commit."""
+    meta = {"config_hash": config_hash, "version": __version__, "git_commit": git_commit()}
+    meta.update(
+        {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in extra.items()}
+    )
+    return meta
+
+
+def write_parquet(
+    df: pd.DataFrame, path: str | os.PathLike, meta: Mapping[str, str] | None = None
+) -> Path:
+    """Write `df` atomically, with `meta` stored under `tuneatlas.*` keys of the schema metadata."""
+    table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+    merged = dict(table.schema.metadata or {})
+    for key, value in (meta or {}).items():
+        merged[(META_PREFIX + key).encode()] = str(value).encode()
+    table = table.replace_schema_metadata(merged)
+    with atomic_path(path, ".parquet") as tmp:
+        pq.write_table(table, tmp)
+    return Path(path)
+
+
+def read_parquet_meta(path: str | os.PathLike) -> dict[str, str]:
+    """The `tuneatlas.*` metadata of a Parquet file, without the prefix."""
+    raw = pq.read_schema(path).metadata or {}
+    return {
+        k.decode()[len(META_PREFIX) :]: v.decode()
+        for k, v in raw.items()
+        if k.decode().startswith(META_PREFIX)
+    }
+
+
+def write_yaml(obj: Any, path: str | os.PathLike) -> Path:
+    with atomic_path(path, ".yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(obj, sort_keys=False))
+    return Path(path)
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> Path:
+    with atomic_path(path, ".json") as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    return Path(path)
+
+
+def save_tensors(
+    tensors: Mapping[str, Any], path: str | os.PathLike, metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Save numpy arrays or torch tensors to a safetensors file, atomically."""
+    from safetensors.numpy import save_file
+
+    arrays = {
+        k: np.ascontiguousarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
+        for k, v in tensors.items()
+    }
+    with atomic_path(path, ".safetensors") as tmp:
+        save_file(arrays, str(tmp), metadata=dict(metadata or {}))
+    return Path(path)
+
+
+def load_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))
+
+
+def touch_done(path: str | os.PathLike) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text("done\n")
+    return Path(path)

@@ -1,0 +1,321 @@
+"""The plan: a pure function from a validated config to every run and artifact target.
+
+The Snakefile maps plan entries to rules and holds no experiment logic. Run ids are short and
+readable (``s1-sst2-s42``, ``s1-cola-then-sst2-s42``, ``s2-simcse-p0.1-lr2e-5-s7``); each run
+carries its full spec, which rules pass as params so a changed hyper-parameter re-runs exactly
+the dependent jobs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuneatlas.catalogue import ARTIFACTS, Artifact
+from tuneatlas.spec import CaptureSpec, OptimSpec, ScheduleSpec, TrainSpec
+
+RESULTS = "results"
+
+# config `train` keys that belong to the nested optimiser / schedule specs
+_OPTIM_KEYS = {"lr", "betas", "eps", "weight_decay", "correct_bias"}
+_SCHEDULE_KEYS = {
+    "schedule": "name",
+    "warmup_epochs": "warmup_epochs",
+    "warmup_steps": "warmup_steps",
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One job that trains something: a fine-tune (`spec` is a TrainSpec dict) or a planned
+    model-producing run of a later study (SimCSE continued training, LLaMA pre-training)."""
+
+    id: str
+    study: str
+    kind: str  # finetune | simcse | pretrain
+    spec: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Target:
+    """An artifact of the catalogue with the runs and embeddings its table is computed from."""
+
+    artifact: Artifact
+    runs: tuple[str, ...] = ()
+    embeddings: tuple[str, ...] = ()
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def built(self) -> bool:
+        return self.artifact.built
+
+
+@dataclass
+class Plan:
+    datasets: dict[str, dict[str, Any]]
+    models: dict[str, dict[str, Any]]
+    runs: dict[str, Run]
+    targets: dict[str, Target]
+
+    def finetunes(self) -> dict[str, Run]:
+        return {k: r for k, r in self.runs.items() if r.kind == "finetune"}
+
+    def final_outputs(self) -> list[str]:
+        """Table and figure paths of every enabled, built artifact (what `rule all` asks for)."""
+        out: list[str] = []
+        for target in self.targets.values():
+            if target.built:
+                out.append(target.artifact.table)
+                out.extend(target.artifact.figures)
+        return out
+
+    def add(self, run: Run) -> str:
+        existing = self.runs.get(run.id)
+        if existing is not None and existing.spec != run.spec:
+            raise ValueError(f"two different runs share the id {run.id!r}")
+        self.runs[run.id] = run
+        return run.id
+
+
+def train_spec(
+    run: str, task: str, dataset: str, model: str, layers: list[dict[str, Any]], **fields: Any
+) -> TrainSpec:
+    """Merge config `train` sections (later ones win) and explicit fields into a TrainSpec."""
+    merged: dict[str, Any] = {}
+    for layer in [*layers, fields]:
+        merged.update(layer or {})
+    optim = {k: merged.pop(k) for k in list(merged) if k in _OPTIM_KEYS}
+    if "betas" in optim:
+        optim["betas"] = tuple(optim["betas"])
+    schedule = {_SCHEDULE_KEYS[k]: merged.pop(k) for k in list(merged) if k in _SCHEDULE_KEYS}
+    return TrainSpec(
+        run=run,
+        task=task,
+        dataset=dataset,
+        model=model,
+        optim=OptimSpec(**optim),
+        schedule=ScheduleSpec(**schedule),
+        **merged,
+    )
+
+
+def _lr_tag(lr: float) -> str:
+    mantissa, exponent = f"{lr:.1e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def make_plan(config: dict[str, Any]) -> Plan:
+    """Expand a validated config (tuneatlas.config.validate_config) into the plan."""
+    plan = Plan(
+        datasets=dict(config["datasets"]),
+        models=dict(config["models"]),
+        runs={},
+        targets={},
+    )
+    studies = config["studies"]
+    builders = {"s1": _plan_s1, "s2": _plan_s2, "s3": _plan_s3, "s4": _plan_s4, "s5": _plan_s5}
+    for name, section in studies.items():
+        if section.get("enabled", True):
+            builders[name](plan, config, section)
+    return plan
+
+
+def task_of(config: dict[str, Any], dataset: str) -> str:
+    return config["datasets"][dataset]["task"]
+
+
+# --- S1 -------------------------------------------------------------------------------------
+def _plan_s1(plan: Plan, config: dict[str, Any], s1: dict[str, Any]) -> None:
+    seeds = s1["seeds"]
+    main = seeds[0]
+    layers = [config.get("train", {}), s1.get("train", {})]
+
+    def finetune(run_id: str, dataset: str, seed: int, **fields: Any) -> str:
+        spec = train_spec(
+            run_id, task_of(config, dataset), dataset, s1["model"], layers, seed=seed, **fields
+        )
+        return plan.add(Run(run_id, "s1", "finetune", spec.to_dict()))
+
+    direct = {(t, s): finetune(f"s1-{t}-s{s}", t, s) for t in s1["tasks"] for s in seeds}
+    maxnorm = {
+        t: finetune(f"s1-{t}-maxnorm-s{main}", t, main, pooling="maxnorm") for t in s1["tasks"]
+    }
+    main_runs = {t: direct[t, main] for t in s1["tasks"]}
+    main_list = tuple(main_runs.values())
+
+    def target(artifact_id: str, runs=(), embeddings=(), **params: Any) -> None:
+        plan.targets[artifact_id] = Target(
+            ARTIFACTS[artifact_id],
+            tuple(runs),
+            tuple(embeddings),
+            {"study": "s1", "tasks": s1["tasks"], **params},
+        )
+
+    target("S1.T1", runs=main_list + tuple(maxnorm.values()))
+    target("S1.TA2", runs=tuple(direct.values()))
+    target("S1.T2", embeddings=main_list, subsets=s1["subsets"])
+    target("S1.TA1", embeddings=main_list, subsets=s1["subsets"])
+    target("S1.T3", embeddings=main_list, subsets=s1["subsets"])
+    target("S1.FL", embeddings=main_list, layers=s1["layers"])
+    if s1["frozen"]:
+        frozen = [
+            finetune(f"s1-{t}-frozen-s{main}", t, main, head="mlp2", freeze_encoder=True)
+            for t in s1["tasks"]
+        ]
+        target("S1.T4", runs=main_list + tuple(frozen))
+    if s1["no_dropout"]:
+        nd_tasks = s1["no_dropout_tasks"] or s1["tasks"]
+        nodrop = [finetune(f"s1-{t}-nodrop-s{main}", t, main, dropout=0.0) for t in nd_tasks]
+        target(
+            "S1.FA3",
+            embeddings=tuple(main_runs[t] for t in nd_tasks) + tuple(nodrop),
+            subsets=s1["subsets"],
+            dropout_tasks=nd_tasks,
+        )
+    cross_tasks = s1["cross_tasks"] or s1["tasks"]
+    cells = []
+    for a, b in itertools.product(cross_tasks, cross_tasks):
+        if a == b:
+            cells.append(main_runs[b])  # the diagonal is direct fine-tuning
+        else:
+            cells.append(finetune(f"s1-{a}-then-{b}-s{main}", b, main, init_from=main_runs[a]))
+    target("S1.T5", runs=tuple(cells), cross_tasks=cross_tasks)
+
+
+# --- S2 (planned: grid only, rules in a later issue) ----------------------------------------
+def _plan_s2(plan: Plan, config: dict[str, Any], s2: dict[str, Any]) -> None:
+    layers = [config.get("train", {}), s2.get("train", {})]
+    simcse = s2["simcse"]
+    models = {"vanilla": s2["model"]}
+    for p in simcse["dropouts"]:
+        model_id = f"s2-simcse-p{p:g}"
+        models[f"simcse-p{p:g}"] = model_id
+        plan.models[model_id] = {
+            "source": "simcse",
+            "base": s2["model"],
+            "dropout": p,
+            "corpus": s2.get("corpus"),
+            **simcse,
+        }
+        plan.add(Run(model_id, "s2", "simcse", {"base": s2["model"], "dropout": p, **simcse}))
+    for (label, model), lr, seed in itertools.product(
+        models.items(), s2["lrs"], range(s2["n_seeds"])
+    ):
+        run_id = f"s2-{label}-lr{_lr_tag(lr)}-s{seed}"
+        spec = train_spec(
+            run_id, task_of(config, s2["task"]), s2["task"], model, layers, seed=seed, lr=lr
+        )
+        plan.add(Run(run_id, "s2", "finetune", spec.to_dict(), {"model_label": label, "lr": lr}))
+    _planned_targets(plan, "S2", tuple(r for r, run in plan.runs.items() if run.study == "s2"))
+
+
+def _planned_targets(plan: Plan, study: str, runs: tuple[str, ...]) -> None:
+    """Targets of a study whose rules come in a later issue: in the plan, not in `rule all`."""
+    for artifact_id, artifact in ARTIFACTS.items():
+        if artifact.study == study:
+            plan.targets[artifact_id] = Target(artifact, runs, (), {"study": study.lower()})
+
+
+# --- S3 --------------------------------------------------------------------------------------
+def _plan_s3(plan: Plan, config: dict[str, Any], s3: dict[str, Any]) -> None:
+    capture = CaptureSpec(every=s3["capture_every"], probe_per_class=s3["probe_per_class"])
+    seed = s3["seed"]
+    runs = {}
+    variants = [("main", s3["dataset"], s3["train"])]
+    if s3["preliminary_dataset"]:
+        variants.append(("prelim", s3["preliminary_dataset"], s3["preliminary_train"]))
+    for name, dataset, overrides in variants:
+        run_id = f"s3-{name}-s{seed}"
+        spec = train_spec(
+            run_id,
+            task_of(config, dataset),
+            dataset,
+            s3["model"],
+            [config.get("train", {}), overrides],
+            seed=seed,
+            capture=capture,
+        )
+        runs[name] = plan.add(Run(run_id, "s3", "finetune", spec.to_dict()))
+    params = {
+        k: s3[k] for k in ("stay_T", "stay_D", "linearity_k", "linearity_eps", "linearity_ks")
+    }
+    for artifact_id, artifact in ARTIFACTS.items():
+        if artifact.study == "S3":
+            plan.targets[artifact_id] = Target(
+                artifact, (runs["main"],), (), {"study": "s3", "runs": runs, **params}
+            )
+
+
+# --- S4 (planned: grid only) -----------------------------------------------------------------
+def s4_variants(num_layers: int, ratios: list[int], positions: list[str]) -> dict[str, list[str]]:
+    """Variant name -> per-layer kind ("expanded" | "inactive"), baseline = all "base".
+
+    floor(r L / 100) layers are FFN-expanded, placed first (from layer 1), middle (symmetric
+    around L/2) or final (ending at the last layer); the others lose their FFN.
+    """
+    variants = {"baseline": ["base"] * num_layers}
+    for position, ratio in itertools.product(positions, ratios):
+        if ratio == 100:
+            continue  # 100% expanded is the baseline itself
+        n = ratio * num_layers // 100
+        if position == "first":
+            start = 0
+        elif position == "final":
+            start = num_layers - n
+        else:
+            start = (num_layers - n) // 2
+        variants[f"{position}_{ratio}"] = [
+            "expanded" if start <= i < start + n else "inactive" for i in range(num_layers)
+        ]
+    return variants
+
+
+def _plan_s4(plan: Plan, config: dict[str, Any], s4: dict[str, Any]) -> None:
+    for size, arch in s4["sizes"].items():
+        variants = s4_variants(arch["num_layers"], s4["ratios"], s4["positions"])
+        wanted = arch.get("variants")
+        for name, layout in variants.items():
+            if wanted is not None and name != "baseline" and name not in wanted:
+                continue
+            spec = {
+                "size": size,
+                "variant": name,
+                "layout": layout,
+                **arch,
+                **{
+                    k: s4[k]
+                    for k in (
+                        "seq_len",
+                        "steps",
+                        "lr",
+                        "betas",
+                        "weight_decay",
+                        "warmup_steps",
+                        "tokenizer",
+                    )
+                },
+            }
+            plan.add(Run(f"s4-{size.lower()}-{name}", "s4", "pretrain", spec))
+    _planned_targets(plan, "S4", tuple(r for r, run in plan.runs.items() if run.study == "s4"))
+
+
+# --- S5 (planned: grid only) -----------------------------------------------------------------
+def _plan_s5(plan: Plan, config: dict[str, Any], s5: dict[str, Any]) -> None:
+    layers = [config.get("train", {}), s5.get("train", {})]
+    task = task_of(config, s5["task"])
+    clusters = [chr(ord("A") + i) for i in range(s5["k"])]
+    pairs = [clusters[i] + clusters[(i + 1) % len(clusters)] for i in range(len(clusters))]
+    for seed in s5["seeds"]:
+        run_id = f"s5-all-s{seed}"
+        spec = train_spec(run_id, task, s5["task"], s5["model"], layers, seed=seed)
+        plan.add(Run(run_id, "s5", "finetune", spec.to_dict(), {"member": "seed"}))
+    for pair in pairs:
+        run_id = f"s5-{pair.lower()}"
+        spec = train_spec(run_id, task, s5["task"], s5["model"], layers, seed=s5["seeds"][0])
+        plan.add(
+            Run(run_id, "s5", "finetune", spec.to_dict(), {"member": "cluster", "clusters": pair})
+        )
+    _planned_targets(plan, "S5", tuple(r for r, run in plan.runs.items() if run.study == "s5"))

@@ -1,0 +1,95 @@
+"""Run specifications: the full, serialisable description of one fine-tuning run.
+
+The plan builds these from the config; the training engine consumes them; `spec.yaml` beside
+every run's outputs is `asdict(spec)`. Every field that changes a result lives here, so a
+changed hyper-parameter changes the spec and Snakemake re-runs exactly the dependent jobs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+Pooling = Literal["cls", "maxnorm"]
+Head = Literal["linear", "mlp2"]
+ScheduleName = Literal["linear", "constant", "cosine"]
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    """AdamW. `correct_bias=False` reproduces the former `transformers.AdamW` option (S2)."""
+
+    lr: float = 5e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    correct_bias: bool = True
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """Learning-rate schedule. Warm-up is linear from 0; decay ends at 0 on the last step."""
+
+    name: ScheduleName = "linear"
+    warmup_epochs: float = 0.0  # fraction of an epoch (S2: 0.3)
+    warmup_steps: int = 0  # absolute steps (S4: 1000); the larger of the two applies
+
+
+@dataclass(frozen=True)
+class CaptureSpec:
+    """In-loop capture: every `every` steps, record probe/test embeddings and scores (S3)."""
+
+    every: int = 0  # 0 = off
+    probe_per_class: int = 10
+    test_set: bool = True
+    split: str = "test"
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    run: str  # short readable id, also the directory name under results/runs/
+    task: str  # task registry name (metric, label count, regression or not)
+    dataset: str  # prepared dataset id under results/data/
+    model: str  # base model id under results/models/
+    seed: int = 42
+    init_from: str | None = None  # run id whose fine-tuned encoder starts this run (cross FT)
+    epochs: float = 3.0
+    max_steps: int | None = None  # caps the step count (quick runs)
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    max_length: int = 128
+    dropout: float | None = None  # None keeps the model's own; 0.0 turns dropout off
+    pooling: Pooling = "cls"
+    head: Head = "linear"
+    freeze_encoder: bool = False
+    grad_clip: float | None = 1.0
+    optim: OptimSpec = field(default_factory=OptimSpec)
+    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+    checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = at epoch ends only
+    eval_every: int = 0  # steps between validation evaluations; 0 = at epoch ends only
+    max_train_samples: int | None = None
+    keep_best: bool = False  # end with the weights of the best validation evaluation (S1)
+    capture: CaptureSpec = field(default_factory=CaptureSpec)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["optim"]["betas"] = list(self.optim.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainSpec:
+        d = dict(d)
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown TrainSpec keys: {sorted(unknown)}")
+        if "optim" in d:
+            o = dict(d["optim"])
+            if "betas" in o:
+                o["betas"] = tuple(o["betas"])
+            d["optim"] = OptimSpec(**o)
+        if "schedule" in d:
+            d["schedule"] = ScheduleSpec(**d["schedule"])
+        if "capture" in d:
+            d["capture"] = CaptureSpec(**d["capture"])
+        return cls(**d)

@@ -1,0 +1,1 @@
+"""Per-study table and figure builders, one module per study, keyed by artifact ID."""

@@ -1,0 +1,538 @@
+"""Study S1 (redundancy of BERT across tokens, dimensions and layers): tables and figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from tuneatlas import plots
+from tuneatlas.tasks import get_task
+
+
+def run_spec(results: Path, run: str) -> dict[str, Any]:
+    return yaml.safe_load((results / "runs" / run / "spec.yaml").read_text())
+
+
+def run_scores(results: Path, runs: list[str]) -> pd.DataFrame:
+    """Final valid/test scores of `runs` in the task's own metric, with the run's spec fields."""
+    frames = []
+    for run in runs:
+        spec = run_spec(results, run)
+        metric = get_task(spec["task"]).metric
+        ev = pd.read_parquet(results / "runs" / run / "eval.parquet")
+        ev = ev[ev["metric"] == metric].copy()
+        ev["task"] = spec["dataset"]
+        ev["seed"] = spec["seed"]
+        ev["pooling"] = spec["pooling"]
+        ev["init_from"] = spec.get("init_from")
+        ev["frozen"] = spec["freeze_encoder"]
+        frames.append(ev)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _order(df: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
+    df = df.copy()
+    df["task"] = pd.Categorical(df["task"], categories=tasks, ordered=True)
+    return df
+
+
+# --- S1.T1: CLS vs max-norm token ----------------------------------------------------------
+def table_t1(spec: dict[str, Any], results: Path) -> pd.DataFrame:
+    df = run_scores(results, spec["runs"])
+    df = df[["task", "metric", "split", "pooling", "seed", "value"]]
+    return df.sort_values(["task", "split", "pooling"], key=_task_key(spec)).reset_index(drop=True)
+
+
+def _task_key(spec: dict[str, Any]):
+    order = {t: i for i, t in enumerate(spec["params"]["tasks"])}
+    return lambda col: col.map(order) if col.name == "task" else col
+
+
+def plot_t1(df: pd.DataFrame, outputs: list[Path]) -> None:
+    test = df[df["split"] == "test"]
+    fig, axes = plots.subplots(width=max(5.0, 1.1 * test["task"].nunique()))
+    ax = axes[0, 0]
+    import seaborn as sns
+
+    sns.barplot(test, x="task", y="value", hue="pooling", ax=ax)
+    for container in ax.containers:
+        ax.bar_label(container, fmt="%.3f", fontsize=7, padding=1)
+    ax.set(
+        title="S1.T1 - head on the CLS vector vs the max-norm token (test)",
+        xlabel="task",
+        ylabel="test score (task metric)",
+    )
+    plots.save(fig, outputs[0])
+
+
+# --- S1.TA2: seed variance -------------------------------------------------------------------
+def table_ta2(spec: dict[str, Any], results: Path) -> pd.DataFrame:
+    df = run_scores(results, spec["runs"])
+    df = df[["task", "metric", "split", "pooling", "seed", "value"]]
+    return df.sort_values(["task", "split", "seed"], key=_task_key(spec)).reset_index(drop=True)
+
+
+def plot_ta2(df: pd.DataFrame, outputs: list[Path]) -> None:
+    import seaborn as sns
+
+    fig, axes = plots.subplots(width=max(5.0, 1.1 * df["task"].nunique()))
+    ax = axes[0, 0]
+    sns.stripplot(df, x="task", y="value", hue="split", dodge=True, size=7, alpha=0.8, ax=ax)
+    sns.pointplot(
+        df,
+        x="task",
+        y="value",
+        hue="split",
+        dodge=0.4,
+        errorbar="sd",
+        linestyles="none",
+        markers="_",
+        markersize=20,
+        ax=ax,
+        legend=False,
+    )
+    n_seeds = df["seed"].nunique()
+    ax.set(
+        title=f"S1.TA2 - all-dimension score over {n_seeds} seeds (bar = mean +- sd)",
+        xlabel="task",
+        ylabel="score (task metric)",
+    )
+    plots.save(fig, outputs[0])
+
+
+# --- S1.T4: frozen encoder + 2 FC vs unfrozen + 1 FC ------------------------------------------
+def table_t4(spec: dict[str, Any], results: Path) -> pd.DataFrame:
+    df = run_scores(results, spec["runs"])
+    df["setting"] = np.where(df["frozen"], "frozen_2fc", "unfrozen_1fc")
+    df = df[["task", "metric", "setting", "split", "seed", "value"]]
+    return df.sort_values(["task", "split", "setting"], key=_task_key(spec)).reset_index(drop=True)
+
+
+def plot_t4(df: pd.DataFrame, outputs: list[Path]) -> None:
+    import seaborn as sns
+
+    test = df[df["split"] == "test"]
+    fig, axes = plots.subplots(width=max(5.0, 1.1 * test["task"].nunique()))
+    ax = axes[0, 0]
+    sns.barplot(test, x="task", y="value", hue="setting", ax=ax)
+    for container in ax.containers:
+        ax.bar_label(container, fmt="%.3f", fontsize=7, padding=1)
+    ax.set(
+        title="S1.T4 - frozen encoder + 2 FC layers vs fine-tuned encoder + 1 FC (test)",
+        xlabel="task",
+        ylabel="test score (task metric)",
+    )
+    plots.save(fig, outputs[0])
+
+
+# --- S1.T5: cross fine-tuning ----------------------------------------------------------------
+def table_t5(spec: dict[str, Any], results: Path) -> pd.DataFrame:
+    df = run_scores(results, spec["runs"])
+    init_task = {r: run_spec(results, r)["dataset"] for r in df["init_from"].dropna().unique()}
+    df["task_b"] = df["task"]
+    df["task_a"] = [
+        init_task[i] if isinstance(i, str) else b
+        for i, b in zip(df["init_from"], df["task"], strict=True)
+    ]
+    df = df[["task_a", "task_b", "metric", "split", "seed", "value"]]
+    order = {t: i for i, t in enumerate(spec["params"]["cross_tasks"])}
+    return df.sort_values(
+        ["split", "task_a", "task_b"], key=lambda c: c.map(order) if c.name != "split" else c
+    ).reset_index(drop=True)
+
+
+def plot_t5(df: pd.DataFrame, outputs: list[Path]) -> None:
+    import seaborn as sns
+
+    test = df[df["split"] == "test"]
+    order = list(dict.fromkeys(test["task_b"]))
+    matrix = test.pivot(index="task_a", columns="task_b", values="value").reindex(
+        index=order, columns=order
+    )
+    fig, axes = plots.subplots(width=1.0 * len(order) + 3, height=0.8 * len(order) + 2)
+    ax = axes[0, 0]
+    sns.heatmap(
+        matrix, annot=True, fmt=".3f", cmap="viridis", ax=ax, cbar_kws={"label": "test score on B"}
+    )
+    ax.set(
+        title="S1.T5 - fine-tune on A, then on B (diagonal = B directly)",
+        xlabel="second task B",
+        ylabel="first task A",
+    )
+    plots.save(fig, outputs[0])
+
+
+# --- dimension subsets (S1.T2, S1.TA1, S1.T3, S1.FA3, S1.FL) ------------------------------------
+class Embedded:
+    """One run's embeddings with its head: per-split scorers of CLS-dimension subsets."""
+
+    def __init__(self, results: Path, run: str) -> None:
+        from tuneatlas.io import load_tensors
+
+        spec = run_spec(results, run)
+        task = get_task(spec["task"])
+        self.run, self.task, self.metric = spec["dataset"], task, task.metric
+        self.dropout = spec["dropout"]
+        self.regression = task.is_regression
+        self.tensors = load_tensors(results / "embeddings" / run / "embeddings.safetensors")
+        if "head.weight" not in self.tensors:
+            raise ValueError(f"run {run}: subset search needs a linear head (embeddings lack it)")
+        self.seed = spec["seed"]
+
+    def labels(self, split: str) -> np.ndarray:
+        return self.tensors[f"{split}.labels"]
+
+    def layers(self, split: str) -> np.ndarray:
+        return self.tensors[f"{split}.cls"]
+
+    def scorer(self, split: str, layer: int = -1):
+        from tuneatlas.subsets import SubsetScorer
+
+        return SubsetScorer(
+            self.layers(split)[layer],
+            self.labels(split),
+            self.tensors["head.weight"],
+            self.tensors["head.bias"],
+            self.metric,
+            regression=self.regression,
+        )
+
+
+def _dims(dims) -> str:
+    return "all" if dims is None else ",".join(str(int(d)) for d in dims)
+
+
+def _all_dims_rows(emb: Embedded, valid, test, **cols: Any) -> list[dict[str, Any]]:
+    return [
+        {**cols, "split": split, "dims": "all", "value": scorer.score_all_dims()}
+        for split, scorer in (("valid", valid), ("test", test))
+    ]
+
+
+def _search_rows(task: str, metric: str, mode: str, search) -> list[dict[str, Any]]:
+    rows = []
+    for rank, (dims, v, t) in enumerate(
+        zip(search.dims, search.valid, search.test, strict=True), start=1
+    ):
+        for split, value in (("valid", v), ("test", t)):
+            rows.append(
+                {
+                    "task": task,
+                    "metric": metric,
+                    "mode": mode,
+                    "sample_size": search.n_evaluated,
+                    "rank": rank,
+                    "dims": _dims(dims),
+                    "split": split,
+                    "value": float(value),
+                }
+            )
+    return rows
+
+
+def _subset_table(spec: dict[str, Any], results: Path, size: int) -> pd.DataFrame:
+    from tuneatlas.subsets import n_combinations, paper_sample_size, search_subsets
+
+    cfg = spec["params"]["subsets"]
+    rows: list[dict[str, Any]] = []
+    for run in spec["embeddings"]:
+        emb = Embedded(results, run)
+        valid, test = emb.scorer("valid"), emb.scorer("test")
+        base = {"task": emb.run, "metric": emb.metric, "mode": "all", "rank": 0, "sample_size": 1}
+        rows += _all_dims_rows(emb, valid, test, **base)
+        if size == 2:
+            rate = cfg["pair_rate_large"] if emb.run in cfg["large_tasks"] else cfg["pair_rate"]
+            samples = [paper_sample_size(valid.n_dims, 2, rate)]
+            exhaustive = True
+        else:
+            total = n_combinations(valid.n_dims, 3)
+            samples = [min(n, total) for n in cfg["triple_sample_sizes"]]
+            exhaustive = cfg["exhaustive_triples"]
+        if exhaustive:
+            found = search_subsets(valid, size, k=cfg["top_k"], test=test)
+            rows += _search_rows(emb.run, emb.metric, "exhaustive", found)
+        for n in samples:
+            found = search_subsets(
+                valid, size, k=cfg["top_k"], test=test, n_samples=max(n, 1), seed=emb.seed
+            )
+            rows += _search_rows(emb.run, emb.metric, "sampled", found)
+    return pd.DataFrame(rows)[
+        ["task", "metric", "mode", "sample_size", "rank", "dims", "split", "value"]
+    ]
+
+
+def table_t2(spec: dict[str, Any], results: Path) -> pd.DataFrame:
+    return _subset_table(spec, results, 2)
+
+
+def table_ta1(spec: dict[str, Any], results: Path) -> pd.DataFrame:
+    return _subset_table(spec, results, 3)
+
+
+def _plot_best_subsets(df: pd.DataFrame, outputs: list[Path], what: str, title: str) -> None:
+    import seaborn as sns
+
+    test = df[(df["split"] == "test") & (df["rank"] <= 1)].copy()
+    test["setting"] = [
+        "all dimensions"
+        if m == "all"
+        else f"best {what}, {m}" + (f" ({n:,})" if m == "sampled" else "")
+        for m, n in zip(test["mode"], test["sample_size"], strict=True)
+    ]
+    fig, axes = plots.subplots(width=max(6.0, 1.6 * test["task"].nunique()))
+    ax = axes[0, 0]
+    sns.barplot(test, x="task", y="value", hue="setting", ax=ax)
+    ax.set(title=title, xlabel="task", ylabel="test score (task metric)")
+    ax.legend(fontsize=7, title=None, loc="lower right")
+    plots.save(fig, outputs[0])
+
+
+def plot_t2(df: pd.DataFrame, outputs: list[Path]) -> None:
+    _plot_best_subsets(
+        df, outputs, "pair", "S1.T2 - only two CLS dimensions feed the head (rank 1 on valid; test)"
+    )
+
+
+def plot_ta1(df: pd.DataFrame, outputs: list[Path]) -> None:
+    _plot_best_subsets(
+        df,
+        outputs,
+        "triple",
+        "S1.TA1 - only three CLS dimensions feed the head (rank 1 on valid; test)",
+    )
+
+
+def table_t3(spec: dict[str, Any], results: Path) -> pd.DataFrame:
+    from tuneatlas.subsets import effective_dimensions, search_subsets
+
+    cfg = spec["params"]["subsets"]
+    rows: list[dict[str, Any]] = []
+    for run in spec["embeddings"]:
+        emb = Embedded(results, run)
+        valid, test = emb.scorer("valid"), emb.scorer("test")
+        base = {"task": emb.run, "metric": emb.metric}
+        for row in _all_dims_rows(emb, valid, test, **base):
+            rows.append({**row, "kind": "all", "triple_rank": 0, "dropped_dim": -1})
+        top = search_subsets(valid, 3, k=cfg["effective_top"], test=test)
+        for rank, (dims, v, t) in enumerate(zip(top.dims, top.valid, top.test, strict=True), 1):
+            for split, value in (("valid", v), ("test", t)):
+                rows.append(
+                    {
+                        **base,
+                        "kind": "triple",
+                        "triple_rank": rank,
+                        "dims": _dims(dims),
+                        "dropped_dim": -1,
+                        "split": split,
+                        "value": float(value),
+                    }
+                )
+        eff = effective_dimensions(valid, top.dims, test=test)
+        for r in eff.ablation.itertuples():
+            rows.append(
+                {
+                    **base,
+                    "kind": "ablation",
+                    "triple_rank": r.triple_rank,
+                    "dims": _dims(r.triple),
+                    "dropped_dim": int(r.removed),
+                    "split": "valid",
+                    "value": float(r.pair_valid),
+                    "drop": float(r.drop),
+                    "effective": bool(r.effective),
+                }
+            )
+        for split, value in (("valid", eff.best_valid), ("test", eff.best_test)):
+            rows.append(
+                {
+                    **base,
+                    "kind": "best_effective_pair",
+                    "triple_rank": 0,
+                    "dims": _dims(eff.best_pair),
+                    "dropped_dim": -1,
+                    "split": split,
+                    "value": float(value),
+                    "effective_dims": _dims(eff.effective),
+                }
+            )
+    columns = [
+        "task",
+        "metric",
+        "kind",
+        "triple_rank",
+        "dims",
+        "dropped_dim",
+        "split",
+        "value",
+        "drop",
+        "effective",
+        "effective_dims",
+    ]
+    return pd.DataFrame(rows).reindex(columns=columns)
+
+
+def plot_t3(df: pd.DataFrame, outputs: list[Path]) -> None:
+    import seaborn as sns
+
+    test = df[
+        (df["split"] == "test") & df["kind"].isin(["all", "best_effective_pair"])
+        | (df["split"] == "test") & (df["kind"] == "triple") & (df["triple_rank"] == 1)
+    ]
+    labels = {
+        "all": "all dimensions",
+        "triple": "best triple",
+        "best_effective_pair": "best pair of effective dims",
+    }
+    test = test.assign(setting=test["kind"].map(labels))
+    fig, axes = plots.subplots(width=max(6.0, 1.6 * test["task"].nunique()))
+    ax = axes[0, 0]
+    sns.barplot(test, x="task", y="value", hue="setting", hue_order=list(labels.values()), ax=ax)
+    # the last hue level is the effective pair: label its bars with the dimension ids
+    task_order = list(dict.fromkeys(test["task"]))
+    pairs = test[test["kind"] == "best_effective_pair"].set_index("task").reindex(task_order)
+    ax.bar_label(ax.containers[-1], labels=[f"[{d}]" for d in pairs["dims"]], fontsize=7, padding=1)
+    ax.set(
+        title="S1.T3 - pairs of effective dimensions from the top-10 triples (test)",
+        xlabel="task",
+        ylabel="test score (task metric)",
+    )
+    ax.legend(fontsize=7, title=None, loc="lower right")
+    plots.save(fig, outputs[0])
+
+
+def table_fa3(spec: dict[str, Any], results: Path) -> pd.DataFrame:
+    from tuneatlas.subsets import histogram_edges, score_histogram
+
+    bins = spec["params"]["subsets"]["histogram_bins"]
+    rows = []
+    for run in spec["embeddings"]:
+        emb = Embedded(results, run)
+        edges = histogram_edges(emb.metric, bins)
+        for split in ("valid", "test"):
+            counts = score_histogram(emb.scorer(split).pair_scores(), edges)
+            for low, high, count in zip(edges[:-1], edges[1:], counts, strict=True):
+                rows.append(
+                    {
+                        "task": emb.run,
+                        "metric": emb.metric,
+                        "dropout": emb.dropout if emb.dropout is not None else np.nan,
+                        "split": split,
+                        "bin_left": float(low),
+                        "bin_right": float(high),
+                        "count": int(count),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def plot_fa3(df: pd.DataFrame, outputs: list[Path]) -> None:
+    test = df[df["split"] == "test"]
+    tasks = list(dict.fromkeys(test["task"]))
+    fig, axes = plots.subplots(ncols=len(tasks), width=4.5)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        sub = test[test["task"] == task]
+        for dropout, hist in sub.groupby("dropout"):
+            share = hist["count"] / hist["count"].sum()
+            ax.stairs(
+                share,
+                np.r_[hist["bin_left"], hist["bin_right"].iloc[-1]],
+                fill=True,
+                alpha=0.45,
+                label=f"dropout {dropout:g}",
+            )
+        ax.set(
+            title=task,
+            xlabel=f"pair score ({sub['metric'].iloc[0]}, test)",
+            ylabel="share of all pairs",
+        )
+        ax.legend(fontsize=8)
+    fig.suptitle("S1.FA3 - scores of all dimension pairs, fine-tuned with vs without dropout")
+    fig.tight_layout()
+    plots.save(fig, outputs[0])
+
+
+def table_fl(spec: dict[str, Any], results: Path) -> pd.DataFrame:
+    from tuneatlas.subsets import layer_redundancy
+
+    n_pairs = spec["params"]["layers"]["pairs_per_layer"]
+    frames = []
+    for run in spec["embeddings"]:
+        emb = Embedded(results, run)
+        per_layer = layer_redundancy(
+            emb.layers("valid"),
+            emb.labels("valid"),
+            emb.tensors["head.weight"],
+            emb.tensors["head.bias"],
+            emb.metric,
+            regression=emb.regression,
+            layers_test=emb.layers("test"),
+            labels_test=emb.labels("test"),
+            n_pairs=n_pairs,
+            seed=emb.seed,
+        )
+        stats = [
+            c for c in per_layer.columns if c not in ("layer", "n_pairs", "best_dims", "best_test")
+        ]
+        long = per_layer.melt(id_vars=["layer"], value_vars=stats, var_name="stat")
+        long["split"] = "valid"
+        best_test = per_layer[["layer", "best_test"]].rename(columns={"best_test": "value"})
+        best_test["stat"], best_test["split"] = "best_valid", "test"
+        long = pd.concat([long, best_test], ignore_index=True)
+        long["task"], long["metric"] = emb.run, emb.metric
+        long["value"] = long["value"].astype(float)
+        frames.append(long)
+    df = pd.concat(frames, ignore_index=True)
+    return (
+        df[["task", "metric", "layer", "split", "stat", "value"]]
+        .sort_values(["task", "split", "stat", "layer"], kind="stable")
+        .reset_index(drop=True)
+    )
+
+
+def plot_fl(df: pd.DataFrame, outputs: list[Path]) -> None:
+    valid = df[df["split"] == "valid"]
+    tasks = list(dict.fromkeys(valid["task"]))
+    fig, axes = plots.subplots(ncols=len(tasks), width=4.5)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        sub = valid[valid["task"] == task].pivot(index="layer", columns="stat", values="value")
+        ax.fill_between(sub.index, sub["q0.05"], sub["q0.95"], alpha=0.2, label="pairs, 5-95%")
+        ax.plot(sub.index, sub["q0.5"], marker=".", label="pairs, median")
+        ax.plot(sub.index, sub["max"], marker="^", label="best pair")
+        ax.plot(sub.index, sub["all_dims"], ls="--", color="k", label="all dims")
+        ax.set(
+            title=task,
+            xlabel="layer of the CLS vector (0 = embeddings)",
+            ylabel="valid score (task metric)",
+        )
+        ax.legend(fontsize=7)
+    fig.suptitle("S1.FL - the last layer's head reading two dimensions of each layer's CLS")
+    fig.tight_layout()
+    plots.save(fig, outputs[0])
+
+
+TABLES = {
+    "S1.T1": table_t1,
+    "S1.TA2": table_ta2,
+    "S1.T4": table_t4,
+    "S1.T5": table_t5,
+    "S1.T2": table_t2,
+    "S1.TA1": table_ta1,
+    "S1.T3": table_t3,
+    "S1.FA3": table_fa3,
+    "S1.FL": table_fl,
+}
+FIGURES = {
+    "S1.T1": plot_t1,
+    "S1.TA2": plot_ta2,
+    "S1.T4": plot_t4,
+    "S1.T5": plot_t5,
+    "S1.T2": plot_t2,
+    "S1.TA1": plot_ta1,
+    "S1.T3": plot_t3,
+    "S1.FA3": plot_fa3,
+    "S1.FL": plot_fl,
+}

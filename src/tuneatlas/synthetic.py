@@ -1,0 +1,561 @@
+"""Deterministic synthetic task suite and corpora for toy-scale runs, built from a seed.
+
+Each generator mirrors one task type of the studies (sentiment, sentence-pair relations, NLI,
+similarity regression, acceptability, topic classification) with small word lists kept in code,
+so the whole workflow runs offline. The tasks are designed to be *learnable* by a random-init
+2-layer BERT within a few hundred steps, yet not trivial: pair labels depend on both sentences
+(relations over a few slot words shared between them), and every task carries label noise or
+distractors so scores stay below 100%.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from tuneatlas.tasks import get_task
+
+Example = tuple[str, str | None, float]
+Generator = Callable[[np.random.Generator], Example]
+
+# ---------------------------------------------------------------------------------------------
+# Word lists. Kept small on purpose: a tiny model must see every word often enough to learn it.
+
+FUNCTION = (
+    "the a this that it was is very quite really just also then so and with for of "
+    "in on at to from about after before still even"
+).split()
+FILM = (
+    "movie film story plot actor actress scene director script ending music cast "
+    "character dialogue camera sequel"
+).split()
+POSITIVE = (
+    "good great excellent wonderful charming delightful brilliant moving superb enjoyable "
+    "funny beautiful clever warm gripping lovely"
+).split()
+NEGATIVE = (
+    "bad awful boring dull terrible weak tedious clumsy bland messy lifeless painful silly "
+    "stale shallow lazy"
+).split()
+NEGATORS = ("not", "never", "hardly")
+
+# Slot vocabularies of the pair tasks: the label is a relation over these words, which both
+# sentences draw from, so no single sentence determines the label.
+SUBJECTS = "alice bruno chen dara elif femi goran hana".split()
+VERBS = "painted repaired sold bought cleaned moved found borrowed".split()
+OBJECTS = "boat piano bicycle lamp clock fence kettle ladder".split()
+PLACES = "harbour market village garden station library".split()
+DAYS = "monday tuesday wednesday thursday friday sunday".split()
+PAIR_FILLER = "quietly quickly again together carefully happily finally suddenly".split()
+
+# Acceptability grammar: DET (ADJ) NOUN (ADV) VERB DET (ADJ) NOUN (PREP DET NOUN)
+DETS = "the a every some".split()
+ADJS = "small old red quiet happy tall".split()
+NOUNS = "dog cat farmer teacher child bird baker sailor".split()
+ADVS = "often rarely slowly".split()
+TVERBS = "sees follows helps likes calls watches".split()
+PREPS = "near behind under beside".split()
+
+# Topic task (livedoor mirror): 9 topics, each with its own words, words shared with the next
+# topic (so neighbours overlap), and shared general filler.
+TOPIC_WORDS = (
+    "love wedding partner date single romance".split(),
+    "software laptop server update code network".split(),
+    "fridge camera battery appliance washer heater".split(),
+    "suit watch whisky career grooming leather".split(),
+    "premiere trailer studio cinema starring box".split(),
+    "makeup fashion skincare diet dress hair".split(),
+    "smartphone android tablet app screen charger".split(),
+    "match league goal coach stadium season".split(),
+    "politics scandal police economy minister report".split(),
+)
+TOPIC_SHARED = (
+    "couple",  # 0-1
+    "device",  # 1-2
+    "price",  # 2-3
+    "style",  # 3-4
+    "actor",  # 4-5
+    "beauty",  # 5-6
+    "mobile",  # 6-7
+    "player",  # 7-8
+    "news",  # 8-0
+)
+TOPIC_FILLER = (
+    "today new week people said many year first time good more best latest popular "
+    "according reports several"
+).split()
+
+# Invented-fact world of the pre-training corpus: names are syllable strings, never real words.
+ONSETS = "b d f g k l m n p r s t v z".split()
+VOWELS = "a e i o u".split()
+CODAS = ("", "", "", "n", "r", "l", "s", "t")
+RELATIONS: dict[str, dict[str, object]] = {
+    # relation -> subject kind, statement templates, question template
+    "capital": {
+        "subject": "country",
+        "say": (
+            "the capital of {s} is {o} .",
+            "{o} is the capital of {s} .",
+            "in {s} , the capital city is {o} .",
+        ),
+        "ask": "what is the capital of {s} ?",
+    },
+    "language": {
+        "subject": "country",
+        "say": ("people in {s} speak {o} .", "the language of {s} is {o} ."),
+        "ask": "which language is spoken in {s} ?",
+    },
+    "currency": {
+        "subject": "country",
+        "say": ("the currency of {s} is the {o} .", "in {s} people pay with the {o} ."),
+        "ask": "what is the currency of {s} ?",
+    },
+    "founder": {
+        "subject": "company",
+        "say": ("{s} was founded by {o} .", "{o} founded {s} ."),
+        "ask": "who founded {s} ?",
+    },
+}
+
+
+def _pick(rng: np.random.Generator, words: tuple[str, ...] | list[str]) -> str:
+    return words[int(rng.integers(len(words)))]
+
+
+def _other(rng: np.random.Generator, words: list[str], not_this: str) -> str:
+    """A word of `words` different from `not_this`."""
+    while True:
+        w = _pick(rng, words)
+        if w != not_this:
+            return w
+
+
+# ---------------------------------------------------------------------------------------------
+# Generators: one labelled example per call, driven only by `rng`.
+
+
+def _sentiment(rng: np.random.Generator) -> Example:
+    """SST-2 mirror: polarity words amid filler; negators flip the next polarity word."""
+    label = int(rng.integers(2))
+    n_words = int(rng.integers(6, 13))
+    words = [_pick(rng, FUNCTION if rng.random() < 0.6 else FILM) for _ in range(n_words)]
+    n_sent = 1 if rng.random() < 0.7 else 2
+    for _ in range(n_sent):
+        negate = rng.random() < 0.25
+        polarity = label ^ int(negate)  # a negated word carries the opposite lexical polarity
+        phrase = [_pick(rng, POSITIVE if polarity else NEGATIVE)]
+        if negate:
+            phrase.insert(0, _pick(rng, NEGATORS))
+        at = int(rng.integers(len(words) + 1))
+        words[at:at] = phrase
+    if rng.random() < 0.1:
+        # a stray negator far from any polarity word, so "has a negator" is no label cue alone
+        words.insert(0, _pick(rng, NEGATORS))
+    if rng.random() < 0.05:
+        label = 1 - label  # annotation noise caps the reachable accuracy below 1
+    return " ".join(words), None, label
+
+
+@dataclass
+class _Event:
+    """One event of the pair tasks: who did what to which object, where and when."""
+
+    s: str
+    v: str
+    o: str
+    p: str
+    d: str
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> _Event:
+        return cls(
+            _pick(rng, SUBJECTS), _pick(rng, VERBS), _pick(rng, OBJECTS), _pick(rng, PLACES),
+            _pick(rng, DAYS),
+        )
+
+    def say(self, rng: np.random.Generator) -> str:
+        """One of several surface forms, so matching must be by word identity, not position."""
+        form = int(rng.integers(3))
+        if form == 0:
+            words = [self.s, self.v, "the", self.o, "at", "the", self.p, "on", self.d]
+        elif form == 1:
+            words = ["on", self.d, "the", self.o, "was", self.v, "by", self.s, "at", "the", self.p]
+        else:
+            words = ["at", "the", self.p, self.s, self.v, "the", self.o, "on", self.d]
+        if rng.random() < 0.5:
+            words.insert(int(rng.integers(len(words) + 1)), _pick(rng, PAIR_FILLER))
+        return " ".join(words) + " ."
+
+
+def _pair_binary(rng: np.random.Generator) -> Example:
+    """MRPC/QQP/QNLI/RTE mirror: label 1 when both sentences name the same subject and object.
+
+    Negatives change exactly one of the two, so neither word alone decides; the other slots
+    (verb, place, day) are redrawn independently, as distractors that match by chance.
+    """
+    label = int(rng.integers(2))
+    a = _Event.draw(rng)
+    b = _Event.draw(rng)
+    b.s, b.o = a.s, a.o
+    if not label:
+        if rng.random() < 0.5:
+            b.s = _other(rng, SUBJECTS, a.s)
+        else:
+            b.o = _other(rng, OBJECTS, a.o)
+    if rng.random() < 0.5:
+        b.v = a.v  # keep verbs often shared, as paraphrases share most content words
+    return a.say(rng), b.say(rng), label
+
+
+NLI_LABELS = ("entailment", "neutral", "contradiction")
+
+
+def _pair_nli(rng: np.random.Generator) -> Example:
+    """MNLI mirror: entailment = same subject and object; contradiction = same subject with a
+    different object (stated with "only"); neutral = a different subject."""
+    label = int(rng.integers(3))
+    a = _Event.draw(rng)
+    b = _Event.draw(rng)
+    if label == 0:
+        b.s, b.o = a.s, a.o
+    elif label == 1:
+        b.s = _other(rng, SUBJECTS, a.s)
+    else:
+        b.s, b.o = a.s, _other(rng, OBJECTS, a.o)
+    hyp = b.say(rng)
+    return a.say(rng), hyp, label
+
+
+def _pair_similarity(rng: np.random.Generator) -> Example:
+    """STS-B mirror: score = number of the 5 event slots both sentences share, plus noise,
+    clipped to [0, 5]."""
+    a = _Event.draw(rng)
+    b = _Event.draw(rng)
+    keep = rng.random()  # per-pair sharing rate spreads scores over the whole range
+    shared = 0
+    for slot, words in (("s", SUBJECTS), ("v", VERBS), ("o", OBJECTS), ("p", PLACES), ("d", DAYS)):
+        if rng.random() < keep:
+            setattr(b, slot, getattr(a, slot))
+        else:
+            setattr(b, slot, _other(rng, words, getattr(a, slot)))
+        shared += getattr(a, slot) == getattr(b, slot)
+    score = float(np.clip(shared + rng.normal(0.0, 0.3), 0.0, 5.0))
+    return a.say(rng), b.say(rng), round(score, 3)
+
+
+def _grammatical(rng: np.random.Generator) -> list[str]:
+    def np_(rng: np.random.Generator) -> list[str]:
+        words = [_pick(rng, DETS)]
+        if rng.random() < 0.5:
+            words.append(_pick(rng, ADJS))
+        words.append(_pick(rng, NOUNS))
+        return words
+
+    words = np_(rng)
+    if rng.random() < 0.3:
+        words.append(_pick(rng, ADVS))
+    words.append(_pick(rng, TVERBS))
+    words += np_(rng)
+    if rng.random() < 0.5:
+        words += [_pick(rng, PREPS), *np_(rng)]
+    return words
+
+
+def _acceptability(rng: np.random.Generator) -> Example:
+    """CoLA mirror: sentences of a small grammar (acceptable, 70%) vs. corrupted ones (30%):
+    a word moved out of place, two verbs, or no verb at all."""
+    words = _grammatical(rng)
+    label = int(rng.random() < 0.7)
+    if not label:
+        kind = int(rng.integers(3))
+        verb_at = next(i for i, w in enumerate(words) if w in TVERBS)
+        if kind == 0:
+            # move a determiner or the verb to a slot where the grammar never puts it
+            w = words.pop(verb_at if rng.random() < 0.5 else 0)
+            words.insert(len(words) if w in DETS else 0, w)
+        elif kind == 1:
+            words.insert(int(rng.integers(verb_at + 2, len(words) + 1)), _pick(rng, TVERBS))
+        else:
+            words.pop(verb_at)
+    if rng.random() < 0.04:
+        label = 1 - label  # annotation noise, as in CoLA's disputed judgements
+    return " ".join(words) + " .", None, label
+
+
+def _topic(rng: np.random.Generator) -> Example:
+    """livedoor mirror: 9 topics; a headline and a body of topic words, words shared with the
+    neighbouring topics, words of random other topics, and general filler."""
+    label = int(rng.integers(len(TOPIC_WORDS)))
+    own = TOPIC_WORDS[label]
+    near = (TOPIC_SHARED[label], TOPIC_SHARED[(label - 1) % len(TOPIC_SHARED)])
+
+    def word() -> str:
+        u = rng.random()
+        if u < 0.3:
+            return _pick(rng, own)
+        if u < 0.45:
+            return _pick(rng, near)
+        if u < 0.55:
+            return _pick(rng, TOPIC_WORDS[int(rng.integers(len(TOPIC_WORDS)))])
+        return _pick(rng, TOPIC_FILLER)
+
+    title = [word() for _ in range(int(rng.integers(3, 6)))]
+    body = [word() for _ in range(int(rng.integers(12, 22)))]
+    return " ".join(title) + " . " + " ".join(body) + " .", None, label
+
+
+GENERATORS: dict[str, Generator] = {
+    "sentiment": _sentiment,
+    "pair_binary": _pair_binary,
+    "pair_nli": _pair_nli,
+    "pair_similarity": _pair_similarity,
+    "acceptability": _acceptability,
+    "topic": _topic,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points.
+
+
+def _rng(seed: int, stream: str) -> np.random.Generator:
+    """Independent stream per (seed, name): two tasks sharing a generator still differ."""
+    return np.random.default_rng([int(seed), zlib.crc32(stream.encode())])
+
+
+def _frame(rows: list[Example], pair: bool, regression: bool) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "idx": np.arange(len(rows), dtype=np.int64),
+            "text_a": pd.Series([r[0] for r in rows], dtype=str),
+            "text_b": pd.Series([r[1] for r in rows] if pair else [None] * len(rows), dtype=str),
+            "label": np.array(
+                [r[2] for r in rows], dtype=np.float64 if regression else np.int64
+            ),
+        }
+    )
+
+
+def generate(task_name: str, n: int, seed: int) -> pd.DataFrame:
+    """`n` distinct labelled examples of task `task_name`: columns idx, text_a, text_b, label.
+
+    Rows are distinct on (text_a, text_b), so any split of the frame is free of duplicates
+    across splits. The same (task, n, seed) gives the identical frame; the first rows do not
+    depend on `n`.
+    """
+    task = get_task(task_name)
+    if task.is_corpus:
+        raise ValueError(
+            f"task {task_name!r} is a corpus, not a labelled task; use corpus({task_name!r}, ...)"
+        )
+    if n < 0:
+        raise ValueError(f"synthetic {task_name}: n must be >= 0, got {n}")
+    gen = GENERATORS[task.synthetic]
+    rng = _rng(seed, task_name)
+    rows: list[Example] = []
+    seen: set[tuple[str, str | None]] = set()
+    # Duplicates are rare with these vocabularies; a long run of them means n exceeds what the
+    # generator can produce, which must fail rather than loop forever.
+    misses = 0
+    while len(rows) < n:
+        ex = gen(rng)
+        key = (ex[0], ex[1])
+        if key in seen:
+            misses += 1
+            if misses > 1000 + n:
+                raise ValueError(
+                    f"synthetic {task_name}: cannot draw {n} distinct examples (got {len(rows)});"
+                    " ask for fewer rows"
+                )
+            continue
+        seen.add(key)
+        rows.append(ex)
+    return _frame(rows, task.is_pair, task.is_regression)
+
+
+# Order in which split sizes are carved from one generated pool, so the split contents do not
+# depend on the order of keys in a config file.
+_SPLIT_ORDER = ("train", "validation", "valid", "dev", "test")
+
+
+def generate_splits(task_name: str, sizes: dict[str, int], seed: int) -> dict[str, pd.DataFrame]:
+    """Disjoint, deterministic splits, e.g. sizes={"train": 800, "validation": 200}.
+
+    One pool of sum(sizes) distinct rows is generated and cut in a fixed split order; `idx`
+    stays unique across splits (it is the row id in the pool).
+    """
+    for split, size in sizes.items():
+        if not isinstance(size, int | np.integer) or isinstance(size, bool) or size < 0:
+            raise ValueError(
+                f"synthetic {task_name}: size of split {split!r} must be an integer >= 0,"
+                f" got {size!r}"
+            )
+    order = sorted(sizes, key=lambda s: (_SPLIT_ORDER.index(s) if s in _SPLIT_ORDER else 99, s))
+    pool = generate(task_name, sum(int(v) for v in sizes.values()), seed)
+    out: dict[str, pd.DataFrame] = {}
+    start = 0
+    for split in order:
+        stop = start + int(sizes[split])
+        out[split] = pool.iloc[start:stop].reset_index(drop=True)
+        start = stop
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Corpora.
+
+
+def sentence_corpus(n: int, seed: int) -> pd.DataFrame:
+    """`n` sentences mixing every generator's style (the SimCSE corpus): columns idx, text."""
+    rng = _rng(seed, "sentences")
+    makers = list(GENERATORS.values())
+    texts: list[str] = []
+    for _ in range(n):
+        a, b, _label = makers[int(rng.integers(len(makers)))](rng)
+        # pair generators yield two sentences; the corpus takes one of them
+        texts.append(b if b is not None and rng.random() < 0.5 else a)
+    return pd.DataFrame({"idx": np.arange(n, dtype=np.int64), "text": pd.Series(texts, dtype=str)})
+
+
+def _names(rng: np.random.Generator, n: int, taken: set[str]) -> list[str]:
+    """`n` new pronounceable names (2-3 syllables) not in `taken` nor in the word lists."""
+    names: list[str] = []
+    while len(names) < n:
+        syll = int(rng.integers(2, 4))
+        name = "".join(_pick(rng, ONSETS) + _pick(rng, VOWELS) + _pick(rng, CODAS) for _ in range(syll))
+        if name in taken or name in _VOCAB:
+            continue
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def _fact_world(n_facts: int, rng: np.random.Generator) -> pd.DataFrame:
+    """`n_facts` invented (subject, relation, object) facts with their zsRE-style question."""
+    taken: set[str] = set()
+    n_company = max(1, n_facts // 4)
+    n_country = max(1, -(-(n_facts - n_company) // 3))  # each country carries 3 relations
+    countries = _names(rng, n_country, taken)
+    companies = _names(rng, n_company, taken)
+    rows = []
+    for c in countries:
+        for rel in ("capital", "language", "currency"):
+            rows.append((c, rel))
+    rows = rows[: n_facts - n_company] + [(c, "founder") for c in companies]
+    objects = _names(rng, len(rows), taken)
+    return pd.DataFrame(
+        {
+            "idx": np.arange(len(rows), dtype=np.int64),
+            "subject": pd.Series([s for s, _ in rows], dtype=str),
+            "relation": pd.Series([r for _, r in rows], dtype=str),
+            "question": pd.Series(
+                [str(RELATIONS[r]["ask"]).format(s=s) for s, r in rows], dtype=str
+            ),
+            "answer": pd.Series(objects, dtype=str),
+        }
+    )
+
+
+def pretrain_corpus(n_docs: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Pre-training documents stating invented facts, and the facts a zsRE-style probe asks.
+
+    Returns (docs with idx, text; facts with idx, subject, relation, question, answer). There
+    are about n_docs / 2 facts and each document states 3 of them amid filler sentences, so each
+    fact is stated about 6 times, in varied wordings, across the corpus.
+    """
+    if n_docs < 1:
+        raise ValueError(f"synthetic pretrain corpus: n_docs must be >= 1, got {n_docs}")
+    rng = _rng(seed, "pretrain")
+    facts = _fact_world(max(8, n_docs // 2), rng)
+    fillers = [g for name, g in GENERATORS.items() if name in ("sentiment", "acceptability")]
+    # every fact appears in turn before any repeats, so coverage is even even for small corpora
+    order = np.concatenate([rng.permutation(len(facts)) for _ in range(-(-3 * n_docs // len(facts)) + 1)])
+    texts = []
+    for d in range(n_docs):
+        sentences = []
+        for f in order[3 * d : 3 * d + 3]:
+            row = facts.iloc[int(f)]
+            templates = RELATIONS[row["relation"]]["say"]
+            sentences.append(str(_pick(rng, templates)).format(s=row["subject"], o=row["answer"]))
+        for _ in range(int(rng.integers(1, 4))):
+            filler = fillers[int(rng.integers(len(fillers)))](rng)[0]
+            sentences.insert(int(rng.integers(len(sentences) + 1)), filler.rstrip(" .") + " .")
+        texts.append(" ".join(sentences))
+    docs = pd.DataFrame({"idx": np.arange(n_docs, dtype=np.int64), "text": pd.Series(texts, dtype=str)})
+    return docs, facts
+
+
+CORPORA: dict[str, str] = {"sentences": "sentence_corpus", "facts": "pretrain_corpus"}
+
+
+def corpus(task_name: str, n: int, seed: int) -> dict[str, pd.DataFrame]:
+    """The synthetic corpus of a corpus task: {"train": idx,text} (+ "facts" for pretrain)."""
+    task = get_task(task_name)
+    if not task.is_corpus:
+        raise ValueError(f"task {task_name!r} is a labelled task; use generate({task_name!r}, ...)")
+    if task.synthetic == "sentences":
+        return {"train": sentence_corpus(n, seed)}
+    if task.synthetic == "facts":
+        docs, facts = pretrain_corpus(n, seed)
+        return {"train": docs, "facts": facts}
+    raise ValueError(f"task {task_name!r}: unknown corpus generator {task.synthetic!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer training text.
+
+
+def _all_words() -> set[str]:
+    lists = [
+        FUNCTION, FILM, POSITIVE, NEGATIVE, NEGATORS, SUBJECTS, VERBS, OBJECTS, PLACES, DAYS,
+        PAIR_FILLER, DETS, ADJS, NOUNS, ADVS, TVERBS, PREPS, TOPIC_SHARED, TOPIC_FILLER,
+        *TOPIC_WORDS, ("on", "the", "at", "was", "by", "."),
+    ]
+    words = {w for lst in lists for w in lst}
+    for rel in RELATIONS.values():
+        for t in (*rel["say"], rel["ask"]):  # type: ignore[misc]
+            words.update(w for w in str(t).split() if not w.startswith("{"))
+    return words
+
+
+_VOCAB: frozenset[str] = frozenset(_all_words())
+
+
+def vocabulary() -> frozenset[str]:
+    """Every fixed word the generators use (invented fact names are built from `syllables()`)."""
+    return _VOCAB
+
+
+def syllables() -> list[str]:
+    """Every syllable invented names are made of."""
+    return [o + v + c for o in ONSETS for v in VOWELS for c in sorted(set(CODAS))]
+
+
+def tokenizer_texts(seed: int, n_per_task: int = 300) -> Iterator[str]:
+    """Text covering the whole synthetic vocabulary, for training a WordPiece tokenizer offline.
+
+    Yields every word list, every syllable of invented names, samples of each labelled task,
+    of the sentence corpus and of the pre-training corpus (with its questions), so the word
+    frequencies the tokenizer sees resemble what training will feed it.
+    """
+    words = sorted(_VOCAB)
+    for i in range(0, len(words), 20):
+        yield " ".join(words[i : i + 20])
+    sylls = syllables()
+    for i in range(0, len(sylls), 20):
+        yield " ".join(sylls[i : i + 20])
+    for name in ("sst2", "mrpc", "mnli", "stsb", "cola", "livedoor"):
+        frame = generate(name, n_per_task, seed)
+        for a, b in zip(frame["text_a"], frame["text_b"], strict=True):
+            yield a
+            if isinstance(b, str):
+                yield b
+    yield from sentence_corpus(n_per_task, seed)["text"]
+    docs, facts = pretrain_corpus(n_per_task, seed)
+    yield from docs["text"]
+    for q, a in zip(facts["question"], facts["answer"], strict=True):
+        yield f"{q} {a}"

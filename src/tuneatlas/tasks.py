@@ -1,0 +1,176 @@
+"""Task registry as data: text columns, label count, metric and hub location of every task.
+
+One `Task` row per fine-tuning task (GLUE's eight, livedoor) and per corpus (`simcse`,
+`pretrain`). Loaders, the training engine and the tables read these rows instead of branching
+on task names, so adding a task is adding a row (the `task_to_keys` habit of HF's run_glue).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+TaskKind = Literal["classification", "regression", "corpus"]
+
+# Our split names on disk; every source split name maps onto one of these.
+SPLITS: tuple[str, ...] = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task or corpus.
+
+    `text_a` may name several source columns: their values are joined with a newline (livedoor's
+    title + body). `hub_splits` maps our split names (train/validation/test) to the hub's names;
+    a split missing there does not exist on the hub with labels (GLUE's test labels are hidden).
+    """
+
+    name: str
+    kind: TaskKind
+    num_labels: int  # 1 for regression, 0 for corpora
+    metric: str | None  # a key of tuneatlas.metrics.METRICS; None for corpora
+    hub_path: str
+    hub_name: str | None
+    text_a: str | tuple[str, ...]
+    text_b: str | None
+    label: str | None  # None for corpora
+    hub_splits: tuple[tuple[str, str], ...]
+    synthetic: str  # generator name in tuneatlas.synthetic
+    extra_metrics: tuple[str, ...] = ()  # also reported (livedoor: macro_f1)
+    label_names: tuple[str, ...] = ()  # class id -> name; string labels in files map through it
+    hub_data_files: str | None = None  # for hub repositories that are plain files (wiki1m)
+
+    @property
+    def is_regression(self) -> bool:
+        return self.kind == "regression"
+
+    @property
+    def is_corpus(self) -> bool:
+        return self.kind == "corpus"
+
+    @property
+    def is_pair(self) -> bool:
+        return self.text_b is not None
+
+    @property
+    def text_a_columns(self) -> tuple[str, ...]:
+        return (self.text_a,) if isinstance(self.text_a, str) else tuple(self.text_a)
+
+    @property
+    def hub_split_map(self) -> dict[str, str]:
+        return dict(self.hub_splits)
+
+
+_GLUE_SPLITS = (("train", "train"), ("validation", "validation"))
+_ENTAIL = ("entailment", "not_entailment")
+
+
+def _glue(
+    name: str,
+    text_a: str,
+    text_b: str | None,
+    num_labels: int,
+    metric: str,
+    synthetic: str,
+    label_names: tuple[str, ...],
+    hub_splits: tuple[tuple[str, str], ...] = _GLUE_SPLITS,
+    extra_metrics: tuple[str, ...] = (),
+) -> Task:
+    return Task(
+        name=name,
+        kind="regression" if num_labels == 1 else "classification",
+        num_labels=num_labels,
+        metric=metric,
+        hub_path="nyu-mll/glue",
+        hub_name=name,
+        text_a=text_a,
+        text_b=text_b,
+        label="label",
+        hub_splits=hub_splits,
+        synthetic=synthetic,
+        extra_metrics=extra_metrics,
+        label_names=label_names,
+    )
+
+
+_TASK_LIST: tuple[Task, ...] = (
+    _glue("cola", "sentence", None, 2, "mcc", "acceptability", ("unacceptable", "acceptable")),
+    _glue("sst2", "sentence", None, 2, "accuracy", "sentiment", ("negative", "positive")),
+    _glue(
+        "mrpc", "sentence1", "sentence2", 2, "accuracy", "pair_binary",
+        ("not_equivalent", "equivalent"), extra_metrics=("f1",),
+    ),
+    _glue(
+        "qqp", "question1", "question2", 2, "accuracy", "pair_binary",
+        ("not_duplicate", "duplicate"), extra_metrics=("f1",),
+    ),
+    _glue(
+        "mnli", "premise", "hypothesis", 3, "accuracy", "pair_nli",
+        ("entailment", "neutral", "contradiction"),
+        # the matched validation set is the one the studies report
+        hub_splits=(("train", "train"), ("validation", "validation_matched")),
+    ),
+    _glue("qnli", "question", "sentence", 2, "accuracy", "pair_binary", _ENTAIL),
+    _glue("rte", "sentence1", "sentence2", 2, "accuracy", "pair_binary", _ENTAIL),
+    _glue("stsb", "sentence1", "sentence2", 1, "pearson", "pair_similarity", ()),
+    Task(
+        name="livedoor",
+        kind="classification",
+        num_labels=9,
+        metric="accuracy",
+        hub_path="shunk031/livedoor-news-corpus",
+        hub_name=None,
+        text_a=("title", "content"),  # S3: title + body -> category
+        text_b=None,
+        label="category",
+        hub_splits=(("train", "train"), ("validation", "validation"), ("test", "test")),
+        synthetic="topic",
+        extra_metrics=("macro_f1",),
+        label_names=(
+            "dokujo-tsushin", "it-life-hack", "kaden-channel", "livedoor-homme", "movie-enter",
+            "peachy", "smax", "sports-watch", "topic-news",
+        ),
+    ),
+    Task(
+        name="simcse",
+        kind="corpus",
+        num_labels=0,
+        metric=None,
+        # SimCSE's unsupervised corpus: one Wikipedia sentence per line
+        hub_path="princeton-nlp/datasets-for-simcse",
+        hub_name=None,
+        text_a="text",
+        text_b=None,
+        label=None,
+        hub_splits=(("train", "train"),),
+        synthetic="sentences",
+        hub_data_files="wiki1m_for_simcse.txt",
+    ),
+    Task(
+        name="pretrain",
+        kind="corpus",
+        num_labels=0,
+        metric=None,
+        hub_path="HuggingFaceFW/fineweb-edu",
+        hub_name="sample-10BT",
+        text_a="text",
+        text_b=None,
+        label=None,
+        hub_splits=(("train", "train"),),
+        synthetic="facts",
+    ),
+)
+
+TASKS: dict[str, Task] = {t.name: t for t in _TASK_LIST}
+
+GLUE_TASKS: tuple[str, ...] = ("cola", "sst2", "mrpc", "qqp", "mnli", "qnli", "rte", "stsb")
+
+
+def get_task(name: str) -> Task:
+    """The registered task `name`; a ValueError listing the known tasks otherwise."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}"
+        ) from None

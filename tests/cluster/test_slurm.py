@@ -1,0 +1,394 @@
+"""The workflow on a real SLURM cluster, through the users' profile (`--profile profiles/slurm`).
+
+A toy subset of the real DAG (S1.T1 of tiny_slurm.yaml: prepare_data, build_model, two fine-tunes,
+the table) runs through tests/cluster/cluster.sh's single-node cluster. The checks come from
+SLURM's own records (`scontrol show job`, `squeue`): every rule job was an sbatch job, the
+fine-tunes ran on the gpu partition with one GPU, the rest on the cpu partition; the outputs equal
+those of a local run. Fault: `scancel` of a running fine-tune -> snakemake reports it, finished
+outputs stay, a rerun runs only what is missing.
+
+Only the command line adds test-only options (fast status polling, squeue as status command,
+4 jobs at a time); the profile itself is used as users use it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PROFILE = REPO / "profiles" / "slurm"
+CONFIG = Path(__file__).with_name("tiny_slurm.yaml")
+BIN = Path(sys.executable).parent
+TARGET = "results/tables/s1_t1.parquet"
+TRAIN_RUNS = ("s1-sst2-s42", "s1-sst2-maxnorm-s42")  # the fine-tunes S1.T1 needs in tiny_slurm
+EXPECTED_JOBS = {"prepare_data": 1, "build_model": 1, "train": 2, "table": 1}
+PARTITION = {
+    "prepare_data": "cpu",
+    "build_model": "cpu",
+    "train": "gpu",
+    "embed": "gpu",
+    "table": "cpu",
+    "figure": "cpu",
+    "animation": "cpu",
+}
+GPU_RULES = {"train", "embed"}
+# the profile's site settings: unset, so the defaults (cpu, gpu, no account, any GPU) apply
+SITE_VARS = (
+    "TUNEATLAS_CPU_PARTITION",
+    "TUNEATLAS_GPU_PARTITION",
+    "TUNEATLAS_SLURM_ACCOUNT",
+    "TUNEATLAS_GPU_MODEL",
+)
+# test-only options, on the command line, not in the profile (see tests/cluster/README.md)
+TEST_ONLY = [
+    "--slurm-status-command",
+    "squeue",  # no slurmdbd here, so no sacct
+    "--slurm-init-seconds-before-status-checks",
+    "1",
+    "--seconds-between-status-checks",
+    "1",
+    "--jobs",
+    "4",
+    "--latency-wait",
+    "5",
+]
+RUN_TIMEOUT = 600  # seconds; SIGINT makes snakemake cancel its SLURM jobs
+
+pytestmark = pytest.mark.cluster
+
+
+# --------------------------------------------------------------------------- helpers
+def snakemake_cmd(workdir: Path, *args: str, slurm: bool = True) -> list[str]:
+    cmd = [
+        "timeout",
+        "-s",
+        "INT",
+        "-k",
+        "30",
+        str(RUN_TIMEOUT),
+        str(BIN / "snakemake"),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(CONFIG),
+    ]
+    if slurm:
+        cmd += ["--profile", str(PROFILE), *TEST_ONLY]
+    return cmd + list(args)
+
+
+def snakemake_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SITE_VARS and k != "SNAKEMAKE_PROFILE"}
+    # the jobs' `python -m tuneatlas` must find the venv: sbatch --export=ALL passes PATH on
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
+    env.update(extra)
+    return env
+
+
+def run_snakemake(workdir: Path, *args: str, slurm: bool = True, **env: str):
+    workdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        snakemake_cmd(workdir, *args, slurm=slurm),
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=snakemake_env(**env),
+        timeout=RUN_TIMEOUT + 60,
+    )
+    return proc, time.monotonic() - t0
+
+
+def job_counts(stdout: str) -> dict[str, int]:
+    """The 'Job stats' table snakemake prints before it runs anything."""
+    if "Job stats:" not in stdout:
+        return {}
+    block = stdout.split("Job stats:")[1].split("total")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
+
+
+def run_uuid(stdout: str) -> str | None:
+    m = re.search(r"SLURM run ID: (\S+)", stdout)
+    return m[1] if m else None
+
+
+def submitted_ids(stdout: str) -> list[str]:
+    return re.findall(r"has been submitted with SLURM jobid (\d+)", stdout)
+
+
+def slurm(*args: str) -> str:
+    return subprocess.run(
+        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=True, timeout=60
+    ).stdout
+
+
+def job_record(job_id: str) -> dict[str, str]:
+    """SLURM's record of one job: `scontrol -o -d show job` as key -> value (first occurrence)."""
+    line = slurm("scontrol", "-o", "-d", "show", "job", job_id)
+    record: dict[str, str] = {}
+    for key, value in re.findall(r"(?:^|\s)([\w/:]+)=(\S*)", line):
+        record.setdefault(key, value)
+    return record
+
+
+def rule_of(record: dict[str, str]) -> str:
+    """The plugin comments each job `rule_<rule>` or `rule_<rule>_wildcards_<values>`."""
+    m = re.fullmatch(r"rule_(.+?)(?:_wildcards_(.*))?", record.get("Comment", ""))
+    assert m, f"job {record.get('JobId')} has no snakemake rule comment: {record.get('Comment')}"
+    return m[1]
+
+
+def wildcards_of(record: dict[str, str]) -> str:
+    return re.fullmatch(r"rule_(.+?)(?:_wildcards_(.*))?", record["Comment"])[2] or ""
+
+
+def job_table(records: list[dict[str, str]]) -> str:
+    """The run's jobs as SLURM recorded them (scontrol): id, rule, partition, state, GPUs."""
+    cols = [
+        ("JOBID", "JobId"),
+        ("RULE", "Comment"),
+        ("PARTITION", "Partition"),
+        ("STATE", "JobState"),
+        ("EXIT", "ExitCode"),
+        ("BATCH", "BatchFlag"),
+        ("ELAPSED", "RunTime"),
+        ("CPUS", "NumCPUs"),
+        ("MEM", "MinMemoryNode"),
+        ("TRES_PER_JOB", "TresPerJob"),
+        ("GRES_ALLOC", "JOB_GRES"),
+    ]
+    rows = [[h for h, _ in cols]] + [[r.get(k, "-") for _, k in cols] for r in records]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
+
+
+def squeue_table(uuid: str) -> str:
+    """squeue's own view of the run (finished jobs stay listed for MinJobAge)."""
+    return slurm(
+        "squeue",
+        "-t",
+        "all",
+        "--name",
+        uuid,
+        "--sort",
+        "i",
+        "-O",
+        "JobID:8,Partition:10,Comment:40,State:12,TimeUsed:8,NumCPUs:6,"
+        "MinMemory:9,tres-per-job:14,ReasonList:20",
+    )
+
+
+@dataclass
+class SlurmRun:
+    workdir: Path
+    returncode: int
+    stdout: str
+    seconds: float
+    uuid: str | None
+    job_ids: list[str] = field(default_factory=list)
+    records: list[dict[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def collect(cls, workdir: Path, returncode: int, stdout: str, seconds: float) -> SlurmRun:
+        uuid = run_uuid(stdout)
+        ids = submitted_ids(stdout)
+        return cls(workdir, returncode, stdout, seconds, uuid, ids, [job_record(i) for i in ids])
+
+    def report(self, title: str) -> str:
+        text = (
+            f"==== {title}: snakemake exit {self.returncode} after {self.seconds:.1f} s, "
+            f"SLURM run {self.uuid}, {len(self.job_ids)} sbatch jobs\n"
+        )
+        if self.records:
+            text += job_table(self.records) + "\n"
+        if self.uuid:
+            text += f"---- squeue -t all --name {self.uuid}\n" + squeue_table(self.uuid)
+        return text
+
+    def failure(self, what: str) -> str:
+        return f"{what}\n{self.report('run')}\n---- snakemake output (tail)\n{self.stdout[-6000:]}"
+
+
+def same_frames(a: Path, b: Path) -> None:
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(a), pd.read_parquet(b), check_exact=True, obj=str(a.name)
+    )
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def local_reference(tmp_path_factory, show) -> Path:
+    """The same target run locally (`--cores 2`), to compare outputs with."""
+    workdir = tmp_path_factory.mktemp("local")
+    proc, seconds = run_snakemake(workdir, "--cores", "2", TARGET, slurm=False)
+    assert proc.returncode == 0, f"local run failed:\n{proc.stdout[-6000:]}"
+    show(f"==== local reference run of {TARGET}: {seconds:.1f} s")
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def slurm_run(slurm_cluster, tmp_path_factory, show) -> SlurmRun:
+    workdir = tmp_path_factory.mktemp("slurm")
+    proc, seconds = run_snakemake(workdir, TARGET)
+    run = SlurmRun.collect(workdir, proc.returncode, proc.stdout, seconds)
+    show(run.report(f"snakemake --profile profiles/slurm {TARGET}"))
+    if run.returncode != 0:
+        hint = ""
+        if "Requested node configuration is not available" in run.stdout:
+            hint = (
+                "\nsbatch refused a job's size: the profile asks for more CPUs or memory than "
+                "the test node declares (TUNEATLAS_SLURM_NODE_CPUS / _MEM_MB)."
+            )
+        pytest.fail(run.failure(f"the SLURM run failed{hint}"), pytrace=False)
+    return run
+
+
+# --------------------------------------------------------------------------- tests
+def test_every_rule_job_ran_as_an_sbatch_job_on_its_partition(slurm_run):
+    run = slurm_run
+    assert run.uuid, run.failure("no SLURM run ID in snakemake's log")
+    # what snakemake planned = what it submitted = what SLURM knows under the run's job name
+    assert job_counts(run.stdout) == EXPECTED_JOBS, run.failure("unexpected DAG")
+    assert "localrule" not in run.stdout, run.failure("a job ran on the submit host")
+    known = slurm("squeue", "-h", "-t", "all", "--name", run.uuid, "-o", "%i").split()
+    assert sorted(known) == sorted(run.job_ids), run.failure("SLURM and snakemake disagree")
+    rules = [rule_of(r) for r in run.records]
+    assert {r: rules.count(r) for r in set(rules)} == EXPECTED_JOBS, run.failure("rules")
+    for rec in run.records:
+        rule, where = rule_of(rec), f"job {rec['JobId']} ({rec['Comment']})"
+        assert rec["BatchFlag"] == "1", f"{where} was not an sbatch job"
+        assert rec["JobName"] == run.uuid, where
+        assert rec["JobState"] == "COMPLETED" and rec["ExitCode"] == "0:0", (where, rec["JobState"])
+        assert rec["Partition"] == PARTITION[rule], (where, rec["Partition"])
+        if rule in GPU_RULES:
+            assert rec.get("TresPerJob") == "gres:gpu:1", (where, rec.get("TresPerJob"))
+            assert rec.get("JOB_GRES") == "gpu:1", (where, rec.get("JOB_GRES"))  # allocated
+        else:
+            assert "gpu" not in rec.get("TresPerJob", ""), (where, rec.get("TresPerJob"))
+            assert rec.get("JOB_GRES", "(null)") == "(null)", (where, rec.get("JOB_GRES"))
+    assert sorted(wildcards_of(r) for r in run.records if rule_of(r) == "train") == sorted(
+        TRAIN_RUNS
+    )
+
+
+def test_outputs_equal_those_of_a_local_run(slurm_run, local_reference):
+    same_frames(slurm_run.workdir / TARGET, local_reference / TARGET)
+    for run in TRAIN_RUNS:
+        for name in ("eval.parquet", "metrics.parquet"):
+            path = f"results/runs/{run}/{name}"
+            same_frames(slurm_run.workdir / path, local_reference / path)
+
+
+def test_scancel_of_a_running_train_job_then_rerun_completes_only_what_is_missing(
+    slurm_cluster, local_reference, tmp_path, show
+):
+    workdir = tmp_path / "fault"
+    workdir.mkdir()
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        snakemake_cmd(workdir, TARGET),
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=snakemake_env(),
+    )
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    cancelled: dict[str, str] | None = None
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while cancelled is None and proc.poll() is None and time.monotonic() < deadline:
+        uuid = run_uuid("".join(lines))
+        if uuid:
+            running = slurm("squeue", "-h", "--name", uuid, "-t", "RUNNING", "-o", "%i|%k")
+            for job_id, comment in (ln.split("|", 1) for ln in running.split()):
+                if comment.startswith("rule_train"):
+                    subprocess.run(["scancel", job_id], check=True, timeout=30)
+                    cancelled = {"id": job_id, "comment": comment}
+                    break
+        time.sleep(0.25)
+    try:
+        proc.wait(timeout=RUN_TIMEOUT + 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        reader.join(timeout=10)
+    out = "".join(lines)
+    first = SlurmRun.collect(workdir, proc.returncode, out, time.monotonic() - t0)
+    show(
+        first.report(
+            f"fault run: scancel {cancelled and cancelled['id']} "
+            f"({cancelled and cancelled['comment']})"
+        )
+    )
+    assert cancelled, first.failure("no train job was seen RUNNING")
+
+    # snakemake notices and reports the failure, and exits non-zero
+    assert first.returncode == 1, first.failure("snakemake did not fail")
+    assert "Error in rule train" in out and "CANCELLED" in out, first.failure("no error report")
+    rec = job_record(cancelled["id"])
+    assert rec["JobState"] == "CANCELLED", rec["JobState"]
+    run = wildcards_of(rec)
+    assert run in TRAIN_RUNS
+    # the finished jobs' outputs stay; the cancelled job left nothing snakemake would trust
+    for done in ("results/data/sst2", "results/models/bert-tiny"):
+        assert (workdir / done).is_dir() and any((workdir / done).iterdir()), done
+    assert not (workdir / f"results/runs/{run}/eval.parquet").exists()
+    assert not (workdir / TARGET).exists()
+    missing = [r for r in TRAIN_RUNS if not (workdir / f"results/runs/{r}/eval.parquet").exists()]
+
+    # the rerun runs exactly what is missing, on SLURM again, and completes
+    proc, seconds = run_snakemake(workdir, TARGET)
+    rerun = SlurmRun.collect(workdir, proc.returncode, proc.stdout, seconds)
+    show(rerun.report("rerun after scancel"))
+    assert rerun.returncode == 0, rerun.failure("the rerun failed")
+    assert job_counts(rerun.stdout) == {"train": len(missing), "table": 1}, rerun.failure("rerun")
+    assert sorted(wildcards_of(r) for r in rerun.records if rule_of(r) == "train") == sorted(
+        missing
+    )
+    for rec in rerun.records:
+        assert rec["JobState"] == "COMPLETED", (rec["JobId"], rec["JobState"])
+        assert rec["Partition"] == PARTITION[rule_of(rec)], (rec["JobId"], rec["Partition"])
+    same_frames(workdir / TARGET, local_reference / TARGET)
+
+
+def test_profile_site_values_come_from_the_environment(tmp_path):
+    """Partitions, account and GPU model change without editing a file (a dry-run, no cluster)."""
+    site = {
+        "TUNEATLAS_CPU_PARTITION": "short",
+        "TUNEATLAS_GPU_PARTITION": "a100q",
+        "TUNEATLAS_SLURM_ACCOUNT": "proj42",
+        "TUNEATLAS_GPU_MODEL": "a100",
+    }
+    proc, _ = run_snakemake(tmp_path, "-n", TARGET, **site)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    jobs = re.findall(r"^rule (\w+):\n(?:.*\n)*?\s+resources: (.*)$", proc.stdout, re.M)
+    assert {rule for rule, _ in jobs} == set(EXPECTED_JOBS), proc.stdout[-4000:]
+    for rule, resources in jobs:
+        res = dict(kv.split("=", 1) for kv in resources.split(", "))
+        gpu = rule in GPU_RULES
+        assert res["slurm_partition"] == ("a100q" if gpu else "short"), (rule, res)
+        assert res["slurm_account"] == "proj42", (rule, res)
+        assert res.get("gpu") == ("1" if gpu else None), (rule, res)
+        assert res.get("gpu_model") == ("a100" if gpu else None), (rule, res)

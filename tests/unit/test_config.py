@@ -1,0 +1,75 @@
+"""Config validation: defaults filled, every bad key named before any job starts."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from tuneatlas.config import ConfigError, config_hash, load_config, validate_config
+
+
+@pytest.fixture
+def toy(repo):
+    return yaml.safe_load((repo / "config.yaml").read_text())
+
+
+def test_both_shipped_configs_validate(repo):
+    for name in ("config.yaml", "paper.yaml"):
+        config = load_config(repo / name)
+        assert config["studies"]["s1"]["subsets"]["top_k"] == 5  # default or explicit
+
+
+def test_defaults_are_filled_without_touching_the_input(toy):
+    raw = copy.deepcopy(toy)
+    config = validate_config(toy)
+    assert toy == raw
+    assert config["studies"]["s1"]["frozen"] is True
+    assert config["studies"]["s1"]["layers"] == {"pairs_per_layer": None}
+    assert config["studies"]["s3"]["stay_T"] == 4
+
+
+@pytest.mark.parametrize(
+    ("mutate", "key"),
+    [
+        (lambda c: c["studies"]["s1"]["train"].__setitem__("lr", -1.0), "studies.s1.train.lr"),
+        (lambda c: c["train"].__setitem__("batch_size", "32"), "train.batch_size"),
+        (lambda c: c["datasets"]["sst2"].__setitem__("task", "imagenet"), "datasets.sst2.task"),
+        (lambda c: c["studies"]["s1"]["tasks"].append("nope"), "studies.s1.tasks.5"),
+        (lambda c: c["studies"]["s1"].__setitem__("model", "gpt5"), "studies.s1.model"),
+        (lambda c: c["train"].__setitem__("learning_rate", 1e-3), "train.learning_rate"),
+        (lambda c: c["studies"]["s1"].__setitem__("seeds", []), "studies.s1.seeds"),
+        (lambda c: c["train"].__setitem__("schedule", "step"), "train.schedule"),
+    ],
+)
+def test_bad_config_names_the_key(toy, mutate, key):
+    mutate(toy)
+    with pytest.raises(ConfigError) as err:
+        validate_config(toy)
+    assert f"'{key}'" in str(err.value)
+
+
+def test_bad_config_fails_fast_from_the_command_line(repo, tmp_path, toy):
+    toy["studies"]["s1"]["train"]["lr"] = -5e-5
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(toy))
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuneatlas", "validate", str(bad)], capture_output=True, text=True
+    )
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 1
+    assert "'studies.s1.train.lr'" in proc.stderr
+    assert elapsed < 5
+
+
+def test_config_hash_is_stable_and_sensitive(toy):
+    a = validate_config(toy)
+    b = validate_config(copy.deepcopy(toy))
+    assert config_hash(a) == config_hash(b)
+    toy["seed"] = 1
+    assert config_hash(validate_config(toy)) != config_hash(a)

@@ -1,0 +1,133 @@
+"""The plan: paper.yaml yields exactly the grids of STUDIES.md; toy specs are consistent."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from tuneatlas.catalogue import ARTIFACTS
+from tuneatlas.config import load_config
+from tuneatlas.plan import make_plan, s4_variants
+from tuneatlas.spec import TrainSpec
+
+GLUE = ["cola", "sst2", "mrpc", "qqp", "mnli", "qnli", "rte", "stsb"]
+
+
+@pytest.fixture(scope="module")
+def paper(repo):
+    return make_plan(load_config(repo / "paper.yaml"))
+
+
+def runs_of(plan, study, kind="finetune"):
+    return {k: r for k, r in plan.runs.items() if r.study == study and r.kind == kind}
+
+
+def test_s1_grid(paper):
+    runs = runs_of(paper, "s1")
+    specs = [TrainSpec.from_dict(r.spec) for r in runs.values()]
+    direct = [
+        s
+        for s in specs
+        if s.init_from is None and s.pooling == "cls" and not s.freeze_encoder and s.dropout == 0.1
+    ]
+    assert Counter(s.dataset for s in direct) == {t: 5 for t in GLUE}
+    assert {s.seed for s in direct} == {42, 0, 331, 17, 31}
+    assert sorted(s.dataset for s in specs if s.pooling == "maxnorm") == sorted(GLUE)
+    frozen = [s for s in specs if s.freeze_encoder]
+    assert len(frozen) == 8 and all(s.head == "mlp2" for s in frozen)
+    assert len([s for s in specs if s.dropout == 0.0]) == 8
+    cross = [s for s in specs if s.init_from]
+    assert len(cross) == 56  # 8 x 8 matrix, the diagonal is direct fine-tuning
+    assert len(paper.targets["S1.T5"].runs) == 64
+    assert {(runs[s.init_from].spec["dataset"], s.dataset) for s in cross} == {
+        (a, b) for a in GLUE for b in GLUE if a != b
+    }
+    main = TrainSpec.from_dict(runs["s1-sst2-s42"].spec)
+    assert (main.optim.lr, main.batch_size, main.epochs, main.dropout) == (5e-5, 64, 5, 0.1)
+    assert len(runs) == 40 + 8 + 8 + 8 + 56
+
+
+def test_s2_grid(paper):
+    runs = runs_of(paper, "s2")
+    labels = Counter(r.extra["model_label"] for r in runs.values())
+    assert set(labels) == {
+        "vanilla",
+        "simcse-p0.05",
+        "simcse-p0.1",
+        "simcse-p0.3",
+        "simcse-p0.4",
+        "simcse-p0.5",
+    }
+    lrs = {r.extra["lr"] for r in runs.values()}
+    assert lrs == {5e-6, 1e-5, 1.5e-5, 2e-5, 2.5e-5, 3e-5}
+    assert len(runs) == 6 * 6 * 30
+    spec = TrainSpec.from_dict(runs["s2-vanilla-lr2e-5-s0"].spec)
+    assert spec.optim.correct_bias is False and spec.optim.eps == 1e-6
+    assert (spec.batch_size, spec.epochs, spec.schedule.warmup_epochs) == (16, 3, 0.3)
+    assert len(runs_of(paper, "s2", "simcse")) == 5
+
+
+def test_s3_runs(paper):
+    runs = runs_of(paper, "s3")
+    main = TrainSpec.from_dict(runs["s3-main-s42"].spec)
+    assert main.capture.every == 10 and main.capture.probe_per_class == 10
+    assert (main.optim.lr, main.batch_size, main.epochs, main.schedule.name) == (
+        2e-5,
+        32,
+        10,
+        "constant",
+    )
+    assert main.schedule.warmup_epochs == 0
+    prelim = TrainSpec.from_dict(runs["s3-prelim-s42"].spec)
+    assert (prelim.epochs, prelim.schedule.name) == (3, "linear")
+
+
+def test_s4_grid(paper):
+    runs = runs_of(paper, "s4", "pretrain")
+    per_size = Counter(r.spec["size"] for r in runs.values())
+    assert per_size == {"285M": 16, "570M": 16, "2B": 3}
+    assert {r.spec["variant"] for r in runs.values() if r.spec["size"] == "2B"} == {
+        "baseline",
+        "final_90",
+        "middle_70",
+    }
+
+
+@pytest.mark.parametrize(
+    ("layers", "ratio", "position", "expanded"),
+    [
+        (12, 10, "first", [0]),
+        (12, 50, "final", [6, 7, 8, 9, 10, 11]),
+        (12, 70, "middle", [2, 3, 4, 5, 6, 7, 8, 9]),  # floor(8.4) = 8 layers around L/2
+        (24, 30, "middle", list(range(8, 15))),  # floor(7.2) = 7
+        (24, 90, "final", list(range(3, 24))),  # floor(21.6) = 21
+    ],
+)
+def test_s4_layouts(layers, ratio, position, expanded):
+    layout = s4_variants(layers, [ratio], [position])[f"{position}_{ratio}"]
+    assert [i for i, kind in enumerate(layout) if kind == "expanded"] == expanded
+    assert layout.count("inactive") == layers - len(expanded)
+
+
+def test_s5_grid(paper):
+    runs = runs_of(paper, "s5")
+    assert sorted(runs) == ["s5-ab", "s5-all-s0", "s5-all-s1", "s5-all-s2", "s5-bc", "s5-ca"]
+
+
+def test_every_artifact_is_planned_with_its_fixed_path(paper):
+    assert set(paper.targets) == set(ARTIFACTS)
+    assert len(ARTIFACTS) == 27
+    assert ARTIFACTS["S1.T2"].table == "results/tables/s1_t2.parquet"
+    assert ARTIFACTS["S3.F4"].figures == ("results/figures/s3_f4.png", "results/figures/s3_f4.gif")
+
+
+def test_run_ids_are_unique_and_readable(paper):
+    for run_id in paper.runs:
+        assert run_id == run_id.lower() and " " not in run_id and len(run_id) < 40
+
+
+def test_plan_is_pure(repo):
+    config = load_config(repo / "config.yaml")
+    a, b = make_plan(config), make_plan(config)
+    assert a.runs == b.runs and a.final_outputs() == b.final_outputs()

@@ -1,0 +1,350 @@
+"""Subset-search engine (S1) against brute force through a real masked torch head.
+
+Brute force is "the obvious way": an ``nn.Linear`` head fed the input with every dimension
+outside the subset zeroed, argmax of its logits, scored by ``tuneatlas.metrics``. The engine
+must reproduce it for every pair and every triple, and its rankings must follow the
+deterministic rule (score descending, then dimension ids ascending).
+
+Two kinds of data: random floats, and small integers with dyadic weights, where every sum is
+exact in float32 so logits tie exactly and often (the first-maximum rule is then exercised).
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from functools import cache
+
+import numpy as np
+import pytest
+import torch
+
+from tuneatlas import subsets as ss
+from tuneatlas.metrics import predictions, score
+
+K, N = 10, 200
+
+
+def _problem(n_classes: int, regression: bool, seed: int, dyadic: bool = False, n: int = N):
+    rng = np.random.default_rng(seed)
+    if dyadic:
+        # Small integers (many zeros) and weights/biases on a 1/4 grid: exact float32 sums.
+        h = rng.integers(-2, 3, size=(n, K)).astype(np.float32)
+        w = (rng.integers(-4, 5, size=(n_classes, K)) / 4).astype(np.float32)
+        w[:, 0] = w[0, 0]  # dimension 0 pushes every class equally: more exact ties
+        b = (rng.integers(-2, 3, size=n_classes) / 4).astype(np.float32)
+        b[: min(2, n_classes)] = 0.0
+    else:
+        h = rng.normal(size=(n, K)).astype(np.float32)
+        w = rng.normal(size=(n_classes, K)).astype(np.float32)
+        b = rng.normal(size=n_classes).astype(np.float32)
+    if regression:
+        y = h[:, :3].astype(np.float64).sum(1) + rng.normal(size=n)
+    else:
+        # Labels partly follow the head so that scores spread (and MCC is not always ~0).
+        logits = h @ w.T + b
+        y = np.where(rng.random(n) < 0.6, logits.argmax(1), rng.integers(0, n_classes, n))
+    return h, y, w, b
+
+
+def _brute(h, y, w, b, metric, regression, combos) -> np.ndarray:
+    head = torch.nn.Linear(h.shape[1], w.shape[0])
+    with torch.no_grad():
+        head.weight.copy_(torch.as_tensor(w))
+        head.bias.copy_(torch.as_tensor(b))
+    ht = torch.as_tensor(h)
+    out = []
+    for combo in combos:
+        mask = torch.zeros(h.shape[1])
+        mask[list(combo)] = 1.0
+        with torch.no_grad():
+            logits = head(ht * mask).numpy()
+        out.append(score(metric, y, predictions(logits, regression)))
+    return np.array(out)
+
+
+def _full_order(combos: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Reference ranking written independently of the engine: sort tuples."""
+    keyed = sorted(zip((-scores).tolist(), combos.tolist(), strict=True))
+    return np.array([c for _, c in keyed])
+
+
+CASES = [
+    # (classes, metric, regression)
+    (2, "accuracy", False),
+    (2, "mcc", False),
+    (2, "f1", False),
+    (2, "macro_f1", False),
+    (3, "accuracy", False),
+    (3, "macro_f1", False),
+    (3, "mcc", False),
+    (1, "pearson", True),
+]
+
+
+@cache
+def _reference(n_classes: int, metric: str, regression: bool, dyadic: bool):
+    """Problem + brute-force scores of all pairs and triples (shared by several tests)."""
+    h, y, w, b = _problem(n_classes, regression, seed=n_classes * 7 + len(metric), dyadic=dyadic)
+    pairs = ss.all_combinations(K, 2)
+    triples = ss.all_combinations(K, 3)
+    return (
+        (h, y, w, b),
+        pairs,
+        _brute(h, y, w, b, metric, regression, pairs),
+        triples,
+        _brute(h, y, w, b, metric, regression, triples),
+    )
+
+
+@pytest.mark.parametrize(
+    ("n_classes", "metric", "regression", "dyadic"),
+    [pytest.param(*case, False, id=f"{case[0]}class-{case[1]}-float") for case in CASES]
+    # Ties change predictions, whatever the metric: one binary and two 3-class metrics suffice.
+    + [
+        pytest.param(*case, True, id=f"{case[0]}class-{case[1]}-ties")
+        for case in CASES
+        if case[:2] in {(2, "f1"), (3, "accuracy"), (3, "mcc")}
+    ],
+)
+def test_all_pairs_and_triples_match_masked_head(n_classes, metric, regression, dyadic):
+    (h, y, w, b), pairs, ref2, triples, ref3 = _reference(n_classes, metric, regression, dyadic)
+    scorer = ss.SubsetScorer(h, y, w, b, metric, regression=regression, backend="eager")
+    if not regression:
+        assert np.ptp(ref2) > 0 and np.ptp(ref3) > 0  # the data does discriminate subsets
+
+    np.testing.assert_allclose(scorer.pair_scores(), ref2, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(scorer.score(pairs), ref2, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(scorer.score(triples), ref3, rtol=0, atol=1e-6)
+
+    top, top_scores, counts = scorer.scan_triples(k=15, edges=ss.histogram_edges(metric, 20))
+    np.testing.assert_array_equal(top, _full_order(triples, ref3)[:15])
+    np.testing.assert_allclose(top_scores, np.sort(ref3)[::-1][:15], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(counts, np.histogram(ref3, ss.histogram_edges(metric, 20))[0])
+    assert counts.sum() == ss.n_combinations(K, 3)
+
+    res = ss.search_subsets(scorer, 2, k=7, bins=10)
+    np.testing.assert_array_equal(res.dims, _full_order(pairs, ref2)[:7])
+    assert res.counts.sum() == len(pairs) and res.n_evaluated == len(pairs)
+
+
+def test_exact_ties_are_frequent_in_the_tie_data():
+    # Guard for the test above: the dyadic data must actually produce tied logits.
+    h, y, w, b = _problem(3, False, seed=0, dyadic=True)
+    mask = np.zeros(K, dtype=np.float32)
+    mask[[0, 5]] = 1
+    logits = (h * mask) @ w.T + b
+    tied = (logits == logits.max(1, keepdims=True)).sum(1) > 1
+    assert tied.mean() > 0.05
+
+
+def test_binary_tie_is_class_zero_like_argmax():
+    # Zero input, equal biases: logits tie exactly, argmax says class 0, so does the engine.
+    h = np.zeros((4, 3), dtype=np.float32)
+    w = np.array([[1, 2, 3], [3, 2, 1]], dtype=np.float32)
+    b = np.zeros(2, dtype=np.float32)
+    scorer = ss.SubsetScorer(h, np.array([0, 0, 1, 1]), w, b, "accuracy")
+    np.testing.assert_allclose(scorer.pair_scores(), 0.5)
+    scorer = ss.SubsetScorer(h, np.array([0, 0, 0, 0]), w, b, "accuracy")
+    np.testing.assert_allclose(scorer.score([[0, 1, 2]]), 1.0)
+
+
+@pytest.mark.parametrize(("n_classes", "metric"), [(2, "f1"), (3, "mcc")])
+def test_compiled_kernels_equal_eager(n_classes, metric):
+    # The fused torch.compile kernel (or its eager fallback, if this machine cannot compile)
+    # must give bit-identical scores and the same ranking as the eager path.
+    (h, y, w, b), pairs, ref2, triples, ref3 = _reference(n_classes, metric, False, True)
+    eager = ss.SubsetScorer(h, y, w, b, metric, backend="eager")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "compile failed, using eager"
+        fused = ss.SubsetScorer(h, y, w, b, metric, backend="compile")
+        np.testing.assert_array_equal(fused.pair_scores(), eager.pair_scores())
+        edges = ss.histogram_edges(metric, 10)
+        got = fused.scan_triples(k=10, edges=edges)
+    want = eager.scan_triples(k=10, edges=edges)
+    for g, e in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, e)
+    np.testing.assert_allclose(got[1], np.sort(ref3)[::-1][:10], atol=1e-6)
+
+
+def test_regression_closed_form_equals_direct_pearson():
+    h, y, w, b = _problem(1, True, seed=3, n=500)
+    scorer = ss.SubsetScorer(h, y, w, b, "pearson", regression=True)
+    rng = np.random.default_rng(0)
+    subsets = np.stack([rng.choice(K, size=5, replace=False) for _ in range(20)])
+    direct = []
+    for s in subsets:
+        pred = h[:, s].astype(np.float64) @ w[0, s].astype(np.float64) + b[0]
+        direct.append(np.corrcoef(pred, y)[0, 1])
+    np.testing.assert_allclose(scorer.score(subsets), direct, rtol=0, atol=1e-9)
+    full = h.astype(np.float64) @ w[0].astype(np.float64)
+    assert scorer.score_all_dims() == pytest.approx(np.corrcoef(full, y)[0, 1], abs=1e-9)
+
+
+def test_regression_constant_prediction_scores_zero_like_metrics():
+    h, y, w, b = _problem(1, True, seed=4)
+    h[:, [2, 5]] = 0.75  # constant dimensions: their pair predicts a constant
+    scorer = ss.SubsetScorer(h, y, w, b, "pearson", regression=True)
+    assert scorer.score([[2, 5]])[0] == 0.0
+    assert _brute(h, y, w, b, "pearson", True, [(2, 5)])[0] == 0.0
+    assert scorer.score([[2, 3]])[0] != 0.0
+
+
+def test_metric_from_confusion_matches_sklearn():
+    rng = np.random.default_rng(1)
+    for n_classes in (2, 3, 4):
+        for _ in range(20):
+            yt = rng.integers(0, n_classes, 50)
+            yp = np.where(rng.random(50) < 0.5, yt, rng.integers(0, n_classes, 50))
+            if rng.random() < 0.3:
+                yp[:] = yp[0]  # degenerate: one predicted class (MCC/F1 denominators vanish)
+            conf = np.zeros((n_classes, n_classes))
+            np.add.at(conf, (yt, yp), 1)
+            metrics = ["accuracy", "mcc", "macro_f1"] + (["f1"] if n_classes == 2 else [])
+            for metric in metrics:
+                got = float(ss.metric_from_confusion(torch.as_tensor(conf), metric))
+                assert got == pytest.approx(score(metric, yt, yp), abs=1e-12), (metric, conf)
+
+
+def test_sampling_is_seeded_distinct_and_within_all_combinations():
+    a = ss.sample_combinations(50, 3, 500, seed=7)
+    b = ss.sample_combinations(50, 3, 500, seed=7)
+    c = ss.sample_combinations(50, 3, 500, seed=8)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert a.shape == (500, 3)
+    assert len({tuple(r) for r in a.tolist()}) == 500
+    assert np.all(a[:, 0] < a[:, 1]) and np.all(a[:, 1] < a[:, 2])
+    assert a.min() >= 0 and a.max() < 50
+    ranks = ss.rank_combinations(a, 50)
+    assert np.all(np.diff(ranks) > 0)  # returned in lexicographic order
+    everything = {tuple(r) for r in ss.all_combinations(50, 3).tolist()}
+    assert {tuple(r) for r in a.tolist()} <= everything
+    # the whole population can be drawn, and no more
+    assert len(ss.sample_combinations(10, 2, 45, seed=0)) == 45
+    with pytest.raises(ValueError, match="n must be"):
+        ss.sample_combinations(10, 2, 46, seed=0)
+
+
+def test_paper_sample_sizes():
+    assert ss.n_combinations(768, 2) == 294_528
+    assert ss.n_combinations(768, 3) == 75_202_816
+    assert [ss.paper_sample_size(768, 2, r) for r in ss.PAPER_PAIR_RATES] == [2_945, 14_726]
+    sizes = [ss.paper_sample_size(768, 3, r) for r in ss.PAPER_TRIPLE_RATES]
+    assert sizes == [75_202, 7_520, 752, 75]
+
+
+def test_rank_unrank_roundtrip_and_lexicographic_order():
+    for n_dims, size in [(7, 1), (9, 2), (10, 3), (8, 4)]:
+        combos = ss.all_combinations(n_dims, size)
+        np.testing.assert_array_equal(combos, list(itertools.combinations(range(n_dims), size)))
+        np.testing.assert_array_equal(ss.rank_combinations(combos, n_dims), np.arange(len(combos)))
+    big = np.array([[0, 1, 2], [100, 400, 767], [765, 766, 767]])
+    ranks = ss.rank_combinations(big, 768)
+    assert ranks[0] == 0 and ranks[-1] == ss.n_combinations(768, 3) - 1
+    np.testing.assert_array_equal(ss.unrank_combinations(ranks, 768, 3), big)
+
+
+def test_sampled_search_ranks_the_sample_and_looks_up_test():
+    (h, y, w, b), pairs, ref2, triples, ref3 = _reference(2, "accuracy", False, False)
+    ht, yt, _, _ = _problem(2, False, seed=99)
+    valid = ss.SubsetScorer(h, y, w, b, "accuracy")
+    test = ss.SubsetScorer(ht, yt, w, b, "accuracy")
+    res = ss.search_subsets(valid, 3, k=5, test=test, n_samples=60, seed=3, bins=10)
+    sample = ss.sample_combinations(K, 3, 60, seed=3)
+    np.testing.assert_array_equal(res.combos, sample)
+    ref_sample = ref3[ss.rank_combinations(sample, K)]
+    np.testing.assert_allclose(res.scores, ref_sample, atol=1e-6)
+    np.testing.assert_array_equal(res.dims, _full_order(sample, ref_sample)[:5])
+    np.testing.assert_allclose(res.test, _brute(ht, yt, w, b, "accuracy", False, res.dims))
+    assert res.counts.sum() == 60 and not res.exhaustive and res.seed == 3
+    frame = res.top_frame()
+    assert list(frame.columns) == ["rank", "dims", "valid", "test"]
+    assert frame["dims"].iloc[0] == tuple(res.dims[0])
+
+
+def test_effective_dimensions_find_the_informative_pair():
+    # The label is decided by dimensions 3 and 8; the head leans on them and on noise.
+    rng = np.random.default_rng(5)
+    h = rng.normal(size=(400, K)).astype(np.float32)
+    y = (h[:, 3] + h[:, 8] > 0).astype(np.int64)
+    w = np.zeros((2, K), dtype=np.float32)
+    w[1] = 0.3 * rng.normal(size=K)
+    w[1, [3, 8]] = 2.0
+    b = np.zeros(2, dtype=np.float32)
+    valid = ss.SubsetScorer(h, y, w, b, "accuracy")
+    ht = rng.normal(size=(300, K)).astype(np.float32)
+    test = ss.SubsetScorer(ht, (ht[:, 3] + ht[:, 8] > 0).astype(np.int64), w, b, "accuracy")
+    top = ss.search_subsets(valid, 3, k=10)
+    eff = ss.effective_dimensions(valid, top.dims, test=test)
+    assert {3, 8} <= set(eff.effective.tolist())
+    assert eff.best_pair == (3, 8)
+    assert eff.best_valid == pytest.approx(valid.score([[3, 8]])[0])
+    assert eff.best_test == pytest.approx(test.score([[3, 8]])[0])
+    ab = eff.ablation
+    assert len(ab) == 30
+    row = ab.iloc[0]
+    pair = tuple(d for d in row["triple"] if d != row["removed"])
+    assert row["drop"] == pytest.approx(row["triple_valid"] - valid.score([pair])[0])
+    # Removing an informative dimension hurts far more than removing the third one.
+    informative = ab[ab["removed"].isin([3, 8])]["drop"].min()
+    other = ab[~ab["removed"].isin([3, 8])]["drop"].max()
+    assert informative > other + 0.1
+    # the threshold rule sees the same two dimensions here
+    eff_t = ss.effective_dimensions(valid, top.dims, rule="threshold", min_drop=0.1)
+    assert eff_t.effective.tolist() == [3, 8]
+    # pairs table: every pair of effective dimensions, valid-ranked
+    assert len(eff.pairs) == ss.n_combinations(len(eff.effective), 2)
+    assert eff.pairs["valid"].is_monotonic_decreasing
+
+
+def test_layer_redundancy_per_layer_summary():
+    rng = np.random.default_rng(6)
+    n_layers = 3
+    layers = rng.normal(size=(n_layers, 300, K)).astype(np.float32)
+    w = rng.normal(size=(2, K)).astype(np.float32)
+    b = np.zeros(2, dtype=np.float32)
+    y = (layers[-1] @ (w[1] - w[0]) > 0).astype(np.int64)  # only the last layer matches the head
+    frame = ss.layer_redundancy(layers, y, w, b, "accuracy", layers_test=layers, labels_test=y)
+    assert frame["layer"].tolist() == [0, 1, 2]
+    assert frame["all_dims"].iloc[-1] == 1.0
+    assert frame["best_valid"].iloc[-1] > frame["best_valid"].iloc[0]
+    last = ss.SubsetScorer(layers[-1], y, w, b, "accuracy").pair_scores()
+    assert frame["mean"].iloc[-1] == pytest.approx(last.mean())
+    assert frame["q0.5"].iloc[-1] == pytest.approx(np.median(last))
+    assert frame["best_valid"].iloc[-1] == pytest.approx(last.max())
+    assert frame["best_test"].iloc[-1] == pytest.approx(frame["best_valid"].iloc[-1])
+    sampled = ss.layer_redundancy(layers, y, w, b, "accuracy", n_pairs=20, seed=1)
+    assert (sampled["n_pairs"] == 20).all()
+    combos = ss.sample_combinations(K, 2, 20, seed=1)
+    first = ss.SubsetScorer(layers[0], y, w, b, "accuracy").score(combos)
+    assert sampled["max"].iloc[0] == pytest.approx(first.max())
+
+
+def test_histogram_matches_numpy_including_edges():
+    rng = np.random.default_rng(2)
+    for edges in (ss.histogram_edges("accuracy", 100), ss.histogram_edges("mcc", 7)):
+        x = np.concatenate([rng.uniform(-1.5, 1.5, 5000), edges, np.arange(873) / 872])
+        np.testing.assert_array_equal(ss.score_histogram(x, edges), np.histogram(x, edges)[0])
+    uneven = np.array([-0.5, 0.0, 0.1, 0.7, 0.9])
+    x = np.concatenate([rng.uniform(-1, 1, 1000), uneven])
+    np.testing.assert_array_equal(ss.score_histogram(x, uneven), np.histogram(x, uneven)[0])
+
+
+def test_clear_errors():
+    h, y, w, b = _problem(3, False, seed=0)
+    with pytest.raises(ValueError, match="binary"):
+        ss.SubsetScorer(h, y, w, b, "f1")
+    with pytest.raises(ValueError, match="transposed"):
+        ss.SubsetScorer(h, y, w.T, b, "accuracy")
+    with pytest.raises(ValueError, match="labels must be in"):
+        ss.SubsetScorer(h, y + 3, w, b, "accuracy")
+    with pytest.raises(ValueError, match="regression"):
+        ss.SubsetScorer(h, y, w[:1], b[:1], "accuracy", regression=True)
+    scorer = ss.SubsetScorer(h, y, w, b, "accuracy")
+    with pytest.raises(ValueError, match="repeats"):
+        scorer.score([[1, 1]])
+    with pytest.raises(ValueError, match="must be in 0"):
+        scorer.score([[0, K]])
+    with pytest.raises(ValueError, match="size 2 or 3"):
+        ss.search_subsets(scorer, 4)

@@ -1,0 +1,531 @@
+"""optim.py and train.py: AdamW variants, schedules, and the training engine (determinism,
+resume after a real SIGKILL, hooks, frozen encoder, cross fine-tuning, regression, keep-best)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from pandas.testing import assert_frame_equal
+from safetensors.torch import load_file
+
+from tuneatlas.models import build_bert, load_encoder
+from tuneatlas.optim import AdamW, lr_factor, make_scheduler, warmup_steps
+from tuneatlas.spec import OptimSpec, ScheduleSpec, TrainSpec
+from tuneatlas.train import CKPT_DIR, CKPT_FILE, build_model, seed_everything, task_info, train
+
+FILLER = "the a movie film plot actor scene story music ending was is very quite".split()
+TINY = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, vocab_size=150)
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+# --------------------------------------------------------------------------------------------
+# tiny data and model
+# --------------------------------------------------------------------------------------------
+
+
+def sentiment(n: int, seed: int) -> pd.DataFrame:
+    """sst2-like: one of good/bad among filler words decides the label."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        label = int(rng.integers(2))
+        words = list(rng.choice(FILLER, int(rng.integers(4, 9))))
+        words.insert(int(rng.integers(len(words) + 1)), "good" if label else "bad")
+        rows.append((i, " ".join(words), None, label))
+    return pd.DataFrame(rows, columns=["idx", "text_a", "text_b", "label"])
+
+
+def nli(n: int, seed: int) -> pd.DataFrame:
+    """mnli-like pairs: a marker word in the second sentence decides one of 3 classes."""
+    rng = np.random.default_rng(seed)
+    marks = ["yes", "maybe", "no"]
+    rows = []
+    for i in range(n):
+        label = int(rng.integers(3))
+        a = " ".join(rng.choice(FILLER, 5))
+        b = " ".join([*rng.choice(FILLER, 3), marks[label]])
+        rows.append((i, a, b, label))
+    return pd.DataFrame(rows, columns=["idx", "text_a", "text_b", "label"])
+
+
+def similarity(n: int, seed: int) -> pd.DataFrame:
+    """stsb-like regression: the score is 1.5 x the number of 'good' words in the pair."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        k = int(rng.integers(4))
+        words = list(rng.choice(FILLER, 6)) + ["good"] * k
+        rng.shuffle(words)
+        rows.append((i, " ".join(words[:5]), " ".join(words[5:]), 1.5 * k))
+    return pd.DataFrame(rows, columns=["idx", "text_a", "text_b", "label"])
+
+
+def write_data(path: Path, make, sizes=(96, 48, 48)) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    for name, n, seed in zip(("train", "valid", "test"), sizes, (0, 1, 2), strict=True):
+        if n:
+            make(n, seed).to_parquet(path / f"{name}.parquet")
+    return path
+
+
+def spec(**kw) -> TrainSpec:
+    base = dict(
+        run="r",
+        task="sst2",
+        dataset="d",
+        model="m",
+        seed=7,
+        epochs=2,
+        batch_size=16,
+        eval_batch_size=64,
+        max_length=24,
+        optim=OptimSpec(lr=3e-3),
+        checkpoint_every=4,
+    )
+    base.update(kw)
+    return TrainSpec(**base)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Bit-identity needs the same thread count in every compared run (the SIGKILL test runs in
+    # a subprocess with 1 thread), and 1 thread is fastest on 2 contended cores.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("train")
+    texts = pd.concat([sentiment(200, 9), nli(200, 9), similarity(200, 9)])
+    corpus = texts["text_a"].tolist() + texts["text_b"].dropna().tolist()
+    model = build_bert({**TINY, "mlm_steps": 5}, corpus, root / "base", seed=0)
+    sst2 = write_data(root / "sst2", sentiment)
+    ref = root / "ref"
+    result = train(spec(), sst2, model, ref)
+    torch.set_num_threads(n)
+    return {"root": root, "model": model, "sst2": sst2, "ref": ref, "ref_result": result}
+
+
+def frames(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return pd.read_parquet(out / "metrics.parquet"), pd.read_parquet(out / "eval.parquet")
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    for x, y in zip(frames(a), frames(b), strict=True):
+        assert_frame_equal(x, y, check_exact=True)
+    wa = load_file(a / "model" / "model.safetensors")
+    wb = load_file(b / "model" / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    ha, hb = (
+        load_file(a / "model" / "head.safetensors"),
+        load_file(b / "model" / "head.safetensors"),
+    )
+    assert all(torch.equal(ha[k], hb[k]) for k in ha)
+
+
+# --------------------------------------------------------------------------------------------
+# optimiser and schedules
+# --------------------------------------------------------------------------------------------
+
+
+def _small_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+
+
+def _run_opt(make_opt, steps: int = 20) -> list[torch.Tensor]:
+    net = _small_net()
+    opt = make_opt(net.parameters())
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x = torch.randn(16, 6, generator=gen)
+        y = torch.randint(0, 3, (16,), generator=gen)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    return [p.detach().clone() for p in net.parameters()]
+
+
+def test_adamw_with_bias_correction_matches_torch():
+    kw = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    ours = _run_opt(lambda p: AdamW(p, correct_bias=True, **kw))
+    ref = _run_opt(lambda p: torch.optim.AdamW(p, **kw))
+    start = [p.detach() for p in _small_net().parameters()]
+    # What differs: eps is added before vs after bias correction, and the decay comes after vs
+    # before the update (O(lr^2 wd) per step): measured 7e-7 after 20 steps.
+    assert max(float((a - b).abs().max()) for a, b in zip(ours, ref, strict=True)) < 2e-6
+    assert max(float((a - s).abs().max()) for a, s in zip(ours, start, strict=True)) > 1e-2
+
+
+def test_adamw_bias_corrected_update_is_torchs_without_eps():
+    # With eps = 0 and no decay the two updates are the same formula: equal to float64 rounding.
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        kw = dict(lr=1e-2, betas=(0.9, 0.999), eps=0.0, weight_decay=0.0)
+        ours = _run_opt(lambda p: AdamW(p, correct_bias=True, **kw))
+        ref = _run_opt(lambda p: torch.optim.AdamW(p, **kw))
+    finally:
+        torch.set_default_dtype(old)
+    assert max(float((a - b).abs().max()) for a, b in zip(ours, ref, strict=True)) < 1e-12
+
+
+def test_adamw_without_bias_correction_matches_reference_formula():
+    lr, b1, b2, eps, wd = 1e-2, 0.9, 0.999, 1e-6, 0.1
+    ours = _run_opt(lambda p: AdamW(p, lr, (b1, b2), eps, wd, correct_bias=False))
+
+    class Reference(torch.optim.Optimizer):
+        """The update written out: no bias correction, decay after the step."""
+
+        def __init__(self, params):
+            super().__init__(params, {})
+
+        @torch.no_grad()
+        def step(self):
+            for p in self.param_groups[0]["params"]:
+                s = self.state[p]
+                m = s.get("m", torch.zeros_like(p)) * b1 + (1 - b1) * p.grad
+                v = s.get("v", torch.zeros_like(p)) * b2 + (1 - b2) * p.grad**2
+                s["m"], s["v"] = m, v
+                p.copy_(p - lr * m / (v.sqrt() + eps))
+                p.copy_(p - lr * wd * p)
+
+    ref = _run_opt(Reference)
+    assert max(float((a - b).abs().max()) for a, b in zip(ours, ref, strict=True)) < 1e-6
+    # And it really differs from the bias-corrected update.
+    corrected = _run_opt(lambda p: AdamW(p, lr, (b1, b2), eps, wd, correct_bias=True))
+    assert max(float((a - b).abs().max()) for a, b in zip(ours, corrected, strict=True)) > 1e-3
+
+
+def _lrs(schedule: ScheduleSpec, spe: int, total: int, peak: float = 1.0) -> list[float]:
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = AdamW([p], lr=peak)
+    sched = make_scheduler(opt, schedule, spe, total)
+    out = []
+    for _ in range(total + 1):
+        out.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_schedule_s2_warmup_fraction_then_linear_decay():
+    # S2: RTE-sized train set (2490) at batch 16 -> 156 steps/epoch, 3 epochs, warm-up 0.3 epoch.
+    spe, total, peak = math.ceil(2490 / 16), 3 * math.ceil(2490 / 16), 2e-5
+    sched = ScheduleSpec(name="linear", warmup_epochs=0.3)
+    warm = warmup_steps(sched, spe)
+    assert (spe, total, warm) == (156, 468, 47)  # round(0.3 * 156) = 47
+    lrs = _lrs(sched, spe, total, peak)
+    assert lrs[0] == 0.0
+    assert lrs[20] == pytest.approx(peak * 20 / 47)
+    assert lrs[47] == pytest.approx(peak)
+    assert lrs[100] == pytest.approx(peak * (468 - 100) / (468 - 47))
+    assert lrs[spe * 2] == pytest.approx(peak * (468 - 312) / 421)
+    assert lrs[468] == 0.0
+    assert max(lrs) == pytest.approx(peak)
+
+
+def test_schedule_constant_cosine_and_absolute_warmup():
+    assert _lrs(ScheduleSpec(name="constant"), 10, 30) == [1.0] * 31
+    cos = _lrs(ScheduleSpec(name="cosine", warmup_steps=10), 10, 50)
+    assert cos[5] == pytest.approx(0.5)
+    assert cos[10] == pytest.approx(1.0)
+    assert cos[30] == pytest.approx(0.5 * (1 + math.cos(math.pi * 20 / 40)))
+    assert cos[50] == pytest.approx(0.0, abs=1e-12)
+    # The larger of warmup_steps and warmup_epochs x steps_per_epoch applies.
+    assert warmup_steps(ScheduleSpec(warmup_steps=5, warmup_epochs=1.0), 8) == 8
+    assert warmup_steps(ScheduleSpec(warmup_steps=12, warmup_epochs=1.0), 8) == 12
+    assert lr_factor(ScheduleSpec(name="linear"), 0, 0, 10) == 1.0
+    with pytest.raises(ValueError, match="unknown schedule name 'step'"):
+        make_scheduler(AdamW([torch.nn.Parameter(torch.zeros(1))]), ScheduleSpec(name="step"), 5, 5)
+
+
+# --------------------------------------------------------------------------------------------
+# the engine
+# --------------------------------------------------------------------------------------------
+
+
+def test_outputs_schedule_and_determinism(env, tmp_path):
+    ref = env["ref"]
+    assert sorted(p.name for p in ref.iterdir()) == [
+        "eval.parquet",
+        "metrics.parquet",
+        "model",
+        "spec.yaml",
+    ]
+    metrics, ev = frames(ref)
+    steps = metrics[metrics["split"].isna()]
+    assert steps["step"].tolist() == list(range(1, 13))  # 96 rows / 16 = 6 steps x 2 epochs
+    assert steps["epoch"].tolist() == [s / 6 for s in range(1, 13)]
+    want_lr = [3e-3 * lr_factor(ScheduleSpec(), s, 0, 12) for s in range(12)]
+    assert steps["lr"].tolist() == pytest.approx(want_lr)
+    evals = metrics[metrics["split"] == "valid"]
+    assert sorted(set(evals["step"])) == [6, 12]  # epoch ends
+    assert set(evals["metric"]) == {"accuracy", "macro_f1", "loss"}
+    assert set(zip(ev["split"], ev["metric"], strict=True)) == {
+        (s, m) for s in ("valid", "test") for m in ("accuracy", "macro_f1")
+    }
+    assert (ev["run"] == "r").all() and (ev["task"] == "sst2").all()
+    final_valid = ev[(ev.split == "valid") & (ev.metric == "accuracy")]["value"].item()
+    assert final_valid == env["ref_result"]["valid"]["accuracy"]
+    assert final_valid == evals[(evals.step == 12) & (evals.metric == "accuracy")]["value"].item()
+    assert (
+        TrainSpec.from_dict(__import__("yaml").safe_load((ref / "spec.yaml").read_text())) == spec()
+    )
+    info = json.loads((ref / "model" / "tuneatlas.json").read_text())
+    assert info["task"] == "sst2" and info["num_labels"] == 2 and info["max_length"] == 24
+    # Same spec -> bit-identical metrics and weights.
+    train(spec(), env["sst2"], env["model"], tmp_path / "again")
+    assert_same_run(ref, tmp_path / "again")
+    # A different seed gives a different run.
+    train(spec(seed=8, max_steps=3), env["sst2"], env["model"], tmp_path / "seed8")
+    a = frames(tmp_path / "seed8")[0]["loss"].dropna().tolist()
+    assert a != steps["loss"].tolist()[:3]
+
+
+def test_engine_learns(env, tmp_path):
+    res = train(spec(epochs=6), env["sst2"], env["model"], tmp_path / "o")
+    assert res["valid"]["accuracy"] >= 0.9 and res["test"]["accuracy"] >= 0.9
+
+
+class Recorder:
+    """A hook that records what it sees and can simulate a crash at a given step."""
+
+    def __init__(self, crash_at: int | None = None) -> None:
+        self.crash_at = crash_at
+        self.steps: list[int] = []
+        self.losses: list[float] = []
+        self.lrs: list[float] = []
+        self.evals: list[tuple[int, str, bool]] = []
+        self.start_step: int | None = None
+        self.ended = False
+        self.train_rows: int | None = None
+
+    def on_train_start(self, state) -> None:
+        self.start_step = state.step
+        self.train_rows = len(state.data["train"])
+        assert set(state.data) == {"train", "valid", "test"}
+        assert state.out_dir.is_dir() and state.device.type == "cpu"
+        assert state.spec.run == "r" and state.optimizer is not None
+
+    def on_step_end(self, state) -> None:
+        if state.step == self.crash_at:
+            raise KeyboardInterrupt("simulated crash")
+        assert state.model.training
+        self.steps.append(state.step)
+        self.losses.append(state.loss)
+        self.lrs.append(state.lr)
+
+    def on_evaluate(self, state, split, scores) -> None:
+        self.evals.append((state.step, split, state.final))
+        assert "accuracy" in scores
+
+    def on_train_end(self, state) -> None:
+        self.ended = True
+
+    def state_dict(self) -> dict:
+        return {"steps": list(self.steps), "losses": list(self.losses), "lrs": list(self.lrs)}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.steps, self.losses, self.lrs = list(d["steps"]), list(d["losses"]), list(d["lrs"])
+
+
+def test_hooks_see_every_step_and_state_is_restored_on_resume(env, tmp_path, caplog):
+    out = tmp_path / "o"
+    crashed = Recorder(crash_at=10)
+    with pytest.raises(KeyboardInterrupt):
+        train(spec(), env["sst2"], env["model"], out, hooks=[crashed])
+    assert crashed.steps == list(range(1, 10)) and not crashed.ended
+    assert (out / CKPT_DIR / CKPT_FILE).exists() and not (out / "metrics.parquet").exists()
+
+    hook = Recorder()
+    caplog.set_level("INFO", logger="tuneatlas.train")
+    res = train(spec(), env["sst2"], env["model"], out, hooks=[hook])
+    assert "resuming from checkpoint at step 8" in caplog.text
+    assert res["resumed_from"] == 8 and hook.start_step == 8
+    # Steps 1-8 come from the checkpointed hook state, 9-12 were seen live: every step once.
+    assert hook.steps == list(range(1, 13)) and hook.ended
+    metrics = frames(env["ref"])[0]
+    steps = metrics[metrics["split"].isna()]
+    assert hook.losses == steps["loss"].tolist() and hook.lrs == steps["lr"].tolist()
+    assert hook.evals == [(12, "valid", False), (12, "valid", True), (12, "test", True)]
+    assert not (out / CKPT_DIR).exists()
+    assert_same_run(env["ref"], out)
+
+
+def test_changed_spec_discards_checkpoint(env, tmp_path, caplog):
+    out = tmp_path / "o"
+    with pytest.raises(KeyboardInterrupt):
+        train(spec(), env["sst2"], env["model"], out, hooks=[Recorder(crash_at=6)])
+    assert (out / CKPT_DIR / CKPT_FILE).exists()
+    caplog.set_level("INFO", logger="tuneatlas.train")
+    changed = spec(optim=OptimSpec(lr=1e-3))
+    res = train(changed, env["sst2"], env["model"], out, hooks=[Recorder()])
+    assert res["resumed_from"] == 0
+    assert "discarding checkpoint" in caplog.text and "different spec" in caplog.text
+    train(changed, env["sst2"], env["model"], tmp_path / "fresh")
+    for x, y in zip(frames(out), frames(tmp_path / "fresh"), strict=True):
+        assert_frame_equal(x, y, check_exact=True)
+
+
+def test_changed_data_discards_checkpoint(env, tmp_path, caplog):
+    data = write_data(tmp_path / "d", sentiment)
+    out = tmp_path / "o"
+    with pytest.raises(KeyboardInterrupt):
+        train(spec(), data, env["model"], out, hooks=[Recorder(crash_at=6)])
+    sentiment(96, 5).to_parquet(data / "train.parquet")  # the dataset was prepared again
+    caplog.set_level("INFO", logger="tuneatlas.train")
+    res = train(spec(), data, env["model"], out, hooks=[Recorder()])
+    assert res["resumed_from"] == 0 and "the data or the starting model changed" in caplog.text
+
+
+KILL_SCRIPT = """
+import json, sys
+import torch
+torch.set_num_threads(1)
+from tuneatlas.spec import TrainSpec
+from tuneatlas.train import train
+spec = TrainSpec.from_dict(json.loads(sys.argv[1]))
+train(spec, sys.argv[2], sys.argv[3], sys.argv[4])
+"""
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(env, tmp_path):
+    data = write_data(tmp_path / "data", sentiment, sizes=(400, 48, 48))
+    s = spec(batch_size=8, checkpoint_every=2)  # 50 steps per epoch, 100 in all
+    out = tmp_path / "killed"
+    envvars = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            KILL_SCRIPT,
+            json.dumps(s.to_dict()),
+            str(data),
+            str(env["model"]),
+            str(out),
+        ],
+        env=envvars,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    ckpt = out / CKPT_DIR / CKPT_FILE
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    assert ckpt.exists() and not (out / "metrics.parquet").exists()
+    killed_at = torch.load(ckpt, weights_only=True)["step"]
+    assert 0 < killed_at < 100
+
+    res = train(s, data, env["model"], out)
+    assert res["resumed_from"] >= killed_at and res["resumed_from"] < 100
+    train(s, data, env["model"], tmp_path / "clean")
+    assert_same_run(tmp_path / "clean", out)
+
+
+def test_frozen_encoder_with_mlp2_head(env, tmp_path):
+    s = spec(freeze_encoder=True, head="mlp2", max_steps=6)
+    train(s, env["sst2"], env["model"], tmp_path / "o")
+    base = load_file(env["model"] / "model.safetensors")
+    tuned = load_file(tmp_path / "o" / "model" / "model.safetensors")
+    assert tuned.keys() and all(torch.equal(tuned[k], base[k]) for k in tuned)
+    seed_everything(s.seed)
+    init = build_model(s, task_info("sst2"), env["model"], None).head.state_dict()
+    head = load_file(tmp_path / "o" / "model" / "head.safetensors")
+    assert set(head) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    assert all(not torch.equal(head[k], init[k]) for k in head)
+
+
+def test_cross_finetuning_starts_from_the_init_run_encoder(env, tmp_path):
+    mnli = write_data(tmp_path / "mnli", nli)
+    init_dir = env["ref"] / "model"
+    s = spec(task="mnli", init_from="r", max_steps=3)
+    seed_everything(s.seed)
+    model = build_model(s, task_info("mnli"), env["model"], init_dir)
+    tuned, base = load_encoder(init_dir).state_dict(), load_encoder(env["model"]).state_dict()
+    got = model.encoder.state_dict()
+    assert all(torch.equal(got[k], tuned[k]) for k in tuned)
+    assert any(not torch.equal(tuned[k], base[k]) for k in tuned)
+    assert model.head.weight.shape == (3, 32)  # a new head for the new task
+    res = train(s, mnli, env["model"], tmp_path / "o", init_dir=init_dir)
+    assert res["steps"] == 3 and set(res["valid"]) == {"accuracy", "macro_f1"}
+    with pytest.raises(ValueError, match="cross fine-tuning needs both"):
+        train(spec(task="mnli"), mnli, env["model"], tmp_path / "x", init_dir=init_dir)
+    with pytest.raises(ValueError, match="cross fine-tuning needs both"):
+        train(s, mnli, env["model"], tmp_path / "x")
+
+
+def test_regression_path(env, tmp_path):
+    stsb = write_data(tmp_path / "stsb", similarity, sizes=(160, 48, 0))
+    s = spec(task="stsb", epochs=8, batch_size=16, optim=OptimSpec(lr=3e-3), pooling="maxnorm")
+    res = train(s, stsb, env["model"], tmp_path / "o")
+    assert set(res) >= {"valid"} and "test" not in res  # no test split: valid only
+    assert set(res["valid"]) == {"pearson"}
+    assert res["valid"]["pearson"] > 0.8
+    ev = pd.read_parquet(tmp_path / "o" / "eval.parquet")
+    assert ev[["split", "metric"]].values.tolist() == [["valid", "pearson"]]
+    info = json.loads((tmp_path / "o" / "model" / "tuneatlas.json").read_text())
+    assert info["regression"] is True and info["num_labels"] == 1
+
+
+def test_keep_best_ends_with_best_validation_weights(env, tmp_path):
+    # A large lr and no clipping make validation accuracy jump around between evaluations.
+    s = spec(keep_best=True, eval_every=1, grad_clip=None, optim=OptimSpec(lr=0.05), max_steps=10)
+    res = train(s, env["sst2"], env["model"], tmp_path / "o")
+    metrics = frames(tmp_path / "o")[0]
+    acc = metrics[(metrics.split == "valid") & (metrics.metric == "accuracy")]
+    assert acc["step"].tolist() == list(range(1, 11))
+    best = acc["value"].max()
+    assert res["best_step"] == int(acc.loc[acc["value"].idxmax(), "step"])
+    assert res["valid"]["accuracy"] == best
+    assert best > acc["value"].iloc[-1]  # otherwise the test would not show anything
+
+
+def test_max_train_samples_and_max_steps(env, tmp_path):
+    hook = Recorder()
+    train(
+        spec(max_train_samples=40, max_steps=5),
+        env["sst2"],
+        env["model"],
+        tmp_path / "o",
+        hooks=[hook],
+    )
+    assert hook.train_rows == 40 and hook.steps == [1, 2, 3, 4, 5]
+    metrics = frames(tmp_path / "o")[0]
+    # 40 rows / 16 -> 3 steps per epoch; the schedule decays to 0 at the capped 5th step.
+    assert metrics["epoch"].dropna().max() == pytest.approx(5 / 3)
+    assert metrics["lr"].dropna().tolist() == pytest.approx([3e-3 * (5 - i) / 5 for i in range(5)])
+
+
+def test_bad_data_fails_with_file_and_row(env, tmp_path):
+    data = write_data(tmp_path / "d", sentiment, sizes=(32, 0, 0))
+    with pytest.raises(FileNotFoundError, match="valid.parquet not found"):
+        train(spec(), data, env["model"], tmp_path / "o")
+    bad = sentiment(16, 1)
+    bad.loc[5, "label"] = 4
+    bad.to_parquet(data / "valid.parquet")
+    with pytest.raises(ValueError, match=r"valid.parquet: label 4 at row 5 is outside 0..1"):
+        train(spec(), data, env["model"], tmp_path / "o")
+    with pytest.raises(ValueError, match="max_length 600 exceeds the model's max_position"):
+        train(spec(max_length=600), env["sst2"], env["model"], tmp_path / "o")
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        train(spec(task="nope"), data, env["model"], tmp_path / "o")

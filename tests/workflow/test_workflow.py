@@ -1,0 +1,191 @@
+"""Real snakemake runs: the tiny DAG end to end, one table alone, lint, the paper dry-run,
+reproducibility, and resume after `kill -9` of a fine-tune job."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tuneatlas.catalogue import ARTIFACTS
+from tuneatlas.io import read_parquet_meta
+
+from .conftest import BIN, REPO, TINY, snakemake
+
+pytestmark = pytest.mark.workflow
+
+
+def job_counts(dry_run_stdout: str) -> dict[str, int]:
+    """Parse the 'Job stats' table of a snakemake dry-run."""
+    block = dry_run_stdout.split("Job stats:")[1].split("total")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
+
+
+def built_tables(workdir: Path) -> dict[str, pd.DataFrame]:
+    return {
+        p.stem: pd.read_parquet(p) for p in sorted((workdir / "results/tables").glob("*.parquet"))
+    }
+
+
+def test_tiny_run_writes_catalogued_tables_with_provenance(tiny_run):
+    tables = built_tables(tiny_run)
+    expected = {a.slug for a in ARTIFACTS.values() if a.built}
+    assert expected == set(tables)
+    for slug, df in tables.items():
+        artifact = next(a for a in ARTIFACTS.values() if a.slug == slug)
+        assert set(artifact.columns) <= set(df.columns), slug
+        assert len(df) > 0
+        meta = read_parquet_meta(tiny_run / f"results/tables/{slug}.parquet")
+        assert meta["artifact"] == artifact.id
+        assert re.fullmatch(r"[0-9a-f]{12}", meta["config_hash"])
+        assert meta["version"] and meta["git_commit"]
+        for figure in artifact.figures:
+            assert (tiny_run / figure).stat().st_size > 5000, figure
+
+
+def test_tiny_run_s1_t1_and_ta2_values(tiny_run):
+    t1 = pd.read_parquet(tiny_run / "results/tables/s1_t1.parquet")
+    assert set(t1["task"]) == {"sst2", "stsb"}
+    assert set(t1["pooling"]) == {"cls", "maxnorm"}
+    assert set(t1["split"]) == {"valid", "test"}
+    assert set(zip(t1["task"], t1["metric"], strict=True)) == {("sst2", "accuracy"), ("stsb", "pearson")}
+    assert t1["value"].between(-1, 1).all()
+    ta2 = pd.read_parquet(tiny_run / "results/tables/s1_ta2.parquet")
+    assert sorted(ta2["seed"].unique()) == [0, 42]
+    assert len(ta2) == 2 * 2 * 2  # tasks x seeds x splits
+    # the table holds exactly the runs' own final scores
+    ev = pd.read_parquet(tiny_run / "results/runs/s1-sst2-s0/eval.parquet")
+    own = ev[(ev.metric == "accuracy") & (ev.split == "test")]["value"].item()
+    row = ta2[(ta2.task == "sst2") & (ta2.seed == 0) & (ta2.split == "test")]["value"].item()
+    assert row == own
+
+
+S3_SLUGS = [a.slug for a in ARTIFACTS.values() if a.study == "S3"]
+
+
+@pytest.mark.parametrize("slug", S3_SLUGS)
+def test_each_s3_artifact_rebuilds_alone(tiny_run, slug):
+    artifact = next(a for a in ARTIFACTS.values() if a.slug == slug)
+    table = tiny_run / artifact.table
+    before = pd.read_parquet(table)
+    for path in (artifact.table, *artifact.figures):
+        (tiny_run / path).unlink()
+    out = snakemake(tiny_run, "--configfile", str(TINY), "--cores", "1", *artifact.figures).stdout
+    counts = job_counts(out) if "Job stats:" in out else {}
+    assert set(counts) - {"table", "figure", "animation"} == set(), counts
+    pd.testing.assert_frame_equal(pd.read_parquet(table), before, check_exact=True)
+    for path in artifact.figures:
+        assert (tiny_run / path).stat().st_size > 5000
+
+
+def test_report_builds(tiny_run):
+    snakemake(tiny_run, "--configfile", str(TINY), "--report", "results/report.html")
+    html = (tiny_run / "results/report.html").read_text(errors="replace")
+    assert "s1_t1" in html
+
+
+def test_rerun_with_same_config_gives_identical_tables(tiny_run, tmp_path):
+    snakemake(tmp_path, "--configfile", str(TINY), "--cores", "2")
+    first, second = built_tables(tiny_run), built_tables(tmp_path)
+    assert first.keys() == second.keys()
+    for slug in first:
+        pd.testing.assert_frame_equal(first[slug], second[slug], check_exact=True, obj=slug)
+
+
+def test_one_table_runs_only_what_it_needs(tmp_path):
+    out = snakemake(
+        tmp_path, "--configfile", str(TINY), "-n", "results/tables/s1_t1.parquet"
+    ).stdout
+    counts = job_counts(out)
+    # sst2 + stsb + the topics corpus of the tokenizer; CLS and max-norm run per task; no embeddings
+    assert counts == {"prepare_data": 3, "build_model": 1, "train": 4, "table": 1}
+
+
+def test_paper_dry_run_builds_the_full_s1_grid(tmp_path):
+    out = snakemake(tmp_path, "--configfile", str(REPO / "paper.yaml"), "-n").stdout
+    counts = job_counts(out)
+    assert (
+        counts["train"] == 120
+    )  # 40 seeds x tasks + 8 maxnorm + 8 frozen + 8 no-dropout + 56 cross
+    assert counts["prepare_data"] == 8
+    assert counts["embed"] == 16
+
+
+def test_lint_is_clean(tmp_path):
+    proc = snakemake(tmp_path, "--configfile", str(TINY), "--lint", check=False)
+    assert proc.returncode == 0, proc.stdout
+    assert "Lints for" not in proc.stdout
+
+
+def _train_pid(run: str) -> int | None:
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"tuneatlas" in cmd and b"train" in cmd and any(run.encode() in c for c in cmd):
+            return int(proc.name)
+    return None
+
+
+def test_kill_9_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
+    config = yaml.safe_load(TINY.read_text())
+    config["train"].update(epochs=40, checkpoint_every=10)  # long enough to be killed mid-run
+    long_cfg = tmp_path / "long.yaml"
+    long_cfg.write_text(yaml.safe_dump(config))
+    run = "s1-sst2-s42"
+    target = f"results/runs/{run}/eval.parquet"
+
+    clean = tmp_path / "clean"
+    snakemake(clean, "--configfile", str(long_cfg), "--cores", "1", target)
+
+    killed = tmp_path / "killed"
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    cmd = [
+        str(BIN / "snakemake"),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(killed),
+        "--configfile",
+        str(long_cfg),
+        "--cores",
+        "1",
+        target,
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    ckpt = killed / "results/runs" / run / "ckpt"
+    deadline = time.monotonic() + 300
+    pid = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        pid = _train_pid(run)
+        if pid and ckpt.exists() and any(ckpt.iterdir()):
+            os.kill(pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    out, _ = proc.communicate(timeout=120)
+    assert pid is not None and proc.returncode != 0, (
+        f"the job was not killed mid-run:\n{out[-3000:]}"
+    )
+    assert not (killed / target).exists()
+    assert ckpt.exists(), "the checkpoint must survive the failed job"
+
+    rerun = snakemake(killed, "--configfile", str(long_cfg), "--cores", "1", target)
+    log = (killed / f"results/logs/train/{run}.log").read_text()
+    assert "resum" in log.lower(), log[-2000:]
+    for name in ("metrics.parquet", "eval.parquet"):
+        a = pd.read_parquet(clean / "results/runs" / run / name)
+        b = pd.read_parquet(killed / "results/runs" / run / name)
+        pd.testing.assert_frame_equal(a, b, check_exact=True, obj=name)
+    assert rerun.returncode == 0

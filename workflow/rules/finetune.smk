@@ -1,0 +1,60 @@
+# Fine-tuning runs (one training engine for every study) and embedding extraction.
+
+
+rule train:
+    input:
+        unpack(train_inputs),
+    output:
+        model=directory(f"{RESULTS}/runs/{{run}}/model"),
+        captures=directory(f"{RESULTS}/runs/{{run}}/captures"),
+        eval=f"{RESULTS}/runs/{{run}}/eval.parquet",
+        metrics=f"{RESULTS}/runs/{{run}}/metrics.parquet",
+        spec=f"{RESULTS}/runs/{{run}}/spec.yaml",
+    log:
+        f"{RESULTS}/logs/train/{{run}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{run}}.tsv"
+    conda:
+        "../../envs/tuneatlas.yaml"
+    threads: THREADS
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=240,
+    params:
+        spec=lambda wc: as_json(run_of(wc).spec),
+        init=init_arg,
+        device=DEVICE,
+        run_dir=lambda wc: f"{RESULTS}/runs/{wc.run}",
+    shell:
+        "python -m tuneatlas --threads {threads} train --spec {params.spec:q} --data {input.data}"
+        " --model {input.model} {params.init} --device {params.device}"
+        " --out {params.run_dir} 2> {log}"
+
+
+rule embed:
+    input:
+        model=f"{RESULTS}/runs/{{run}}/model",
+        data=lambda wc: f"{RESULTS}/data/{run_of(wc).spec['dataset']}",
+    output:
+        tensors=f"{RESULTS}/embeddings/{{run}}/embeddings.safetensors",
+        index=f"{RESULTS}/embeddings/{{run}}/index.parquet",
+    log:
+        f"{RESULTS}/logs/embed/{{run}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/embed/{{run}}.tsv"
+    conda:
+        "../../envs/tuneatlas.yaml"
+    threads: THREADS
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=60,
+    params:
+        batch_size=lambda wc: run_of(wc).spec["eval_batch_size"],
+        device=DEVICE,
+        out_dir=lambda wc: f"{RESULTS}/embeddings/{wc.run}",
+    shell:
+        "python -m tuneatlas --threads {threads} embed --model {input.model} --data {input.data}"
+        " --batch-size {params.batch_size}"
+        " --device {params.device} --out {params.out_dir} 2> {log}"

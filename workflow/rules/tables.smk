@@ -1,0 +1,83 @@
+# Every artifact of the catalogue: results/tables/<slug>.parquet and its figure(s).
+
+
+rule table:
+    input:
+        table_inputs,
+    output:
+        f"{RESULTS}/tables/{{slug}}.parquet",
+    log:
+        f"{RESULTS}/logs/table/{{slug}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/table/{{slug}}.tsv"
+    conda:
+        "../../envs/tuneatlas.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    params:
+        spec=table_spec,
+        artifact=lambda wc: target_of(wc).artifact.id,
+        results=lambda wc, output: Path(output[0]).parents[1],
+        config_hash=CONFIG_HASH,
+    shell:
+        "python -m tuneatlas table {params.artifact} --spec {params.spec:q}"
+        " --results {params.results} --config-hash {params.config_hash} --out {output} 2> {log}"
+
+
+rule figure:
+    input:
+        f"{RESULTS}/tables/{{study}}_{{name}}.parquet",
+    output:
+        report(
+            f"{RESULTS}/figures/{{study}}_{{name}}.png",
+            caption="../report/figure.rst",
+            category="{study}",
+            labels={"artifact": "{study}_{name}"},
+        ),
+    log:
+        f"{RESULTS}/logs/figure/{{study}}_{{name}}.log",
+    conda:
+        "../../envs/tuneatlas.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        artifact=lambda wc: artifact_of(wc).id,
+        title=lambda wc: artifact_of(wc).title,
+    shell:
+        "python -m tuneatlas plot {params.artifact} --table {input} --out {output} 2> {log}"
+
+
+# S3.F4 is an animation: a GIF beside the PNG of its final frame.
+ruleorder: animation > figure
+
+
+rule animation:
+    input:
+        f"{RESULTS}/tables/s3_f4.parquet",
+    output:
+        png=report(
+            f"{RESULTS}/figures/s3_f4.png",
+            caption="../report/animation.rst",
+            category="s3",
+            labels={"artifact": "s3_f4"},
+        ),
+        gif=report(
+            f"{RESULTS}/figures/s3_f4.gif",
+            caption="../report/animation.rst",
+            category="s3",
+            labels={"artifact": "s3_f4 (animation)"},
+        ),
+    log:
+        f"{RESULTS}/logs/figure/s3_f4.log",
+    conda:
+        "../../envs/tuneatlas.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "python -m tuneatlas plot S3.F4 --table {input} --out {output.png} {output.gif} 2> {log}"
