@@ -12,8 +12,10 @@ the paper's seeded sampling available), by decomposing logits into per-dimension
 
 * binary classification uses the logit difference ``d = (W1 - W0) . h + (b1 - b0)``; the head's
   argmax picks class 1 iff ``d > 0`` (argmax keeps the first maximum, so a tie is class 0);
-* multi-class classification keeps one contribution row per class and a running first-max argmax;
-* MCC / F1 / macro-F1 / accuracy all follow from vectorised confusion counts;
+* multi-class classification keeps one contribution row per class and counts, per class, the
+  examples where it beats every earlier class strictly and every later one or ties it (argmax);
+* MCC / F1 / macro-F1 / accuracy all follow from vectorised confusion counts (for a binary head
+  through a table of the score of every possible count pair);
 * regression (Pearson) uses the closed form: ``pred_S = sum_{j in S} W_j h_j + b``, so
   ``cov(pred_S, y)`` and ``var(pred_S)`` are sums over a K-vector and a K x K matrix and every
   pair/triple costs O(1), independent of N.
@@ -347,7 +349,11 @@ class _Compiled:
         fn = self.fns.get(key)
         if fn is None:
             # dynamic=True: one graph for every block shape (sizes vary with the middle index).
-            fn = torch.compile(_KERNELS[kind][0], dynamic=True, fullgraph=True)
+            # On CPU, Inductor otherwise decides at compile time from the first call's sizes
+            # and thread count whether to emit an OpenMP loop; dynamic_threads always emits it
+            # and lets the runtime thread count (torch.set_num_threads) decide.
+            options = {"cpp.dynamic_threads": True} if a.device.type == "cpu" else None
+            fn = torch.compile(_KERNELS[kind][0], dynamic=True, fullgraph=True, options=options)
             self.fns[key] = fn
         try:
             out = fn(a, b)
@@ -542,15 +548,18 @@ class SubsetScorer:
         return out
 
     def scan_triples(
-        self, k: int = 10, edges: np.ndarray | None = None
+        self, k: int = 10, edges: int | Sequence[float] | np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Score all C(K, 3) triples with bounded memory.
 
         Returns the top-``k`` triples ``[k, 3]`` with their scores (score descending, then ids
-        ascending) and, if ``edges`` is given, the histogram counts of all triple scores.
+        ascending) and, if ``edges`` (bin edges, or a number of bins) is given, the histogram
+        counts of all triple scores.
         """
         if self.n_dims < 3:
             raise ValueError("triples need K >= 3 dimensions")
+        if edges is not None:
+            edges = histogram_edges(self.metric, edges)
         top = _RunningTopK(k, 3)
         counts = None if edges is None else np.zeros(len(edges) - 1, dtype=np.int64)
         key_bins = None
@@ -728,8 +737,9 @@ class SubsetScorer:
         return self._metric_and_keys(counts)
 
     def _pair_blocks(self, rows: int = 32) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """Yield ``(i0, i1, scores)`` with the lexicographically ordered scores of all pairs
-        ``(i, j)``, ``i0 <= i < i1 < ... j``; blocks tile the pairs in rank order."""
+        """Yield ``(i0, i1, scores)``: the scores of all pairs ``(i, j)`` with ``i0 <= i < i1``
+        and ``j > i``, in lexicographic order; consecutive blocks tile the pairs in rank order.
+        """
         k_dims = self.n_dims
         compiled = not self.regression and self._use_compile(n_combinations(k_dims, 2))
         for i0 in range(0, k_dims - 1, rows):

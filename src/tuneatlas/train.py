@@ -235,7 +235,7 @@ def load_splits(
     max_length: int,
     task: TaskInfo,
     splits: Sequence[str] = SPLITS,
-    required: Sequence[str] = ("train", "valid"),
+    required: Sequence[str] = ("train",),
 ) -> dict[str, Split]:
     """Read and tokenise `data_dir/<split>.parquet` for each split present (required ones must)."""
     data_dir = Path(data_dir)
@@ -556,6 +556,13 @@ def train(
     seed_everything(spec.seed)
     model = build_model(spec, task, model_dir, init_dir)
     data = load_splits(data_dir, model.tokenizer, spec.max_length, task)
+    # Scores during training are taken on valid; a dataset without one (S3: livedoor has
+    # train/test only, and the study follows test scores over steps) is monitored on test.
+    monitor = "valid" if "valid" in data else "test"
+    if monitor not in data:
+        raise FileNotFoundError(f"{data_dir} has neither valid.parquet nor test.parquet")
+    if spec.keep_best and monitor != "valid":
+        raise ValueError(f"run {spec.run}: keep_best selects on valid, but {data_dir} has none")
     rows = subsample_rows(len(data["train"]), spec.max_train_samples, spec.seed)
     if rows is not None:
         data["train"] = data["train"].subset(rows)
@@ -621,7 +628,7 @@ def train(
     _call(hooks, "on_train_start", state)
 
     def run_eval() -> None:
-        scores = evaluate(model, data["valid"], task, spec.eval_batch_size, dev, with_loss=True)
+        scores = evaluate(model, data[monitor], task, spec.eval_batch_size, dev, with_loss=True)
         for m, v in scores.items():
             metric_rows.append(
                 {
@@ -630,7 +637,7 @@ def train(
                     "epoch": state.epoch,
                     "lr": math.nan,
                     "loss": math.nan,
-                    "split": "valid",
+                    "split": monitor,
                     "metric": m,
                     "value": float(v),
                 }
@@ -642,8 +649,8 @@ def train(
                 step=state.step,
                 state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
             )
-        log.info("run %s: step %d valid %s %.4f", spec.run, state.step, task.metric, value)
-        _call(hooks, "on_evaluate", state, "valid", scores)
+        log.info("run %s: step %d %s %s %.4f", spec.run, state.step, monitor, task.metric, value)
+        _call(hooks, "on_evaluate", state, monitor, scores)
 
     def checkpoint() -> None:
         _save_checkpoint(
@@ -751,11 +758,12 @@ def train(
     write_yaml(spec.to_dict(), out_dir / "spec.yaml")
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     log.info(
-        "run %s: done in %.1fs; valid %s %.4f%s",
+        "run %s: done in %.1fs; %s %s %.4f%s",
         spec.run,
         time.time() - t0,
+        monitor,
         task.metric,
-        results["valid"][task.metric],
+        results[monitor][task.metric],
         f", test {results['test'][task.metric]:.4f}" if "test" in results else "",
     )
     results.update(steps=state.step, best_step=best["step"], resumed_from=resumed_from)

@@ -23,7 +23,12 @@ SKIP_REASON = "real-SLURM tests: run `make test-cluster` (installs Debian's SLUR
 
 # The profile asks for what a site's GPU node has (train: 4 CPUs, 32 GB). The test node declares
 # that much (SlurmdParameters=config_overrides); nothing enforces it, the toy jobs are tiny.
-NODE_SIZE = {"TUNEATLAS_SLURM_NODE_CPUS": "8", "TUNEATLAS_SLURM_NODE_MEM_MB": "64000"}
+# Two fake GPUs let the two fine-tunes of the toy DAG run side by side (one GPU each).
+NODE_SIZE = {
+    "TUNEATLAS_SLURM_NODE_CPUS": "8",
+    "TUNEATLAS_SLURM_NODE_MEM_MB": "64000",
+    "TUNEATLAS_SLURM_GPUS": "2",
+}
 
 
 def cluster_tests_enabled() -> bool:

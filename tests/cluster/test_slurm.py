@@ -231,18 +231,57 @@ def same_frames(a: Path, b: Path) -> None:
 
 
 # --------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def local_reference(tmp_path_factory, show) -> Path:
-    """The same target run locally (`--cores 2`), to compare outputs with."""
-    workdir = tmp_path_factory.mktemp("local")
-    proc, seconds = run_snakemake(workdir, "--cores", "2", TARGET, slurm=False)
-    assert proc.returncode == 0, f"local run failed:\n{proc.stdout[-6000:]}"
-    show(f"==== local reference run of {TARGET}: {seconds:.1f} s")
-    return workdir
+class Background:
+    """A snakemake run in the background; its output is collected line by line."""
+
+    def __init__(self, workdir: Path, *args: str, slurm: bool = True):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir, self.t0, self.lines = workdir, time.monotonic(), []
+        self.proc = subprocess.Popen(
+            snakemake_cmd(workdir, *args, slurm=slurm),
+            cwd=workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=snakemake_env(),
+        )
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def stdout(self) -> str:
+        return "".join(self.lines)
+
+    def wait(self) -> tuple[int, str, float]:
+        try:
+            self.proc.wait(timeout=RUN_TIMEOUT + 60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.reader.join(timeout=10)
+        return self.proc.returncode, self.stdout, time.monotonic() - self.t0
 
 
 @pytest.fixture(scope="module")
-def slurm_run(slurm_cluster, tmp_path_factory, show) -> SlurmRun:
+def local_started(tmp_path_factory) -> Background:
+    """The same target run locally (`--cores 2`); started beside the SLURM run to save time."""
+    return Background(tmp_path_factory.mktemp("local"), "--cores", "2", TARGET, slurm=False)
+
+
+@pytest.fixture(scope="module")
+def local_reference(local_started, show) -> Path:
+    returncode, stdout, seconds = local_started.wait()
+    assert returncode == 0, f"the local run failed:\n{stdout[-6000:]}"
+    show(f"==== local reference run of {TARGET} (--cores 2): {seconds:.1f} s")
+    return local_started.workdir
+
+
+@pytest.fixture(scope="module")
+def slurm_run(slurm_cluster, local_started, tmp_path_factory, show) -> SlurmRun:
     workdir = tmp_path_factory.mktemp("slurm")
     proc, seconds = run_snakemake(workdir, TARGET)
     run = SlurmRun.collect(workdir, proc.returncode, proc.stdout, seconds)
@@ -297,29 +336,15 @@ def test_outputs_equal_those_of_a_local_run(slurm_run, local_reference):
 def test_scancel_of_a_running_train_job_then_rerun_completes_only_what_is_missing(
     slurm_cluster, local_reference, tmp_path, show
 ):
+    # one fine-tune and what it needs: prepare_data, build_model (cpu), then train (gpu)
+    run = TRAIN_RUNS[0]
+    target = f"results/runs/{run}/eval.parquet"
     workdir = tmp_path / "fault"
-    workdir.mkdir()
-    t0 = time.monotonic()
-    proc = subprocess.Popen(
-        snakemake_cmd(workdir, TARGET),
-        cwd=workdir,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=snakemake_env(),
-    )
-    lines: list[str] = []
-
-    def read() -> None:
-        for line in proc.stdout:
-            lines.append(line)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    bg = Background(workdir, target)
     cancelled: dict[str, str] | None = None
     deadline = time.monotonic() + RUN_TIMEOUT
-    while cancelled is None and proc.poll() is None and time.monotonic() < deadline:
-        uuid = run_uuid("".join(lines))
+    while cancelled is None and bg.proc.poll() is None and time.monotonic() < deadline:
+        uuid = run_uuid(bg.stdout)
         if uuid:
             running = slurm("squeue", "-h", "--name", uuid, "-t", "RUNNING", "-o", "%i|%k")
             for job_id, comment in (ln.split("|", 1) for ln in running.split()):
@@ -328,49 +353,35 @@ def test_scancel_of_a_running_train_job_then_rerun_completes_only_what_is_missin
                     cancelled = {"id": job_id, "comment": comment}
                     break
         time.sleep(0.25)
-    try:
-        proc.wait(timeout=RUN_TIMEOUT + 60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        reader.join(timeout=10)
-    out = "".join(lines)
-    first = SlurmRun.collect(workdir, proc.returncode, out, time.monotonic() - t0)
-    show(
-        first.report(
-            f"fault run: scancel {cancelled and cancelled['id']} "
-            f"({cancelled and cancelled['comment']})"
-        )
-    )
+    first = SlurmRun.collect(workdir, *bg.wait())
+    what = f"{cancelled['id']} ({cancelled['comment']})" if cancelled else "nothing"
+    show(first.report(f"fault run of {target}: scancel {what} while RUNNING"))
     assert cancelled, first.failure("no train job was seen RUNNING")
 
     # snakemake notices and reports the failure, and exits non-zero
     assert first.returncode == 1, first.failure("snakemake did not fail")
-    assert "Error in rule train" in out and "CANCELLED" in out, first.failure("no error report")
-    rec = job_record(cancelled["id"])
-    assert rec["JobState"] == "CANCELLED", rec["JobState"]
-    run = wildcards_of(rec)
-    assert run in TRAIN_RUNS
+    assert "Error in rule train" in first.stdout and "CANCELLED" in first.stdout, first.failure(
+        "no error report"
+    )
+    assert job_record(cancelled["id"])["JobState"] == "CANCELLED"
+    assert wildcards_of(job_record(cancelled["id"])) == run
     # the finished jobs' outputs stay; the cancelled job left nothing snakemake would trust
     for done in ("results/data/sst2", "results/models/bert-tiny"):
         assert (workdir / done).is_dir() and any((workdir / done).iterdir()), done
-    assert not (workdir / f"results/runs/{run}/eval.parquet").exists()
-    assert not (workdir / TARGET).exists()
-    missing = [r for r in TRAIN_RUNS if not (workdir / f"results/runs/{r}/eval.parquet").exists()]
+    assert not (workdir / target).exists()
 
     # the rerun runs exactly what is missing, on SLURM again, and completes
-    proc, seconds = run_snakemake(workdir, TARGET)
+    proc, seconds = run_snakemake(workdir, target)
     rerun = SlurmRun.collect(workdir, proc.returncode, proc.stdout, seconds)
-    show(rerun.report("rerun after scancel"))
+    show(rerun.report(f"rerun of {target} after the scancel"))
     assert rerun.returncode == 0, rerun.failure("the rerun failed")
-    assert job_counts(rerun.stdout) == {"train": len(missing), "table": 1}, rerun.failure("rerun")
-    assert sorted(wildcards_of(r) for r in rerun.records if rule_of(r) == "train") == sorted(
-        missing
-    )
-    for rec in rerun.records:
-        assert rec["JobState"] == "COMPLETED", (rec["JobId"], rec["JobState"])
-        assert rec["Partition"] == PARTITION[rule_of(rec)], (rec["JobId"], rec["Partition"])
-    same_frames(workdir / TARGET, local_reference / TARGET)
+    assert job_counts(rerun.stdout) == {"train": 1}, rerun.failure("the rerun ran more")
+    assert [(rule_of(r), wildcards_of(r)) for r in rerun.records] == [("train", run)]
+    rec = rerun.records[0]
+    assert rec["JobState"] == "COMPLETED" and rec["Partition"] == "gpu", rec
+    for name in ("eval.parquet", "metrics.parquet"):
+        path = f"results/runs/{run}/{name}"
+        same_frames(workdir / path, local_reference / path)
 
 
 def test_profile_site_values_come_from_the_environment(tmp_path):

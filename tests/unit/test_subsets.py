@@ -25,6 +25,16 @@ from tuneatlas.metrics import predictions, score
 K, N = 10, 200
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # These tensors are tiny: a second intra-op thread only adds synchronisation, which costs
+    # a lot when other processes keep the cores busy. Restored for the other test modules.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _problem(n_classes: int, regression: bool, seed: int, dyadic: bool = False, n: int = N):
     rng = np.random.default_rng(seed)
     if dyadic:
@@ -165,6 +175,22 @@ def test_compiled_kernels_equal_eager(n_classes, metric):
     for g, e in zip(got, want, strict=True):
         np.testing.assert_array_equal(g, e)
     np.testing.assert_allclose(got[1], np.sort(ref3)[::-1][:10], atol=1e-6)
+
+
+@pytest.mark.parametrize("metric", ["mcc", "f1", "macro_f1"])
+def test_binary_score_table_equals_direct_metric(metric, monkeypatch):
+    # Binary heads look scores up in a table of every count pair; big splits (no table) compute
+    # the metric directly (accuracy's table is 1-d and always used). Both must agree bit for
+    # bit, or rankings would depend on N.
+    (h, y, w, b), pairs, ref2, triples, ref3 = _reference(2, "accuracy", False, True)
+    tabled = ss.SubsetScorer(h, y, w, b, metric)
+    monkeypatch.setattr(ss, "_MAX_TABLE", 0)
+    direct = ss.SubsetScorer(h, y, w, b, metric)
+    assert tabled._table is not None and direct._table is None
+    np.testing.assert_array_equal(tabled.pair_scores(), direct.pair_scores())
+    edges = ss.histogram_edges(metric, 13)
+    for got, want in zip(tabled.scan_triples(9, edges), direct.scan_triples(9, edges), strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_regression_closed_form_equals_direct_pearson():
