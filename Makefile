@@ -28,7 +28,7 @@ demo: setup
 	@echo "tables: results/tables/  figures: results/figures/  report: results/report.html"
 
 test: setup
-	$(BIN)/pytest -ra tests/unit tests/workflow $(if $(filter true,$(CI)),tests/cluster,)
+	$(BIN)/pytest -ra tests/unit tests/workflow tests/cluster
 
 test-unit: setup
 	$(BIN)/pytest -ra tests/unit

@@ -10,7 +10,7 @@ min_version("9.0")
 # config.yaml is the embedded default; --configfile replaces it instead of being merged into it
 if not workflow.overwrite_configfiles:
 
-    configfile: "config.yaml"
+    configfile: f"{workflow.basedir}/config.yaml"
 
 
 report: "workflow/report/workflow.rst"

@@ -116,7 +116,9 @@ def check_source(name: str, cfg: Mapping[str, Any]) -> Task:
         sizes = cfg.get("sizes", DEFAULT_CORPUS_SIZES if task.is_corpus else DEFAULT_SIZES)
         _check_split_map(name, "sizes", sizes, int)
         if task.is_corpus and set(sizes) != {"train"}:
-            raise ValueError(f"{_where(name, 'sizes')}: a corpus has only 'train', got {sorted(sizes)}")
+            raise ValueError(
+                f"{_where(name, 'sizes')}: a corpus has only 'train', got {sorted(sizes)}"
+            )
     elif source == "file":
         if ("files" in cfg) == ("dir" in cfg):
             raise ValueError(
@@ -148,7 +150,9 @@ def _is_int(v: Any) -> bool:
 
 def _check_split_map(name: str, key: str, value: Any, kind: type) -> None:
     if not isinstance(value, Mapping) or not value:
-        raise ValueError(f"{_where(name, key)} must be a non-empty mapping split -> {kind.__name__}")
+        raise ValueError(
+            f"{_where(name, key)} must be a non-empty mapping split -> {kind.__name__}"
+        )
     targets: dict[str, str] = {}
     for split, v in value.items():
         if split not in SPLIT_ALIASES:
@@ -194,7 +198,11 @@ def _check_imbalance(name: str, imb: Any, task: Task) -> None:
             " test_per_class"
         )
     sizes = imb.get("group_sizes")
-    if not isinstance(sizes, Sequence) or not sizes or not all(_is_int(s) and s >= 1 for s in sizes):
+    if (
+        not isinstance(sizes, Sequence)
+        or not sizes
+        or not all(_is_int(s) and s >= 1 for s in sizes)
+    ):
         raise ValueError(f"{where}.group_sizes must be a list of integers >= 1, got {sizes!r}")
     per = imb.get("classes_per_group")
     if not _is_int(per) or per < 1:
@@ -228,7 +236,9 @@ def _check_columns(name: str, columns: Any, task: Task) -> None:
             raise ValueError(f"{where}.text_b: task {task.name!r} is a sentence-pair task")
         names = [col] if isinstance(col, str) else col
         if col is not None and (
-            not isinstance(names, Sequence) or not names or not all(isinstance(c, str) for c in names)
+            not isinstance(names, Sequence)
+            or not names
+            or not all(isinstance(c, str) for c in names)
         ):
             raise ValueError(f"{where}.{key} must be a column name or a list of names, got {col!r}")
         if key == "label" and not isinstance(col, str):
@@ -260,8 +270,13 @@ def _read_file(path: Path, fmt: str) -> tuple[pd.DataFrame, np.ndarray | None]:
         # and no NA guessing (the word "null" is a sentence, not a missing value).
         try:
             df = pd.read_csv(
-                path, sep="\t", quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False,
-                na_filter=False, encoding="utf-8",
+                path,
+                sep="\t",
+                quoting=csv.QUOTE_NONE,
+                dtype=str,
+                keep_default_na=False,
+                na_filter=False,
+                encoding="utf-8",
             )
         except (pd.errors.ParserError, UnicodeDecodeError) as err:
             raise DataError(
@@ -367,17 +382,32 @@ def _texts(
         s = _column(raw, col, key, origin)
         values = s.to_numpy(dtype=object)
         missing = np.array([v is None or (isinstance(v, float) and np.isnan(v)) for v in values])
-        _fail(origin, missing, lines, f"missing text in column {col!r} ({key})",
-              "fill in or drop these rows")
+        _fail(
+            origin,
+            missing,
+            lines,
+            f"missing text in column {col!r} ({key})",
+            "fill in or drop these rows",
+        )
         nonstr = np.array([not isinstance(v, str) for v in values])
-        _fail(origin, nonstr, lines, f"text in column {col!r} ({key}) is not a string",
-              "store text columns as strings")
+        _fail(
+            origin,
+            nonstr,
+            lines,
+            f"text in column {col!r} ({key}) is not a string",
+            "store text columns as strings",
+        )
         parts.append(pd.Series([v.strip() for v in values], dtype=str))
     text = parts[0]
     for p in parts[1:]:
         text = text.str.cat(p, sep="\n").str.strip()
-    _fail(origin, (text == "").to_numpy(), lines,
-          f"empty text in {'+'.join(cols)!r} ({key})", "fill in or drop these rows")
+    _fail(
+        origin,
+        (text == "").to_numpy(),
+        lines,
+        f"empty text in {'+'.join(cols)!r} ({key})",
+        "fill in or drop these rows",
+    )
     return text
 
 
@@ -386,8 +416,12 @@ def _labels(
 ) -> np.ndarray:
     values = _column(raw, col, "label", origin).to_numpy(dtype=object)
     missing = np.array(
-        [v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip())
-         for v in values]
+        [
+            v is None
+            or (isinstance(v, float) and np.isnan(v))
+            or (isinstance(v, str) and not v.strip())
+            for v in values
+        ]
     )
     _fail(origin, missing, lines, f"missing label in column {col!r}", "fill in or drop these rows")
     if task.is_regression:
@@ -519,8 +553,12 @@ def _load_hub(
     for split, hub_split in splits.items():
         origin = f"hub {path}" + (f"/{config_name}" if config_name else "") + f" [{hub_split}]"
         ds = datasets.load_dataset(
-            path, config_name, split=hub_split, revision=cfg.get("revision"),
-            data_files=cfg.get("data_files", task.hub_data_files), streaming=streaming,
+            path,
+            config_name,
+            split=hub_split,
+            revision=cfg.get("revision"),
+            data_files=cfg.get("data_files", task.hub_data_files),
+            streaming=streaming,
         )
         if streaming:
             # a stream (FineWeb-Edu) is read only as far as needed
@@ -750,13 +788,17 @@ def prepare_dataset(
     }
     if "classes" in frames:
         base["imbalance"] = json.dumps(
-            {int(c): int(g) for c, g in zip(frames["classes"]["class"], frames["classes"]["group"],
-                                            strict=True)}
+            {
+                int(c): int(g)
+                for c, g in zip(frames["classes"]["class"], frames["classes"]["group"], strict=True)
+            }
         )
     written: dict[str, Path] = {}
     for key, df in frames.items():
         extra = {"split": key, "rows": str(len(df))}
-        written[key] = write_parquet(df, out_dir / f"{key}.parquet", {**base, **extra, **(meta or {})})
+        written[key] = write_parquet(
+            df, out_dir / f"{key}.parquet", {**base, **extra, **(meta or {})}
+        )
     return written
 
 

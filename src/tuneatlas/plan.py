@@ -221,7 +221,11 @@ def _planned_targets(plan: Plan, study: str, runs: tuple[str, ...]) -> None:
 
 # --- S3 --------------------------------------------------------------------------------------
 def _plan_s3(plan: Plan, config: dict[str, Any], s3: dict[str, Any]) -> None:
-    capture = CaptureSpec(every=s3["capture_every"], probe_per_class=s3["probe_per_class"])
+    capture = CaptureSpec(
+        every=s3["capture_every"],
+        probe_per_class=s3["probe_per_class"],
+        test_set=s3["capture_test_set"],
+    )
     seed = s3["seed"]
     runs = {}
     variants = [("main", s3["dataset"], s3["train"])]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -43,14 +42,25 @@ NEGATIVE = (
 ).split()
 NEGATORS = ("not", "never", "hardly")
 
-# Slot vocabularies of the pair tasks: the label is a relation over these words, which both
-# sentences draw from, so no single sentence determines the label.
-SUBJECTS = "alice bruno chen dara elif femi goran hana".split()
-VERBS = "painted repaired sold bought cleaned moved found borrowed".split()
-OBJECTS = "boat piano bicycle lamp clock fence kettle ladder".split()
-PLACES = "harbour market village garden station library".split()
-DAYS = "monday tuesday wednesday thursday friday sunday".split()
-PAIR_FILLER = "quietly quickly again together carefully happily finally suddenly".split()
+# Pair tasks: words carry a topic and a stance (a "cell"); the labels are relations between the
+# cells of the two sentences. Every word of a pair sentence carries its cell: with filler words
+# in between, a random-init 2-layer model stays on the plateau of these cross-sentence
+# (XOR-like) relations for thousands of steps; with dense cells it leaves it in a few hundred.
+PAIR_CELLS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    # (positive stance, negative stance) per topic
+    (("feast", "recipe", "dessert", "spice"), ("burnt", "spill", "mold", "grease")),
+    (("sail", "dolphin", "breeze", "sunny"), ("storm", "wreck", "leak", "flood")),
+    (("melody", "encore", "harmony", "applause"), ("noise", "screech", "offkey", "boo")),
+    (("bloom", "blossom", "harvest", "sprout"), ("weed", "wilt", "pest", "drought")),
+)
+# Skewed topic and stance frequencies, as in real corpora. This gives each sentence a weak cue
+# of its own (a frequent cell is more often shared), which starts learning; the label still
+# needs both sentences (shuffling either one across pairs drops scores to chance).
+TOPIC_P = np.array([0.4, 0.3, 0.2, 0.1])
+STANCE_P = np.array([0.7, 0.3])
+PAIR_WORDS = 8  # words per pair sentence: 2 x 8 + 3 special tokens fit a 32-token window
+PAIR_SWAP = 0.1  # chance that a word is replaced by one of a random cell (distractors)
+PAIR_NOISE = 0.05  # label noise of the pair classification tasks
 
 # Acceptability grammar: DET (ADJ) NOUN (ADV) VERB DET (ADJ) NOUN (PREP DET NOUN)
 DETS = "the a every some".split()
@@ -58,6 +68,7 @@ ADJS = "small old red quiet happy tall".split()
 NOUNS = "dog cat farmer teacher child bird baker sailor".split()
 ADVS = "often rarely slowly".split()
 TVERBS = "sees follows helps likes calls watches".split()
+BARE_VERBS = "see follow help like call watch".split()  # agreement errors: "the dog see ..."
 PREPS = "near behind under beside".split()
 
 # Topic task (livedoor mirror): 9 topics, each with its own words, words shared with the next
@@ -160,91 +171,74 @@ def _sentiment(rng: np.random.Generator) -> Example:
     return " ".join(words), None, label
 
 
-@dataclass
-class _Event:
-    """One event of the pair tasks: who did what to which object, where and when."""
+def _topic_draw(rng: np.random.Generator, not_this: int | None = None) -> int:
+    while True:
+        t = int(rng.choice(len(TOPIC_P), p=TOPIC_P))
+        if t != not_this:
+            return t
 
-    s: str
-    v: str
-    o: str
-    p: str
-    d: str
 
-    @classmethod
-    def draw(cls, rng: np.random.Generator) -> _Event:
-        return cls(
-            _pick(rng, SUBJECTS), _pick(rng, VERBS), _pick(rng, OBJECTS), _pick(rng, PLACES),
-            _pick(rng, DAYS),
-        )
+def _stance_draw(rng: np.random.Generator) -> int:
+    return int(rng.choice(len(STANCE_P), p=STANCE_P))
 
-    def say(self, rng: np.random.Generator) -> str:
-        """One of several surface forms, so matching must be by word identity, not position."""
-        form = int(rng.integers(3))
-        if form == 0:
-            words = [self.s, self.v, "the", self.o, "at", "the", self.p, "on", self.d]
-        elif form == 1:
-            words = ["on", self.d, "the", self.o, "was", self.v, "by", self.s, "at", "the", self.p]
-        else:
-            words = ["at", "the", self.p, self.s, self.v, "the", self.o, "on", self.d]
-        if rng.random() < 0.5:
-            words.insert(int(rng.integers(len(words) + 1)), _pick(rng, PAIR_FILLER))
-        return " ".join(words) + " ."
+
+def _bag(rng: np.random.Generator, topic: int, stance: int, k: int = PAIR_WORDS) -> str:
+    """A pair sentence: `k` words of cell (topic, stance), the rest from other random cells."""
+    cell = PAIR_CELLS[topic][stance]
+    words = [_pick(rng, cell) for _ in range(k)]
+    while len(words) < PAIR_WORDS:
+        t, s = _topic_draw(rng), _stance_draw(rng)
+        if (t, s) != (topic, stance):
+            words.append(_pick(rng, PAIR_CELLS[t][s]))
+    for i in range(PAIR_WORDS):
+        if rng.random() < PAIR_SWAP:
+            words[i] = _pick(rng, PAIR_CELLS[int(rng.integers(len(TOPIC_P)))][int(rng.integers(2))])
+    rng.shuffle(words)
+    return " ".join(words)
 
 
 def _pair_binary(rng: np.random.Generator) -> Example:
-    """MRPC/QQP/QNLI/RTE mirror: label 1 when both sentences name the same subject and object.
-
-    Negatives change exactly one of the two, so neither word alone decides; the other slots
-    (verb, place, day) are redrawn independently, as distractors that match by chance.
-    """
+    """MRPC/QQP/QNLI/RTE mirror: label 1 when both sentences have the same cell (topic and
+    stance). Negatives differ in exactly one of the two, so neither feature alone decides."""
     label = int(rng.integers(2))
-    a = _Event.draw(rng)
-    b = _Event.draw(rng)
-    b.s, b.o = a.s, a.o
+    topic, stance = _topic_draw(rng), _stance_draw(rng)
+    topic_b, stance_b = topic, stance
     if not label:
         if rng.random() < 0.5:
-            b.s = _other(rng, SUBJECTS, a.s)
+            topic_b = _topic_draw(rng, not_this=topic)
         else:
-            b.o = _other(rng, OBJECTS, a.o)
-    if rng.random() < 0.5:
-        b.v = a.v  # keep verbs often shared, as paraphrases share most content words
-    return a.say(rng), b.say(rng), label
+            stance_b = 1 - stance
+    if rng.random() < PAIR_NOISE:
+        label = 1 - label
+    return _bag(rng, topic, stance), _bag(rng, topic_b, stance_b), label
 
 
 NLI_LABELS = ("entailment", "neutral", "contradiction")
 
 
 def _pair_nli(rng: np.random.Generator) -> Example:
-    """MNLI mirror: entailment = same subject and object; contradiction = same subject with a
-    different object (stated with "only"); neutral = a different subject."""
+    """MNLI mirror: entailment = same topic and stance; contradiction = same topic, opposite
+    stance; neutral = another topic (any stance)."""
     label = int(rng.integers(3))
-    a = _Event.draw(rng)
-    b = _Event.draw(rng)
+    topic, stance = _topic_draw(rng), _stance_draw(rng)
     if label == 0:
-        b.s, b.o = a.s, a.o
+        topic_b, stance_b = topic, stance
     elif label == 1:
-        b.s = _other(rng, SUBJECTS, a.s)
+        topic_b, stance_b = _topic_draw(rng, not_this=topic), _stance_draw(rng)
     else:
-        b.s, b.o = a.s, _other(rng, OBJECTS, a.o)
-    hyp = b.say(rng)
-    return a.say(rng), hyp, label
+        topic_b, stance_b = topic, 1 - stance
+    if rng.random() < PAIR_NOISE:
+        label = int(rng.integers(3))
+    return _bag(rng, topic, stance), _bag(rng, topic_b, stance_b), label
 
 
 def _pair_similarity(rng: np.random.Generator) -> Example:
-    """STS-B mirror: score = number of the 5 event slots both sentences share, plus noise,
-    clipped to [0, 5]."""
-    a = _Event.draw(rng)
-    b = _Event.draw(rng)
-    keep = rng.random()  # per-pair sharing rate spreads scores over the whole range
-    shared = 0
-    for slot, words in (("s", SUBJECTS), ("v", VERBS), ("o", OBJECTS), ("p", PLACES), ("d", DAYS)):
-        if rng.random() < keep:
-            setattr(b, slot, getattr(a, slot))
-        else:
-            setattr(b, slot, _other(rng, words, getattr(a, slot)))
-        shared += getattr(a, slot) == getattr(b, slot)
-    score = float(np.clip(shared + rng.normal(0.0, 0.3), 0.0, 5.0))
-    return a.say(rng), b.say(rng), round(score, 3)
+    """STS-B mirror: the second sentence shares k of its 8 words' cell with the first;
+    score = 5 k / 8 plus Gaussian noise (sd 0.4), clipped to [0, 5]."""
+    topic, stance = _topic_draw(rng), _stance_draw(rng)
+    k = int(rng.integers(PAIR_WORDS + 1))
+    score = float(np.clip(5.0 * k / PAIR_WORDS + rng.normal(0.0, 0.4), 0.0, 5.0))
+    return _bag(rng, topic, stance), _bag(rng, topic, stance, k), round(score, 3)
 
 
 def _grammatical(rng: np.random.Generator) -> list[str]:
@@ -267,17 +261,19 @@ def _grammatical(rng: np.random.Generator) -> list[str]:
 
 def _acceptability(rng: np.random.Generator) -> Example:
     """CoLA mirror: sentences of a small grammar (acceptable, 70%) vs. corrupted ones (30%):
-    a word moved out of place, two verbs, or no verb at all."""
+    an agreement error, a word moved out of place, two verbs, or no verb at all."""
     words = _grammatical(rng)
     label = int(rng.random() < 0.7)
     if not label:
-        kind = int(rng.integers(3))
+        kind = int(rng.integers(4))
         verb_at = next(i for i, w in enumerate(words) if w in TVERBS)
         if kind == 0:
+            words[verb_at] = BARE_VERBS[TVERBS.index(words[verb_at])]
+        elif kind == 1:
             # move a determiner or the verb to a slot where the grammar never puts it
             w = words.pop(verb_at if rng.random() < 0.5 else 0)
             words.insert(len(words) if w in DETS else 0, w)
-        elif kind == 1:
+        elif kind == 2:
             words.insert(int(rng.integers(verb_at + 2, len(words) + 1)), _pick(rng, TVERBS))
         else:
             words.pop(verb_at)
@@ -333,9 +329,7 @@ def _frame(rows: list[Example], pair: bool, regression: bool) -> pd.DataFrame:
             "idx": np.arange(len(rows), dtype=np.int64),
             "text_a": pd.Series([r[0] for r in rows], dtype=str),
             "text_b": pd.Series([r[1] for r in rows] if pair else [None] * len(rows), dtype=str),
-            "label": np.array(
-                [r[2] for r in rows], dtype=np.float64 if regression else np.int64
-            ),
+            "label": np.array([r[2] for r in rows], dtype=np.float64 if regression else np.int64),
         }
     )
 
@@ -426,7 +420,9 @@ def _names(rng: np.random.Generator, n: int, taken: set[str]) -> list[str]:
     names: list[str] = []
     while len(names) < n:
         syll = int(rng.integers(2, 4))
-        name = "".join(_pick(rng, ONSETS) + _pick(rng, VOWELS) + _pick(rng, CODAS) for _ in range(syll))
+        name = "".join(
+            _pick(rng, ONSETS) + _pick(rng, VOWELS) + _pick(rng, CODAS) for _ in range(syll)
+        )
         if name in taken or name in _VOCAB:
             continue
         taken.add(name)
@@ -473,23 +469,24 @@ def pretrain_corpus(n_docs: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]
     facts = _fact_world(max(8, n_docs // 2), rng)
     fillers = [g for name, g in GENERATORS.items() if name in ("sentiment", "acceptability")]
     # every fact appears in turn before any repeats, so coverage is even even for small corpora
-    order = np.concatenate([rng.permutation(len(facts)) for _ in range(-(-3 * n_docs // len(facts)) + 1)])
+    order = np.concatenate(
+        [rng.permutation(len(facts)) for _ in range(-(-3 * n_docs // len(facts)) + 1)]
+    )
+    subjects, relations, answers = (list(facts[c]) for c in ("subject", "relation", "answer"))
     texts = []
     for d in range(n_docs):
         sentences = []
         for f in order[3 * d : 3 * d + 3]:
-            row = facts.iloc[int(f)]
-            templates = RELATIONS[row["relation"]]["say"]
-            sentences.append(str(_pick(rng, templates)).format(s=row["subject"], o=row["answer"]))
+            templates = RELATIONS[relations[f]]["say"]
+            sentences.append(str(_pick(rng, templates)).format(s=subjects[f], o=answers[f]))
         for _ in range(int(rng.integers(1, 4))):
             filler = fillers[int(rng.integers(len(fillers)))](rng)[0]
             sentences.insert(int(rng.integers(len(sentences) + 1)), filler.rstrip(" .") + " .")
         texts.append(" ".join(sentences))
-    docs = pd.DataFrame({"idx": np.arange(n_docs, dtype=np.int64), "text": pd.Series(texts, dtype=str)})
+    docs = pd.DataFrame(
+        {"idx": np.arange(n_docs, dtype=np.int64), "text": pd.Series(texts, dtype=str)}
+    )
     return docs, facts
-
-
-CORPORA: dict[str, str] = {"sentences": "sentence_corpus", "facts": "pretrain_corpus"}
 
 
 def corpus(task_name: str, n: int, seed: int) -> dict[str, pd.DataFrame]:
@@ -511,9 +508,22 @@ def corpus(task_name: str, n: int, seed: int) -> dict[str, pd.DataFrame]:
 
 def _all_words() -> set[str]:
     lists = [
-        FUNCTION, FILM, POSITIVE, NEGATIVE, NEGATORS, SUBJECTS, VERBS, OBJECTS, PLACES, DAYS,
-        PAIR_FILLER, DETS, ADJS, NOUNS, ADVS, TVERBS, PREPS, TOPIC_SHARED, TOPIC_FILLER,
-        *TOPIC_WORDS, ("on", "the", "at", "was", "by", "."),
+        FUNCTION,
+        FILM,
+        POSITIVE,
+        NEGATIVE,
+        NEGATORS,
+        DETS,
+        ADJS,
+        NOUNS,
+        ADVS,
+        TVERBS,
+        PREPS,
+        TOPIC_SHARED,
+        TOPIC_FILLER,
+        *TOPIC_WORDS,
+        *(c for cells in PAIR_CELLS for c in cells),
+        (".",),
     ]
     words = {w for lst in lists for w in lst}
     for rel in RELATIONS.values():

@@ -119,8 +119,8 @@ generate_slurm_conf() {
     for v in nodename cpus boards sockets cores threads mem; do
         [[ -n ${!v} ]] || die "could not read $v from 'slurmd -C': $node_line"
     done
-    # A node declared larger than the machine (so that a profile's GPU-node requests, e.g. 4 CPUs
-    # and 32 GB, can be scheduled here): slurmd must then trust slurm.conf, not the hardware.
+    # A node declared larger than the machine (so that a profile's GPU-node requests, e.g. 32 GB for a
+    # fine-tune, can be scheduled here): slurmd must then trust slurm.conf, not the hardware.
     # Nothing enforces CPUs or memory (task/none, no cgroups), so the jobs just share the machine.
     local overrides=""
     if [[ -n $NODE_CPUS && $NODE_CPUS != "$cpus" ]]; then
@@ -251,9 +251,14 @@ cmd_configure() {
     install -d -o munge -g munge -m 0700 /var/log/munge /var/lib/munge
 
     local changed=0
-    write_if_changed "$SLURM_CONF_FILE" "$(generate_slurm_conf)" && changed=1
-    write_if_changed "$CONF_DIR/gres.conf" "$(generate_gres_conf)" && changed=1
-    write_if_changed "$CONF_DIR/cgroup.conf" "$(generate_cgroup_conf)" && changed=1
+    # Generate first: a failed check inside "$(...)" used as an argument would not stop the script.
+    local slurm_conf gres_conf cgroup_conf
+    slurm_conf=$(generate_slurm_conf)
+    gres_conf=$(generate_gres_conf)
+    cgroup_conf=$(generate_cgroup_conf)
+    write_if_changed "$SLURM_CONF_FILE" "$slurm_conf" && changed=1
+    write_if_changed "$CONF_DIR/gres.conf" "$gres_conf" && changed=1
+    write_if_changed "$CONF_DIR/cgroup.conf" "$cgroup_conf" && changed=1
     chmod 0644 "$SLURM_CONF_FILE" "$CONF_DIR/gres.conf" "$CONF_DIR/cgroup.conf"
     CONF_CHANGED=$changed
     if [[ $changed -eq 1 ]]; then
@@ -483,7 +488,7 @@ cmd_smoke() {
 
 # --------------------------------------------------------------------------- main
 usage() {
-    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,/^set -euo/{/^set -euo/d;p}' "$0" | sed 's/^# \{0,1\}//'
 }
 
 main() {

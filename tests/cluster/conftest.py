@@ -21,13 +21,13 @@ HERE = Path(__file__).resolve().parent
 CLUSTER_SH = HERE / "cluster.sh"
 SKIP_REASON = "real-SLURM tests: run `make test-cluster` (installs Debian's SLURM, needs root)"
 
-# The profile asks for what a site's GPU node has (train: 4 CPUs, 32 GB). The test node declares
+# The profile asks for what a site's GPU node has (train: 32 GB). The test node declares
 # that much (SlurmdParameters=config_overrides); nothing enforces it, the toy jobs are tiny.
-# Two fake GPUs let the two fine-tunes of the toy DAG run side by side (one GPU each).
+# The tests run two workflows at once (three fine-tunes side by side, one fake GPU each).
 NODE_SIZE = {
-    "TUNEATLAS_SLURM_NODE_CPUS": "8",
-    "TUNEATLAS_SLURM_NODE_MEM_MB": "64000",
-    "TUNEATLAS_SLURM_GPUS": "2",
+    "TUNEATLAS_SLURM_NODE_CPUS": "16",
+    "TUNEATLAS_SLURM_NODE_MEM_MB": "128000",
+    "TUNEATLAS_SLURM_GPUS": "3",
 }
 
 

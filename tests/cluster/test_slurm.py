@@ -266,10 +266,56 @@ class Background:
         return self.proc.returncode, self.stdout, time.monotonic() - self.t0
 
 
+class FaultRun(Background):
+    """A SLURM run of one fine-tune whose train job is `scancel`ed while it trains."""
+
+    RUN = TRAIN_RUNS[0]
+    TARGET = f"results/runs/{RUN}/eval.parquet"  # prepare_data, build_model, then train
+
+    def __init__(self, workdir: Path):
+        super().__init__(workdir, self.TARGET)
+        self.cancelled: dict[str, str] | None = None
+        self.watcher = threading.Thread(target=self._cancel_train, daemon=True)
+        self.watcher.start()
+
+    def _cancel_train(self) -> None:
+        train_log = self.workdir / f"results/logs/train/{self.RUN}.log"
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            uuid = run_uuid(self.stdout)
+            if uuid:
+                try:
+                    running = slurm("squeue", "-h", "--name", uuid, "-t", "RUNNING", "-o", "%i|%k")
+                except subprocess.CalledProcessError:  # a busy slurmctld: ask again
+                    running = ""
+                for job_id, comment in (ln.split("|", 1) for ln in running.split()):
+                    # RUNNING in SLURM and the fine-tune itself started (its log exists)
+                    if comment.startswith("rule_train") and train_log.exists():
+                        subprocess.run(["scancel", job_id], check=True, timeout=30)
+                        self.cancelled = {"id": job_id, "comment": comment}
+                        return
+            time.sleep(0.25)
+
+    def wait(self) -> tuple[int, str, float]:
+        result = super().wait()
+        self.watcher.join(timeout=30)
+        return result
+
+
 @pytest.fixture(scope="module")
-def local_started(tmp_path_factory) -> Background:
-    """The same target run locally (`--cores 2`); started beside the SLURM run to save time."""
-    return Background(tmp_path_factory.mktemp("local"), "--cores", "2", TARGET, slurm=False)
+def local_started(tmp_path_factory):
+    """The same target run locally (`--cores 2`); runs beside the SLURM runs to save time."""
+    run = Background(tmp_path_factory.mktemp("local"), "--cores", "2", TARGET, slurm=False)
+    yield run
+    run.wait()
+
+
+@pytest.fixture(scope="module")
+def fault_started(slurm_cluster, tmp_path_factory):
+    """The fault scenario's first run; runs beside the main SLURM run to save time."""
+    run = FaultRun(tmp_path_factory.mktemp("fault"))
+    yield run
+    run.wait()
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +327,7 @@ def local_reference(local_started, show) -> Path:
 
 
 @pytest.fixture(scope="module")
-def slurm_run(slurm_cluster, local_started, tmp_path_factory, show) -> SlurmRun:
+def slurm_run(slurm_cluster, local_started, fault_started, tmp_path_factory, show) -> SlurmRun:
     workdir = tmp_path_factory.mktemp("slurm")
     proc, seconds = run_snakemake(workdir, TARGET)
     run = SlurmRun.collect(workdir, proc.returncode, proc.stdout, seconds)
@@ -334,28 +380,14 @@ def test_outputs_equal_those_of_a_local_run(slurm_run, local_reference):
 
 
 def test_scancel_of_a_running_train_job_then_rerun_completes_only_what_is_missing(
-    slurm_cluster, local_reference, tmp_path, show
+    fault_started, local_reference, show
 ):
-    # one fine-tune and what it needs: prepare_data, build_model (cpu), then train (gpu)
-    run = TRAIN_RUNS[0]
-    target = f"results/runs/{run}/eval.parquet"
-    workdir = tmp_path / "fault"
-    bg = Background(workdir, target)
-    cancelled: dict[str, str] | None = None
-    deadline = time.monotonic() + RUN_TIMEOUT
-    while cancelled is None and bg.proc.poll() is None and time.monotonic() < deadline:
-        uuid = run_uuid(bg.stdout)
-        if uuid:
-            running = slurm("squeue", "-h", "--name", uuid, "-t", "RUNNING", "-o", "%i|%k")
-            for job_id, comment in (ln.split("|", 1) for ln in running.split()):
-                if comment.startswith("rule_train"):
-                    subprocess.run(["scancel", job_id], check=True, timeout=30)
-                    cancelled = {"id": job_id, "comment": comment}
-                    break
-        time.sleep(0.25)
-    first = SlurmRun.collect(workdir, *bg.wait())
+    fault, run, target = fault_started, FaultRun.RUN, FaultRun.TARGET
+    workdir = fault.workdir
+    first = SlurmRun.collect(workdir, *fault.wait())
+    cancelled = fault.cancelled
     what = f"{cancelled['id']} ({cancelled['comment']})" if cancelled else "nothing"
-    show(first.report(f"fault run of {target}: scancel {what} while RUNNING"))
+    show(first.report(f"fault run of {target}: scancel {what} while it trains"))
     assert cancelled, first.failure("no train job was seen RUNNING")
 
     # snakemake notices and reports the failure, and exits non-zero
@@ -363,7 +395,12 @@ def test_scancel_of_a_running_train_job_then_rerun_completes_only_what_is_missin
     assert "Error in rule train" in first.stdout and "CANCELLED" in first.stdout, first.failure(
         "no error report"
     )
-    assert job_record(cancelled["id"])["JobState"] == "CANCELLED"
+    states = {(rule_of(r), r["JobState"], r["Partition"]) for r in first.records}
+    assert states == {
+        ("prepare_data", "COMPLETED", "cpu"),
+        ("build_model", "COMPLETED", "cpu"),
+        ("train", "CANCELLED", "gpu"),
+    }, first.failure("unexpected SLURM states")
     assert wildcards_of(job_record(cancelled["id"])) == run
     # the finished jobs' outputs stay; the cancelled job left nothing snakemake would trust
     for done in ("results/data/sst2", "results/models/bert-tiny"):

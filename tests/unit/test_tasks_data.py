@@ -38,7 +38,9 @@ def test_registry_covers_glue_livedoor_and_corpora_with_known_metrics():
 def test_registry_has_the_real_hub_columns():
     mnli = get_task("mnli")
     assert (mnli.text_a, mnli.text_b, mnli.hub_split_map["validation"]) == (
-        "premise", "hypothesis", "validation_matched",
+        "premise",
+        "hypothesis",
+        "validation_matched",
     )
     assert (get_task("qnli").text_a, get_task("qnli").text_b) == ("question", "sentence")
     assert (get_task("qqp").text_a, get_task("qqp").text_b) == ("question1", "question2")
@@ -105,8 +107,12 @@ def test_single_sentence_text_b_is_a_null_string_column(tmp_path):
     import pyarrow.parquet as pq
 
     path = _write(ROWS, tmp_path / "train.tsv")
-    cfg = {"source": "file", "task": "sst2", "files": {"train": str(path)},
-           "columns": {"text_a": "s1", "label": "y"}}
+    cfg = {
+        "source": "file",
+        "task": "sst2",
+        "files": {"train": str(path)},
+        "columns": {"text_a": "s1", "label": "y"},
+    }
     out = prepare_dataset("sst2", cfg, tmp_path / "out", seed=0)
     schema = pq.read_schema(out["train"])
     assert "string" in str(schema.field("text_b").type)
@@ -137,8 +143,10 @@ def test_livedoor_joins_title_and_body(tmp_path):
     )
     path = _write(rows, tmp_path / "train.parquet")
     out = prepare_dataset(
-        "ld", {"source": "file", "task": "livedoor", "files": {"train": str(path)}},
-        tmp_path / "out", seed=0,
+        "ld",
+        {"source": "file", "task": "livedoor", "files": {"train": str(path)}},
+        tmp_path / "out",
+        seed=0,
     )
     df = read_split(out["train"])
     assert list(df["text_a"]) == ["Title A\nbody a", "Title B\nbody b"]
@@ -146,10 +154,17 @@ def test_livedoor_joins_title_and_body(tmp_path):
 
 
 def test_max_rows_caps_each_source_split_keeping_source_ids(tmp_path):
-    rows = pd.DataFrame({"text": [f"s {i}" for i in range(50)], "label": [i % 2 for i in range(50)]})
+    rows = pd.DataFrame(
+        {"text": [f"s {i}" for i in range(50)], "label": [i % 2 for i in range(50)]}
+    )
     path = _write(rows, tmp_path / "train.csv")
-    cfg = {"source": "file", "task": "sst2", "files": {"train": str(path)},
-           "columns": {"text_a": "text"}, "max_rows": 7}
+    cfg = {
+        "source": "file",
+        "task": "sst2",
+        "files": {"train": str(path)},
+        "columns": {"text_a": "text"},
+        "max_rows": 7,
+    }
     df = read_split(prepare_dataset("s", cfg, tmp_path / "out", seed=3)["train"])
     assert len(df) == 7 and df["idx"].is_monotonic_increasing
     assert all(t == f"s {i}" for t, i in zip(df["text_a"], df["idx"], strict=True))
@@ -174,9 +189,13 @@ def test_synthetic_source_writes_disjoint_splits_with_metadata(tmp_path):
 
 
 def test_corpora_write_text_and_facts(tmp_path):
-    out = prepare_dataset("simcse", {"source": "synthetic", "sizes": {"train": 40}}, tmp_path / "s", 1)
+    out = prepare_dataset(
+        "simcse", {"source": "synthetic", "sizes": {"train": 40}}, tmp_path / "s", 1
+    )
     assert list(read_split(out["train"]).columns) == ["idx", "text"]
-    out = prepare_dataset("pretrain", {"source": "synthetic", "sizes": {"train": 30}}, tmp_path / "p", 1)
+    out = prepare_dataset(
+        "pretrain", {"source": "synthetic", "sizes": {"train": 30}}, tmp_path / "p", 1
+    )
     assert set(out) == {"train", "facts"}
     facts = pd.read_parquet(out["facts"])
     assert list(facts.columns) == ["idx", "subject", "relation", "question", "answer"]
@@ -195,13 +214,19 @@ def test_corpus_from_text_file_skips_blank_lines(tmp_path):
 
 
 def _pool(tmp_path: Path) -> dict:
-    train = pd.DataFrame({"sentence": [f"t {i}" for i in range(70)], "label": [i % 2 for i in range(70)]})
-    dev = pd.DataFrame({"sentence": [f"d {i}" for i in range(30)], "label": [i % 2 for i in range(30)]})
+    train = pd.DataFrame(
+        {"sentence": [f"t {i}" for i in range(70)], "label": [i % 2 for i in range(70)]}
+    )
+    dev = pd.DataFrame(
+        {"sentence": [f"d {i}" for i in range(30)], "label": [i % 2 for i in range(30)]}
+    )
     return {
         "source": "file",
         "task": "sst2",
-        "files": {"train": str(_write(train, tmp_path / "train.tsv")),
-                  "validation": str(_write(dev, tmp_path / "dev.tsv"))},
+        "files": {
+            "train": str(_write(train, tmp_path / "train.tsv")),
+            "validation": str(_write(dev, tmp_path / "dev.tsv")),
+        },
         "resplit": [8, 1, 1],
     }
 
@@ -251,14 +276,20 @@ def test_imbalance_counts_are_exact_and_the_assignment_is_recorded(tmp_path):
     )
     again = pd.read_parquet(prepare_dataset("livedoor", cfg, tmp_path / "b", seed=11)["classes"])
     pd.testing.assert_frame_equal(classes, again)
-    other = [pd.read_parquet(prepare_dataset("livedoor", cfg, tmp_path / f"s{s}", seed=s)["classes"])
-             for s in (1, 2, 3)]
+    other = [
+        pd.read_parquet(prepare_dataset("livedoor", cfg, tmp_path / f"s{s}", seed=s)["classes"])
+        for s in (1, 2, 3)
+    ]
     assert any(not o["group"].equals(classes["group"]) for o in other)  # assignment is seeded
 
 
 def test_imbalance_fails_when_a_class_is_too_small(tmp_path):
-    cfg = {"source": "synthetic", "task": "livedoor", "sizes": {"train": 90, "test": 90},
-           "imbalance": {"group_sizes": [400, 100, 10], "classes_per_group": 3}}
+    cfg = {
+        "source": "synthetic",
+        "task": "livedoor",
+        "sizes": {"train": 90, "test": 90},
+        "imbalance": {"group_sizes": [400, 100, 10], "classes_per_group": 3},
+    }
     with pytest.raises(DataError, match=r"split 'train' has \d+ rows of class \d, 400 are needed"):
         prepare_dataset("livedoor", cfg, tmp_path, seed=0)
 
@@ -273,20 +304,34 @@ def _tsv(tmp_path: Path, body: str, name: str = "bad.tsv") -> Path:
 
 
 def _prepare_file(tmp_path: Path, path: Path, task: str = "sst2", **columns) -> None:
-    cfg = {"source": "file", "task": task, "files": {"train": str(path)},
-           "columns": columns or {"text_a": "sentence"}}
+    cfg = {
+        "source": "file",
+        "task": task,
+        "files": {"train": str(path)},
+        "columns": columns or {"text_a": "sentence"},
+    }
     prepare_dataset(task, cfg, tmp_path / "out", seed=0)
 
 
 @pytest.mark.parametrize(
     "body, pattern",
     [
-        ("sentence\tlabel\nok\t1\n   \t0\n", r"bad\.tsv: row 2 \(line 3\): empty text in 'sentence'"),
+        (
+            "sentence\tlabel\nok\t1\n   \t0\n",
+            r"bad\.tsv: row 2 \(line 3\): empty text in 'sentence'",
+        ),
         ("sentence\tlabel\nok\t1\nfine\t\n", r"bad\.tsv: row 2 \(line 3\): missing label"),
-        ("sentence\tlabel\nok\t1\nfine\t2\n", r"bad\.tsv: row 2 \(line 3\): label 2 .* out of range \[0, 2\)"),
+        (
+            "sentence\tlabel\nok\t1\nfine\t2\n",
+            r"bad\.tsv: row 2 \(line 3\): label 2 .* out of range \[0, 2\)",
+        ),
         ("sentence\tlabel\nok\t-1\n", r"row 1 \(line 2\): label -1 .*hidden test label"),
         ("sentence\tlabel\nok\tyes\n", r"row 1 \(line 2\): label 'yes' .* not a class id"),
-        ("text\tlabel\nok\t1\n", r"bad\.tsv: column 'sentence' \(text_a\) not found; available columns: \['text', 'label'\]"),
+        (
+            "text\tlabel\nok\t1\n",
+            r"bad\.tsv: column 'sentence' \(text_a\) not found;"
+            r" available columns: \['text', 'label'\]",
+        ),
         ("sentence\tlabel\nok\t1\nan\textra\tfield\n", r"bad\.tsv: cannot parse as TSV.*line 3"),
     ],
 )
@@ -301,7 +346,9 @@ def test_bad_regression_label_and_missing_text_b(tmp_path):
         _prepare_file(tmp_path, path, "stsb", text_a="a", text_b="b", label="s")
     path = tmp_path / "pairs.jsonl"
     path.write_text('{"a": "x", "b": "y", "l": 1}\n\n{"a": "x", "b": null, "l": 0}\n')
-    with pytest.raises(DataError, match=r"pairs\.jsonl: row 2 \(line 3\): missing text in column 'b'"):
+    with pytest.raises(
+        DataError, match=r"pairs\.jsonl: row 2 \(line 3\): missing text in column 'b'"
+    ):
         _prepare_file(tmp_path, path, "rte", text_a="a", text_b="b", label="l")
 
 
@@ -324,11 +371,24 @@ def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ValueError, match=r"datasets\.x\.task: unknown task 'nope'"):
         data.check_source("x", {"source": "synthetic", "task": "nope"})
     with pytest.raises(ValueError, match=r"columns\.text_b: task 'sst2' is single-sentence"):
-        data.check_source("x", {"source": "file", "task": "sst2", "files": {"train": "a.tsv"},
-                                "columns": {"text_b": "s2"}})
+        data.check_source(
+            "x",
+            {
+                "source": "file",
+                "task": "sst2",
+                "files": {"train": "a.tsv"},
+                "columns": {"text_b": "s2"},
+            },
+        )
     with pytest.raises(ValueError, match=r"3 groups x 2 classes = 6, but task 'livedoor' has 9"):
-        data.check_source("x", {"source": "synthetic", "task": "livedoor",
-                                "imbalance": {"group_sizes": [4, 2, 1], "classes_per_group": 2}})
+        data.check_source(
+            "x",
+            {
+                "source": "synthetic",
+                "task": "livedoor",
+                "imbalance": {"group_sizes": [4, 2, 1], "classes_per_group": 2},
+            },
+        )
     with pytest.raises(DataError, match=r"missing\.tsv: file not found"):
         _prepare_file(tmp_path, tmp_path / "missing.tsv")
 
