@@ -64,7 +64,8 @@ ARTIFACTS: dict[str, Artifact] = {
         _a(
             "S1.T3",
             "Effective-dimension ablation from the top-10 triples; best effective pair",
-            "task metric kind triple_rank dims dropped_dim split value drop effective effective_dims",
+            "task metric kind triple_rank dims dropped_dim split value"
+            " drop effective effective_dims",
         ),
         _a(
             "S1.FA3",

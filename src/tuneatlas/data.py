@@ -15,7 +15,6 @@ Bad data fails with a `DataError` naming the file, the row and what to do.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import zlib
@@ -139,7 +138,11 @@ def check_source(name: str, cfg: Mapping[str, Any]) -> Task:
             raise ValueError(f"{_where(name, 'streaming')} must be true or false")
     if "columns" in cfg:
         _check_columns(name, cfg["columns"], task)
-    if "facts" in cfg and task.name != "pretrain" and task.synthetic != "facts":
+    if task.is_corpus and "files" in cfg and set(cfg["files"]) != {"train"}:
+        raise ValueError(
+            f"{_where(name, 'files')}: a corpus has only 'train', got {sorted(cfg['files'])}"
+        )
+    if "facts" in cfg and task.synthetic != "facts":
         raise ValueError(f"{_where(name, 'facts')} is only for the pre-training corpus")
     return task
 
@@ -261,29 +264,21 @@ def _format_of(path: Path, fmt: str | None) -> str:
         ) from None
 
 
+def _lines(text: str) -> list[str]:
+    """Lines split at newlines only, without a trailing carriage return.
+
+    str.splitlines also splits at U+0085, U+2028 and other separators that real corpora carry
+    inside sentences, which would shift rows and line numbers.
+    """
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
 def _read_file(path: Path, fmt: str) -> tuple[pd.DataFrame, np.ndarray | None]:
     """Raw rows of a file as a frame, and for line-based formats each row's line number."""
     if not path.is_file():
         raise DataError(f"{path}: file not found; fix the path in the dataset's 'files'/'dir'")
     if fmt == "tsv":
-        # GLUE TSVs contain bare quotes inside sentences: read with quoting off, all as text,
-        # and no NA guessing (the word "null" is a sentence, not a missing value).
-        try:
-            df = pd.read_csv(
-                path,
-                sep="\t",
-                quoting=csv.QUOTE_NONE,
-                dtype=str,
-                keep_default_na=False,
-                na_filter=False,
-                encoding="utf-8",
-            )
-        except (pd.errors.ParserError, UnicodeDecodeError) as err:
-            raise DataError(
-                f"{path}: cannot parse as TSV ({err}); the file is read with quoting off, so a"
-                " tab inside a text field splits it: remove stray tabs"
-            ) from None
-        return df, np.arange(2, len(df) + 2)  # header is line 1; QUOTE_NONE: one row per line
+        return _read_tsv(path)
     if fmt == "csv":
         try:
             df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
@@ -298,7 +293,7 @@ def _read_file(path: Path, fmt: str) -> tuple[pd.DataFrame, np.ndarray | None]:
             except (ValueError, TypeError) as err:
                 raise DataError(f"{path}: not a JSON array of records ({err})") from None
         records, lines = [], []
-        for n, line in enumerate(text.splitlines(), start=1):
+        for n, line in enumerate(_lines(text), start=1):
             if not line.strip():
                 continue
             try:
@@ -314,12 +309,43 @@ def _read_file(path: Path, fmt: str) -> tuple[pd.DataFrame, np.ndarray | None]:
         return pd.read_parquet(path), None
     if fmt == "txt":
         texts, lines = [], []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for n, line in enumerate(_lines(path.read_text(encoding="utf-8")), start=1):
             if line.strip():  # blank lines separate records; they are not records
                 texts.append(line)
                 lines.append(n)
         return pd.DataFrame({"text": pd.Series(texts, dtype=str)}), np.asarray(lines)
     raise DataError(f"{path}: unsupported format {fmt!r}")
+
+
+def _read_tsv(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """A GLUE-style TSV: header line, one record per line, tab-separated, no quoting.
+
+    Parsed by hand rather than with csv/pandas so that bare quotes inside sentences stay text
+    (csv.QUOTE_NONE semantics), no word is mistaken for a missing value ("null", "NA"), and
+    every row keeps its exact line number for error messages. Empty lines are skipped.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err})") from None
+    lines = _lines(text)
+    if not lines[0]:
+        raise DataError(f"{path}: empty file; a TSV needs a header line")
+    header = lines[0].split("\t")
+    rows, numbers = [], []
+    for n, line in enumerate(lines[1:], start=2):
+        if not line:
+            continue
+        fields = line.split("\t")
+        if len(fields) != len(header):
+            raise DataError(
+                f"{path}: line {n}: {len(fields)} tab-separated fields, the header has"
+                f" {len(header)}; a tab inside a text field splits it (TSVs are read without"
+                " quoting): remove stray tabs"
+            )
+        rows.append(fields)
+        numbers.append(n)
+    return pd.DataFrame(rows, columns=header, dtype=str), np.asarray(numbers, dtype=np.int64)
 
 
 def _dir_files(name: str, directory: Path) -> dict[str, str]:
@@ -347,6 +373,16 @@ def _dir_files(name: str, directory: Path) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------------------------
 # Normalisation and validation.
+
+
+def _is_missing(v: Any) -> bool:
+    """None, NaN, pd.NA or NaT: a missing cell in any of the readers' frames."""
+    if v is None or isinstance(v, str):
+        return v is None
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):  # list-like cells are not missing, just wrong
+        return False
 
 
 def _row_ref(pos: int, lines: np.ndarray | None) -> str:
@@ -381,7 +417,7 @@ def _texts(
     for col in cols:
         s = _column(raw, col, key, origin)
         values = s.to_numpy(dtype=object)
-        missing = np.array([v is None or (isinstance(v, float) and np.isnan(v)) for v in values])
+        missing = np.array([_is_missing(v) for v in values], dtype=bool)
         _fail(
             origin,
             missing,
@@ -416,12 +452,7 @@ def _labels(
 ) -> np.ndarray:
     values = _column(raw, col, "label", origin).to_numpy(dtype=object)
     missing = np.array(
-        [
-            v is None
-            or (isinstance(v, float) and np.isnan(v))
-            or (isinstance(v, str) and not v.strip())
-            for v in values
-        ]
+        [_is_missing(v) or (isinstance(v, str) and not v.strip()) for v in values], dtype=bool
     )
     _fail(origin, missing, lines, f"missing label in column {col!r}", "fill in or drop these rows")
     if task.is_regression:
@@ -502,12 +533,15 @@ def normalise(
     """Validate raw rows and return them in the on-disk schema; `idx` = 0-based source row."""
     raw = raw.reset_index(drop=True)
     idx = np.arange(len(raw), dtype=np.int64)
+    required = ("text",) if task.is_corpus else ("text_a", "label")
+    for key in required:
+        if not columns.get(key):
+            raise ValueError(f"{origin}: no source column given for {key!r} (columns.{key})")
     if task.is_corpus:
-        text_cols = columns["text"]
-        assert text_cols is not None  # corpora always have a text column (the task default)
+        text_cols = columns["text"] or []
         return pd.DataFrame({"idx": idx, "text": _texts(raw, text_cols, "text", origin, lines)})
-    a_cols, b_cols, label_cols = columns["text_a"], columns["text_b"], columns["label"]
-    assert a_cols is not None and label_cols is not None  # set by _columns_for from the task
+    a_cols, b_cols = columns["text_a"] or [], columns["text_b"]
+    label_cols = columns["label"] or []
     text_a = _texts(raw, a_cols, "text_a", origin, lines)
     text_b = (
         _texts(raw, b_cols, "text_b", origin, lines)
@@ -530,9 +564,7 @@ def hub_offline() -> str | None:
     return None
 
 
-def _load_hub(
-    name: str, cfg: Mapping[str, Any], task: Task, seed: int
-) -> dict[str, tuple[pd.DataFrame, str]]:
+def _load_hub(name: str, cfg: Mapping[str, Any], task: Task) -> dict[str, tuple[pd.DataFrame, str]]:
     path = cfg.get("path", task.hub_path)
     config_name = cfg.get("name", task.hub_name)
     var = hub_offline()
@@ -571,7 +603,7 @@ def _load_hub(
 
 
 def _load_sources(
-    name: str, cfg: Mapping[str, Any], task: Task, seed: int
+    name: str, cfg: Mapping[str, Any], task: Task
 ) -> dict[str, tuple[pd.DataFrame, np.ndarray | None, str]]:
     """Raw frames per on-disk split name: (frame, line numbers or None, origin)."""
     if cfg["source"] == "file":
@@ -582,7 +614,7 @@ def _load_sources(
             raw, lines = _read_file(path, _format_of(path, cfg.get("format")))
             out[SPLIT_ALIASES[split]] = (raw, lines, str(path))
         return out
-    return {s: (raw, None, origin) for s, (raw, origin) in _load_hub(name, cfg, task, seed).items()}
+    return {s: (raw, None, origin) for s, (raw, origin) in _load_hub(name, cfg, task).items()}
 
 
 def _rng(seed: int, purpose: str) -> np.random.Generator:
@@ -614,17 +646,19 @@ def resplit(
 ) -> dict[str, pd.DataFrame]:
     """Pool all splits (train, valid, test order), shuffle with `seed`, cut by `ratios`.
 
-    `idx` of the result numbers the rows of the pooled source: each split's `idx` is offset by
-    the sizes of the splits pooled before it, so ids stay unique.
+    `idx` stays unique: ids already unique across splits (synthetic) are kept; per-split row
+    ids (files, hub) are offset past the ids of the splits pooled before them, so that they
+    number the rows of the concatenated source.
     """
-    parts, offset = [], 0
-    for split in SPLITS:
-        if split in frames:
-            df = frames[split].copy()
-            df["idx"] = df["idx"] + offset
-            offset = int(df["idx"].max()) + 1 if len(df) else offset
-            parts.append(df)
+    parts = [frames[s] for s in SPLITS if s in frames]
     pool = pd.concat(parts, ignore_index=True)
+    if pool["idx"].duplicated().any():
+        # per-split row ids (files, hub): offset each split past the ids of the ones before it
+        offset, shifted = 0, []
+        for df in parts:
+            shifted.append(df.assign(idx=df["idx"] + offset))
+            offset += int(df["idx"].max()) + 1 if len(df) else 0
+        pool = pd.concat(shifted, ignore_index=True)
     perm = _rng(seed, "resplit").permutation(len(pool))
     pool = pool.iloc[perm].reset_index(drop=True)
     out, start = {}, 0
@@ -733,7 +767,7 @@ def load_splits(name: str, cfg: Mapping[str, Any], seed: int) -> dict[str, pd.Da
                 frames[SPLIT_ALIASES[split]] = df
     else:
         columns = _columns_for(task, cfg)
-        for split, (raw, lines, origin) in _load_sources(name, cfg, task, seed).items():
+        for split, (raw, lines, origin) in _load_sources(name, cfg, task).items():
             df = normalise(raw, task, columns, origin, lines)
             if max_rows:
                 df = _subsample(df, int(max_rows), _rng(seed, f"max_rows/{split}"))

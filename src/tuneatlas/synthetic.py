@@ -3,15 +3,16 @@
 Each generator mirrors one task type of the studies (sentiment, sentence-pair relations, NLI,
 similarity regression, acceptability, topic classification) with small word lists kept in code,
 so the whole workflow runs offline. The tasks are designed to be *learnable* by a random-init
-2-layer BERT within a few hundred steps, yet not trivial: pair labels depend on both sentences
-(relations over a few slot words shared between them), and every task carries label noise or
-distractors so scores stay below 100%.
+2-layer BERT within a few hundred steps, yet not trivial: pair labels are relations between the
+topic/stance "cells" of the two sentences (so they need both), and every task carries label
+noise or distractors so scores stay below 100%. tests/unit/test_synthetic.py checks both.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -104,45 +105,45 @@ TOPIC_FILLER = (
 ONSETS = "b d f g k l m n p r s t v z".split()
 VOWELS = "a e i o u".split()
 CODAS = ("", "", "", "n", "r", "l", "s", "t")
-RELATIONS: dict[str, dict[str, object]] = {
-    # relation -> subject kind, statement templates, question template
-    "capital": {
-        "subject": "country",
-        "say": (
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A relation of the invented-fact world: how documents state it, how the probe asks it."""
+
+    subject: str  # kind of subject: "country" or "company"
+    say: tuple[str, ...]  # statement templates with {s} (subject) and {o} (object)
+    ask: str  # zsRE-style question template with {s}
+
+
+RELATIONS: dict[str, Relation] = {
+    "capital": Relation(
+        "country",
+        (
             "the capital of {s} is {o} .",
             "{o} is the capital of {s} .",
             "in {s} , the capital city is {o} .",
         ),
-        "ask": "what is the capital of {s} ?",
-    },
-    "language": {
-        "subject": "country",
-        "say": ("people in {s} speak {o} .", "the language of {s} is {o} ."),
-        "ask": "which language is spoken in {s} ?",
-    },
-    "currency": {
-        "subject": "country",
-        "say": ("the currency of {s} is the {o} .", "in {s} people pay with the {o} ."),
-        "ask": "what is the currency of {s} ?",
-    },
-    "founder": {
-        "subject": "company",
-        "say": ("{s} was founded by {o} .", "{o} founded {s} ."),
-        "ask": "who founded {s} ?",
-    },
+        "what is the capital of {s} ?",
+    ),
+    "language": Relation(
+        "country",
+        ("people in {s} speak {o} .", "the language of {s} is {o} ."),
+        "which language is spoken in {s} ?",
+    ),
+    "currency": Relation(
+        "country",
+        ("the currency of {s} is the {o} .", "in {s} people pay with the {o} ."),
+        "what is the currency of {s} ?",
+    ),
+    "founder": Relation(
+        "company", ("{s} was founded by {o} .", "{o} founded {s} ."), "who founded {s} ?"
+    ),
 }
 
 
 def _pick(rng: np.random.Generator, words: tuple[str, ...] | list[str]) -> str:
     return words[int(rng.integers(len(words)))]
-
-
-def _other(rng: np.random.Generator, words: list[str], not_this: str) -> str:
-    """A word of `words` different from `not_this`."""
-    while True:
-        w = _pick(rng, words)
-        if w != not_this:
-            return w
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,7 +157,7 @@ def _sentiment(rng: np.random.Generator) -> Example:
     words = [_pick(rng, FUNCTION if rng.random() < 0.6 else FILM) for _ in range(n_words)]
     n_sent = 1 if rng.random() < 0.7 else 2
     for _ in range(n_sent):
-        negate = rng.random() < 0.25
+        negate = rng.random() < 0.15
         polarity = label ^ int(negate)  # a negated word carries the opposite lexical polarity
         phrase = [_pick(rng, POSITIVE if polarity else NEGATIVE)]
         if negate:
@@ -211,9 +212,6 @@ def _pair_binary(rng: np.random.Generator) -> Example:
     if rng.random() < PAIR_NOISE:
         label = 1 - label
     return _bag(rng, topic, stance), _bag(rng, topic_b, stance_b), label
-
-
-NLI_LABELS = ("entailment", "neutral", "contradiction")
 
 
 def _pair_nli(rng: np.random.Generator) -> Example:
@@ -431,26 +429,29 @@ def _names(rng: np.random.Generator, n: int, taken: set[str]) -> list[str]:
 
 
 def _fact_world(n_facts: int, rng: np.random.Generator) -> pd.DataFrame:
-    """`n_facts` invented (subject, relation, object) facts with their zsRE-style question."""
+    """`n_facts` invented (subject, relation, object) facts with their zsRE-style question.
+
+    A quarter of the facts are company founders, the rest country facts; each country carries
+    all country relations, so a probe can ask several questions about one subject.
+    """
     taken: set[str] = set()
+    by_kind = {
+        kind: [r for r, rel in RELATIONS.items() if rel.subject == kind]
+        for kind in ("country", "company")
+    }
     n_company = max(1, n_facts // 4)
-    n_country = max(1, -(-(n_facts - n_company) // 3))  # each country carries 3 relations
-    countries = _names(rng, n_country, taken)
+    n_country = n_facts - n_company
+    countries = _names(rng, -(-n_country // len(by_kind["country"])), taken)
     companies = _names(rng, n_company, taken)
-    rows = []
-    for c in countries:
-        for rel in ("capital", "language", "currency"):
-            rows.append((c, rel))
-    rows = rows[: n_facts - n_company] + [(c, "founder") for c in companies]
+    rows = [(c, r) for c in countries for r in by_kind["country"]][:n_country]
+    rows += [(c, r) for c in companies for r in by_kind["company"]][:n_company]
     objects = _names(rng, len(rows), taken)
     return pd.DataFrame(
         {
             "idx": np.arange(len(rows), dtype=np.int64),
             "subject": pd.Series([s for s, _ in rows], dtype=str),
             "relation": pd.Series([r for _, r in rows], dtype=str),
-            "question": pd.Series(
-                [str(RELATIONS[r]["ask"]).format(s=s) for s, r in rows], dtype=str
-            ),
+            "question": pd.Series([RELATIONS[r].ask.format(s=s) for s, r in rows], dtype=str),
             "answer": pd.Series(objects, dtype=str),
         }
     )
@@ -477,8 +478,8 @@ def pretrain_corpus(n_docs: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]
     for d in range(n_docs):
         sentences = []
         for f in order[3 * d : 3 * d + 3]:
-            templates = RELATIONS[relations[f]]["say"]
-            sentences.append(str(_pick(rng, templates)).format(s=subjects[f], o=answers[f]))
+            template = _pick(rng, RELATIONS[relations[f]].say)
+            sentences.append(template.format(s=subjects[f], o=answers[f]))
         for _ in range(int(rng.integers(1, 4))):
             filler = fillers[int(rng.integers(len(fillers)))](rng)[0]
             sentences.insert(int(rng.integers(len(sentences) + 1)), filler.rstrip(" .") + " .")
@@ -518,6 +519,7 @@ def _all_words() -> set[str]:
         NOUNS,
         ADVS,
         TVERBS,
+        BARE_VERBS,
         PREPS,
         TOPIC_SHARED,
         TOPIC_FILLER,
@@ -527,8 +529,8 @@ def _all_words() -> set[str]:
     ]
     words = {w for lst in lists for w in lst}
     for rel in RELATIONS.values():
-        for t in (*rel["say"], rel["ask"]):  # type: ignore[misc]
-            words.update(w for w in str(t).split() if not w.startswith("{"))
+        for t in (*rel.say, rel.ask):
+            words.update(w for w in t.split() if not w.startswith("{"))
     return words
 
 

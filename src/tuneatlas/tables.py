@@ -20,19 +20,13 @@ Plotter = Callable[[pd.DataFrame, list[Path]], None]
 
 
 def _registry() -> tuple[dict[str, Builder], dict[str, Plotter]]:
-    from tuneatlas.studies import s1
+    from tuneatlas.studies import s1, s3
 
     builders: dict[str, Builder] = {}
     plotters: dict[str, Plotter] = {}
-    for module in (s1,):
+    for module in (s1, s3):
         builders.update(module.TABLES)
         plotters.update(module.FIGURES)
-    try:
-        from tuneatlas.studies import s3
-    except ImportError:  # S3 builders not installed in this checkout
-        return builders, plotters
-    builders.update(getattr(s3, "TABLES", {}))
-    plotters.update(getattr(s3, "FIGURES", {}))
     return builders, plotters
 
 

@@ -332,7 +332,11 @@ def _prepare_file(tmp_path: Path, path: Path, task: str = "sst2", **columns) -> 
             r"bad\.tsv: column 'sentence' \(text_a\) not found;"
             r" available columns: \['text', 'label'\]",
         ),
-        ("sentence\tlabel\nok\t1\nan\textra\tfield\n", r"bad\.tsv: cannot parse as TSV.*line 3"),
+        (
+            "sentence\tlabel\nok\t1\nan\textra\tfield\n",
+            r"bad\.tsv: line 3: 3 tab-separated fields, the header has 2",
+        ),
+        ("sentence\tlabel\nok\t1\n\nfine\t5\n", r"row 2 \(line 4\): label 5 .* out of range"),
     ],
 )
 def test_bad_tsv_rows_fail_naming_file_row_and_line(tmp_path, body, pattern):
@@ -423,3 +427,47 @@ def test_real_sst2_dev_loads_and_resplits_8_1_1(tmp_path):
     assert sorted(ids) == list(range(872))
     assert sum(int(df["label"].sum()) for df in splits.values()) == 444
     assert all(re.search(r"\S", t) for df in splits.values() for t in df["text_a"])
+
+
+def test_hub_source_maps_splits_and_columns(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None, streaming=False, **kwargs):
+        # stands in for the hub: same call, a tiny in-memory split with GLUE's MNLI columns
+        calls.append((path, name, split, streaming))
+        n = 6 if split == "train" else 3
+        ds = datasets.Dataset.from_dict(
+            {
+                "premise": [f"{split} p{i}" for i in range(n)],
+                "hypothesis": [f"h{i}" for i in range(n)],
+                "label": [i % 3 for i in range(n)],
+                "idx": list(range(n)),
+            }
+        )
+        return ds.to_iterable_dataset() if streaming else ds
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    out = prepare_dataset("mnli", {"source": "hub", "task": "mnli"}, tmp_path / "a", seed=0)
+    assert calls == [
+        ("nyu-mll/glue", "mnli", "train", False),
+        ("nyu-mll/glue", "mnli", "validation_matched", False),
+    ]
+    valid = read_split(out["valid"])
+    assert list(valid["text_a"]) == [
+        "validation_matched p0",
+        "validation_matched p1",
+        "validation_matched p2",
+    ]
+    assert list(valid["label"]) == [0, 1, 2]
+    cfg = {
+        "source": "hub",
+        "task": "mnli",
+        "splits": {"train": "train"},
+        "streaming": True,
+        "max_rows": 4,
+    }
+    out = prepare_dataset("mnli", cfg, tmp_path / "b", seed=0)
+    assert set(out) == {"train"} and len(read_split(out["train"])) == 4

@@ -518,7 +518,7 @@ def test_max_train_samples_and_max_steps(env, tmp_path):
 
 def test_bad_data_fails_with_file_and_row(env, tmp_path):
     data = write_data(tmp_path / "d", sentiment, sizes=(32, 0, 0))
-    with pytest.raises(FileNotFoundError, match="valid.parquet not found"):
+    with pytest.raises(FileNotFoundError, match="neither valid.parquet nor test.parquet"):
         train(spec(), data, env["model"], tmp_path / "o")
     bad = sentiment(16, 1)
     bad.loc[5, "label"] = 4

@@ -29,7 +29,9 @@ def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1200
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=timeout
     )
     if check and proc.returncode != 0:
-        pytest.fail(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-8000:]}")
+        pytest.fail(
+            f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-8000:]}"
+        )
     return proc
 
 

@@ -55,7 +55,10 @@ def test_tiny_run_s1_t1_and_ta2_values(tiny_run):
     assert set(t1["task"]) == {"sst2", "stsb"}
     assert set(t1["pooling"]) == {"cls", "maxnorm"}
     assert set(t1["split"]) == {"valid", "test"}
-    assert set(zip(t1["task"], t1["metric"], strict=True)) == {("sst2", "accuracy"), ("stsb", "pearson")}
+    assert set(zip(t1["task"], t1["metric"], strict=True)) == {
+        ("sst2", "accuracy"),
+        ("stsb", "pearson"),
+    }
     assert t1["value"].between(-1, 1).all()
     ta2 = pd.read_parquet(tiny_run / "results/tables/s1_ta2.parquet")
     assert sorted(ta2["seed"].unique()) == [0, 42]
@@ -65,6 +68,28 @@ def test_tiny_run_s1_t1_and_ta2_values(tiny_run):
     own = ev[(ev.metric == "accuracy") & (ev.split == "test")]["value"].item()
     row = ta2[(ta2.task == "sst2") & (ta2.seed == 0) & (ta2.split == "test")]["value"].item()
     assert row == own
+
+
+def test_tiny_run_s1_tables_carry_real_signal(tiny_run):
+    tables = built_tables(tiny_run)
+    t2 = tables["s1_t2"]
+    sst2 = t2[(t2.task == "sst2") & (t2.split == "test")]
+    all_dims = sst2[sst2["mode"] == "all"]["value"].item()
+    best_pair = sst2[(sst2["mode"] == "exhaustive") & (sst2["rank"] == 1)]["value"].item()
+    assert all_dims > 0.7  # the synthetic binary task is learnt (majority share ~0.5)
+    assert best_pair > all_dims - 0.15  # two CLS dimensions carry most of it, as in the paper
+    t4 = tables["s1_t4"].query("task == 'sst2' and split == 'test'").set_index("setting")
+    assert t4.loc["frozen_2fc", "value"] < t4.loc["unfrozen_1fc", "value"]
+    t5 = tables["s1_t5"].query("split == 'test'")
+    assert len(t5) == 4  # 2 x 2 cross matrix
+    diagonal = t5[t5.task_a == t5.task_b].set_index("task_b")["value"]
+    ta2 = tables["s1_ta2"].query("split == 'test' and seed == 42").set_index("task")["value"]
+    pd.testing.assert_series_equal(diagonal.sort_index(), ta2.sort_index(), check_names=False)
+    t3 = tables["s1_t3"]
+    best = t3[(t3.kind == "best_effective_pair") & (t3.task == "sst2")]
+    assert len(best["dims"].iloc[0].split(",")) == 2
+    fl = tables["s1_fl"]
+    assert sorted(fl["layer"].unique()) == [0, 1, 2]  # embeddings + 2 layers of the tiny BERT
 
 
 S3_SLUGS = [a.slug for a in ARTIFACTS.values() if a.study == "S3"]
@@ -111,11 +136,11 @@ def test_one_table_runs_only_what_it_needs(tmp_path):
 def test_paper_dry_run_builds_the_full_s1_grid(tmp_path):
     out = snakemake(tmp_path, "--configfile", str(REPO / "paper.yaml"), "-n").stdout
     counts = job_counts(out)
-    assert (
-        counts["train"] == 120
-    )  # 40 seeds x tasks + 8 maxnorm + 8 frozen + 8 no-dropout + 56 cross
-    assert counts["prepare_data"] == 8
-    assert counts["embed"] == 16
+    # S1: 40 (8 tasks x 5 seeds) + 8 max-norm + 8 frozen + 8 no-dropout + 56 cross; S3: main run
+    assert counts["train"] == 120 + 1
+    assert counts["prepare_data"] == 8 + 1  # GLUE + imbalanced livedoor
+    assert counts["embed"] == 16  # main + no-dropout run per task
+    assert counts["table"] == counts["figure"] + 1 == 17  # S3.F4's figure is the animation rule
 
 
 def test_lint_is_clean(tmp_path):

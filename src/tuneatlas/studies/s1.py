@@ -280,7 +280,8 @@ def _plot_best_subsets(df: pd.DataFrame, outputs: list[Path], what: str, title: 
     test["setting"] = [
         "all dimensions"
         if m == "all"
-        else f"best {what}, {m}" + (f" ({n:,})" if m == "sampled" else "")
+        else f"best {what}, {m}"
+        + ("" if m != "sampled" else f" ({n:,})" if what == "triple" else " (paper rate)")
         for m, n in zip(test["mode"], test["sample_size"], strict=True)
     ]
     fig, axes = plots.subplots(width=max(6.0, 1.6 * test["task"].nunique()))
