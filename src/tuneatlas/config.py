@@ -84,29 +84,11 @@ def _check_references(config: dict[str, Any]) -> None:
                 f"known tasks: {', '.join(sorted(TASKS))}"
             )
     for name, model in models.items():
-        if model["source"] == "build":
-            for key in (
-                "hidden_size",
-                "num_layers",
-                "num_heads",
-                "intermediate_size",
-                "vocab_size",
-                "max_position_embeddings",
-                "corpus",
-            ):
-                if key not in model:
-                    problems.append(
-                        f"config key 'models.{name}.{key}': required for source 'build'"
-                    )
-            for i, corpus in enumerate(model.get("corpus", [])):
-                if corpus not in datasets:
-                    problems.append(
-                        f"config key 'models.{name}.corpus.{i}': unknown dataset {corpus!r}"
-                    )
-        elif "name" not in model:
-            problems.append(
-                f"config key 'models.{name}.name': required for source {model['source']!r}"
-            )
+        for i, corpus in enumerate(model.get("corpus", [])):
+            if corpus not in datasets:
+                problems.append(
+                    f"config key 'models.{name}.corpus.{i}': unknown dataset {corpus!r}"
+                )
 
     def need(kind: str, mapping: Mapping[str, Any], key: str, value: Any) -> None:
         if value is not None and value not in mapping:

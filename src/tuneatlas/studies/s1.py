@@ -42,9 +42,12 @@ def _order(df: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
 
 # --- S1.T1: CLS vs max-norm token ----------------------------------------------------------
 def table_t1(spec: dict[str, Any], results: Path) -> pd.DataFrame:
+    """Final scores of the runs (S1.T1: CLS and max-norm runs; S1.TA2: the runs of every seed)."""
     df = run_scores(results, spec["runs"])
     df = df[["task", "metric", "split", "pooling", "seed", "value"]]
-    return df.sort_values(["task", "split", "pooling"], key=_task_key(spec)).reset_index(drop=True)
+    return df.sort_values(["task", "split", "pooling", "seed"], key=_task_key(spec)).reset_index(
+        drop=True
+    )
 
 
 def _task_key(spec: dict[str, Any]):
@@ -52,30 +55,26 @@ def _task_key(spec: dict[str, Any]):
     return lambda col: col.map(order) if col.name == "task" else col
 
 
-def plot_t1(df: pd.DataFrame, outputs: list[Path]) -> None:
+def _plot_test_bars(df: pd.DataFrame, hue: str, title: str, outputs: list[Path]) -> None:
+    import seaborn as sns
+
     test = df[df["split"] == "test"]
     fig, axes = plots.subplots(width=max(5.0, 1.1 * test["task"].nunique()))
     ax = axes[0, 0]
-    import seaborn as sns
-
-    sns.barplot(test, x="task", y="value", hue="pooling", ax=ax)
+    sns.barplot(test, x="task", y="value", hue=hue, ax=ax)
     for container in ax.containers:
         ax.bar_label(container, fmt="%.3f", fontsize=7, padding=1)
-    ax.set(
-        title="S1.T1 - head on the CLS vector vs the max-norm token (test)",
-        xlabel="task",
-        ylabel="test score (task metric)",
-    )
+    ax.set(title=title, xlabel="task", ylabel="test score (task metric)")
     plots.save(fig, outputs[0])
 
 
+def plot_t1(df: pd.DataFrame, outputs: list[Path]) -> None:
+    _plot_test_bars(
+        df, "pooling", "S1.T1 - head on the CLS vector vs the max-norm token (test)", outputs
+    )
+
+
 # --- S1.TA2: seed variance -------------------------------------------------------------------
-def table_ta2(spec: dict[str, Any], results: Path) -> pd.DataFrame:
-    df = run_scores(results, spec["runs"])
-    df = df[["task", "metric", "split", "pooling", "seed", "value"]]
-    return df.sort_values(["task", "split", "seed"], key=_task_key(spec)).reset_index(drop=True)
-
-
 def plot_ta2(df: pd.DataFrame, outputs: list[Path]) -> None:
     import seaborn as sns
 
@@ -113,20 +112,8 @@ def table_t4(spec: dict[str, Any], results: Path) -> pd.DataFrame:
 
 
 def plot_t4(df: pd.DataFrame, outputs: list[Path]) -> None:
-    import seaborn as sns
-
-    test = df[df["split"] == "test"]
-    fig, axes = plots.subplots(width=max(5.0, 1.1 * test["task"].nunique()))
-    ax = axes[0, 0]
-    sns.barplot(test, x="task", y="value", hue="setting", ax=ax)
-    for container in ax.containers:
-        ax.bar_label(container, fmt="%.3f", fontsize=7, padding=1)
-    ax.set(
-        title="S1.T4 - frozen encoder + 2 FC layers vs fine-tuned encoder + 1 FC (test)",
-        xlabel="task",
-        ylabel="test score (task metric)",
-    )
-    plots.save(fig, outputs[0])
+    title = "S1.T4 - frozen encoder + 2 FC layers vs fine-tuned encoder + 1 FC (test)"
+    _plot_test_bars(df, "setting", title, outputs)
 
 
 # --- S1.T5: cross fine-tuning ----------------------------------------------------------------
@@ -517,7 +504,7 @@ def plot_fl(df: pd.DataFrame, outputs: list[Path]) -> None:
 
 TABLES = {
     "S1.T1": table_t1,
-    "S1.TA2": table_ta2,
+    "S1.TA2": table_t1,
     "S1.T4": table_t4,
     "S1.T5": table_t5,
     "S1.T2": table_t2,
