@@ -140,9 +140,3 @@ def load_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
     return load_file(str(path))
-
-
-def touch_done(path: str | os.PathLike) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text("done\n")
-    return Path(path)

@@ -59,9 +59,6 @@ class Plan:
     runs: dict[str, Run]
     targets: dict[str, Target]
 
-    def finetunes(self) -> dict[str, Run]:
-        return {k: r for k, r in self.runs.items() if r.kind == "finetune"}
-
     def final_outputs(self) -> list[str]:
         """Table and figure paths of every enabled, built artifact (what `rule all` asks for)."""
         out: list[str] = []
