@@ -275,7 +275,7 @@ def _plot_best_subsets(df: pd.DataFrame, outputs: list[Path], what: str, title: 
     ax = axes[0, 0]
     sns.barplot(test, x="task", y="value", hue="setting", ax=ax)
     ax.set(title=title, xlabel="task", ylabel="test score (task metric)")
-    ax.legend(fontsize=7, title=None, loc="lower right")
+    ax.legend(fontsize=7, title=None, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     plots.save(fig, outputs[0])
 
 
@@ -388,7 +388,7 @@ def plot_t3(df: pd.DataFrame, outputs: list[Path]) -> None:
         xlabel="task",
         ylabel="test score (task metric)",
     )
-    ax.legend(fontsize=7, title=None, loc="lower right")
+    ax.legend(fontsize=7, title=None, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     plots.save(fig, outputs[0])
 
 
