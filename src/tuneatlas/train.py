@@ -764,7 +764,9 @@ def train(
         monitor,
         task.metric,
         results[monitor][task.metric],
-        f", test {results['test'][task.metric]:.4f}" if "test" in results else "",
+        f", test {results['test'][task.metric]:.4f}"
+        if "test" in results and monitor != "test"
+        else "",
     )
     results.update(steps=state.step, best_step=best["step"], resumed_from=resumed_from)
     return results

@@ -34,12 +34,6 @@ def run_scores(results: Path, runs: list[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _order(df: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
-    df = df.copy()
-    df["task"] = pd.Categorical(df["task"], categories=tasks, ordered=True)
-    return df
-
-
 # --- S1.T1: CLS vs max-norm token ----------------------------------------------------------
 def table_t1(spec: dict[str, Any], results: Path) -> pd.DataFrame:
     """Final scores of the runs (S1.T1: CLS and max-norm runs; S1.TA2: the runs of every seed)."""
