@@ -378,6 +378,8 @@ def _load_checkpoint(
     ckpt_dir: Path, spec: TrainSpec, hooks: Sequence[Any], inputs: str
 ) -> dict[str, Any] | None:
     path = ckpt_dir / CKPT_FILE
+    for stale in ckpt_dir.glob(f".{CKPT_FILE}.*"):  # temp file of a write a kill interrupted
+        stale.unlink(missing_ok=True)
     if not path.exists():
         return None
     try:

@@ -191,11 +191,13 @@ def test_kill_9_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
     ckpt = killed / "results/runs" / run / "ckpt"
+    # wait for the finished checkpoint itself: the directory also holds the atomic-write temp file
+    checkpoint_file = ckpt / "state.pt"
     deadline = time.monotonic() + 300
     pid = None
     while time.monotonic() < deadline and proc.poll() is None:
         pid = _train_pid(run)
-        if pid and ckpt.exists() and any(ckpt.iterdir()):
+        if pid and checkpoint_file.exists():
             os.kill(pid, signal.SIGKILL)
             break
         time.sleep(0.02)
