@@ -13,6 +13,7 @@ from typing import Any, Literal
 Pooling = Literal["cls", "maxnorm"]
 Head = Literal["linear", "mlp2"]
 ScheduleName = Literal["linear", "constant", "cosine"]
+Precision = Literal["fp32", "bf16"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class TrainSpec:
     head: Head = "linear"
     freeze_encoder: bool = False
     grad_clip: float | None = 1.0
+    precision: Precision = "fp32"  # bf16 = autocast on CUDA only; CPU always runs fp32
     optim: OptimSpec = field(default_factory=OptimSpec)
     schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
     checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = at epoch ends only

@@ -257,9 +257,10 @@ def load_splits(
 # --------------------------------------------------------------------------------------------
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; fp32 (no autocast) on CPU, where it keeps runs deterministic."""
-    if device.type == "cuda":
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when asked; otherwise fp32. CPU always runs fp32, which keeps
+    runs deterministic there."""
+    if device.type == "cuda" and precision == "bf16":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -268,14 +269,14 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 def predict(
     model: SequenceClassifier, split: Split, batch_size: int, device: torch.device
 ) -> np.ndarray:
-    """Logits [N, C] (float32) of `split` in file order, in eval mode; restores the mode."""
+    """Logits [N, C] of `split` in file order, in eval mode and fp32 whatever the training
+    precision (reported scores stay exact); restores the mode."""
     was_training = model.training
     model.eval()
     chunks = []
     try:
         for b in split.iter_batches(batch_size, device=device):
-            with autocast(device):
-                out = model(b["input_ids"], b["attention_mask"], b.get("token_type_ids"))
+            out = model(b["input_ids"], b["attention_mask"], b.get("token_type_ids"))
             chunks.append(out.logits.float().cpu())
     finally:
         model.train(was_training)
@@ -684,7 +685,7 @@ def train(
                 break
             batch = train_split.batch(order[b * spec.batch_size : (b + 1) * spec.batch_size], dev)
             lr = float(scheduler.get_last_lr()[0])
-            with autocast(dev):
+            with autocast(dev, spec.precision):
                 out = model(
                     batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
                 )

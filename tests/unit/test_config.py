@@ -44,6 +44,7 @@ def test_defaults_are_filled_without_touching_the_input(toy):
         (lambda c: c["train"].__setitem__("learning_rate", 1e-3), "train.learning_rate"),
         (lambda c: c["studies"]["s1"].__setitem__("seeds", []), "studies.s1.seeds"),
         (lambda c: c["train"].__setitem__("schedule", "step"), "train.schedule"),
+        (lambda c: c["train"].__setitem__("precision", "fp16"), "train.precision"),
         (lambda c: c["models"]["bert-toy"].pop("hidden_size"), "models.bert-toy"),
         (lambda c: c["models"]["bert-toy"]["corpus"].append("wiki"), "models.bert-toy.corpus.6"),
     ],

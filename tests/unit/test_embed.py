@@ -30,18 +30,8 @@ def nli(n: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["idx", "text_a", "text_b", "label"])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("embed")
     data = root / "data"
     data.mkdir()
@@ -62,7 +52,6 @@ def run(tmp_path_factory):
         optim=OptimSpec(lr=3e-3),
     )
     train(spec, data, base, root / "run")
-    torch.set_num_threads(n)
     return {"root": root, "data": data, "base": base, "model": root / "run" / "model"}
 
 

@@ -39,22 +39,10 @@ def corpus(n: int = 200, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS + ["good", "bad"], 8)) for _ in range(n)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two cores shared by several jobs: one intra-op thread is much faster under contention.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("models") / "tiny"
     build_bert({**TINY, "mlm_steps": 15, "mlm_batch_size": 16}, corpus(), out, seed=3)
-    torch.set_num_threads(n)
     return out
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+import yaml
 
 from tuneatlas.catalogue import ARTIFACTS
-from tuneatlas.config import load_config
+from tuneatlas.config import load_config, validate_config
 from tuneatlas.plan import make_plan, s4_variants
 from tuneatlas.spec import TrainSpec
 
@@ -131,3 +132,10 @@ def test_plan_is_pure(repo):
     config = load_config(repo / "config.yaml")
     a, b = make_plan(config), make_plan(config)
     assert a.runs == b.runs and a.final_outputs() == b.final_outputs()
+
+
+def test_train_section_reaches_every_run_spec(repo):
+    config = yaml.safe_load((repo / "config.yaml").read_text())
+    config["train"]["precision"] = "bf16"
+    specs = [TrainSpec.from_dict(r.spec) for r in make_plan(validate_config(config)).runs.values()]
+    assert specs and {s.precision for s in specs} == {"bf16"}

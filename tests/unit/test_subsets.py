@@ -25,16 +25,6 @@ from tuneatlas.metrics import predictions, score
 K, N = 10, 200
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are tiny: a second intra-op thread only adds synchronisation, which costs
-    # a lot when other processes keep the cores busy. Restored for the other test modules.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _problem(n_classes: int, regression: bool, seed: int, dyadic: bool = False, n: int = N):
     rng = np.random.default_rng(seed)
     if dyadic:

@@ -97,20 +97,8 @@ def spec(**kw) -> TrainSpec:
     return TrainSpec(**base)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Bit-identity needs the same thread count in every compared run (the SIGKILL test runs in
-    # a subprocess with 1 thread), and 1 thread is fastest on 2 contended cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("train")
     texts = pd.concat([sentiment(200, 9), nli(200, 9), similarity(200, 9)])
     corpus = texts["text_a"].tolist() + texts["text_b"].dropna().tolist()
@@ -118,7 +106,6 @@ def env(tmp_path_factory):
     sst2 = write_data(root / "sst2", sentiment)
     ref = root / "ref"
     result = train(spec(), sst2, model, ref)
-    torch.set_num_threads(n)
     return {"root": root, "model": model, "sst2": sst2, "ref": ref, "ref_result": result}
 
 
