@@ -7,6 +7,7 @@ through a temporary file in the same directory followed by an atomic rename.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -30,12 +31,16 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=suffix or ".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -44,6 +49,14 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def remove_interrupted_writes(path: str | os.PathLike) -> None:
+    """Delete the temporary files of `atomic_path(path)` writes that a kill cut short (the
+    `finally` above never ran for them); `path` itself is left alone."""
+    path = Path(path)
+    for stale in path.parent.glob(f"{glob.escape(_temp_prefix(path))}*"):
+        stale.unlink(missing_ok=True)
 
 
 def stable_hash(obj: Any, length: int = 12) -> str:

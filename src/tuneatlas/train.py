@@ -41,7 +41,14 @@ import torch
 import torch.nn.functional as F
 
 from tuneatlas import __version__
-from tuneatlas.io import atomic_path, git_commit, stable_hash, write_parquet, write_yaml
+from tuneatlas.io import (
+    atomic_path,
+    git_commit,
+    remove_interrupted_writes,
+    stable_hash,
+    write_parquet,
+    write_yaml,
+)
 from tuneatlas.metrics import predictions, score
 from tuneatlas.models import SequenceClassifier, load_encoder, load_tokenizer
 from tuneatlas.optim import AdamW, make_scheduler
@@ -379,8 +386,7 @@ def _load_checkpoint(
     ckpt_dir: Path, spec: TrainSpec, hooks: Sequence[Any], inputs: str
 ) -> dict[str, Any] | None:
     path = ckpt_dir / CKPT_FILE
-    for stale in ckpt_dir.glob(f".{CKPT_FILE}.*"):  # temp file of a write a kill interrupted
-        stale.unlink(missing_ok=True)
+    remove_interrupted_writes(path)
     if not path.exists():
         return None
     try:

@@ -13,6 +13,7 @@ from tuneatlas.io import (
     load_tensors,
     provenance,
     read_parquet_meta,
+    remove_interrupted_writes,
     save_tensors,
     stable_hash,
     write_parquet,
@@ -38,6 +39,20 @@ def test_failed_write_leaves_no_file_and_keeps_the_old_one(tmp_path):
             raise RuntimeError("killed mid-write")
     assert target.read_text() == "finished result"
     assert os.listdir(tmp_path) == ["out.txt"]
+
+
+def test_writes_cut_short_by_a_kill_are_swept_and_nothing_else(tmp_path):
+    target = tmp_path / "state.pt"
+    target.write_text("last good checkpoint")
+    (tmp_path / "state.pt.bak").write_text("a user's file")
+    (tmp_path / ".other.pt.abc").write_text("another file's write")
+    killed = atomic_path(target, ".pt")
+    tmp = killed.__enter__()  # never exited: what SIGKILL leaves behind
+    tmp.write_text("half writ")
+    remove_interrupted_writes(target)
+    assert not tmp.exists()
+    assert target.read_text() == "last good checkpoint"
+    assert sorted(os.listdir(tmp_path)) == [".other.pt.abc", "state.pt", "state.pt.bak"]
 
 
 def test_tensors_round_trip(tmp_path):

@@ -16,6 +16,7 @@ import yaml
 
 from tuneatlas.catalogue import ARTIFACTS
 from tuneatlas.io import read_parquet_meta
+from tuneatlas.train import CKPT_DIR, CKPT_FILE
 
 from .conftest import BIN, REPO, TINY, snakemake
 
@@ -190,9 +191,9 @@ def test_kill_9_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
-    ckpt = killed / "results/runs" / run / "ckpt"
+    ckpt = killed / "results/runs" / run / CKPT_DIR
     # wait for the finished checkpoint itself: the directory also holds the atomic-write temp file
-    checkpoint_file = ckpt / "state.pt"
+    checkpoint_file = ckpt / CKPT_FILE
     deadline = time.monotonic() + 300
     pid = None
     while time.monotonic() < deadline and proc.poll() is None:
