@@ -533,15 +533,18 @@ def normalise(
     """Validate raw rows and return them in the on-disk schema; `idx` = 0-based source row."""
     raw = raw.reset_index(drop=True)
     idx = np.arange(len(raw), dtype=np.int64)
-    required = ("text",) if task.is_corpus else ("text_a", "label")
-    for key in required:
-        if not columns.get(key):
+
+    def required(key: str) -> list[str]:
+        cols = columns.get(key)
+        if not cols:
             raise ValueError(f"{origin}: no source column given for {key!r} (columns.{key})")
+        return cols
+
     if task.is_corpus:
-        text_cols = columns["text"] or []
+        text_cols = required("text")
         return pd.DataFrame({"idx": idx, "text": _texts(raw, text_cols, "text", origin, lines)})
-    a_cols, b_cols = columns["text_a"] or [], columns["text_b"]
-    label_cols = columns["label"] or []
+    a_cols, label_cols = required("text_a"), required("label")
+    b_cols = columns["text_b"]
     text_a = _texts(raw, a_cols, "text_a", origin, lines)
     text_b = (
         _texts(raw, b_cols, "text_b", origin, lines)
