@@ -1,4 +1,4 @@
-"""Training-time overhead of in-loop S3 capture (`tuneatlas.capture.EmbeddingCapture`).
+"""Training-time overhead of in-loop S3 capture (`tuneatlas.analysis.capture.EmbeddingCapture`).
 
 One TrainSpec is trained with capture off and with capture on (every 10 steps, 10 probe rows per
 class, the whole test split recorded), alternating the two conditions (off/on, on/off, ...) over
@@ -41,16 +41,16 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # the engine's progress bar would cl
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from tuneatlas import synthetic  # noqa: E402
-from tuneatlas.capture import (  # noqa: E402
+from tuneatlas.analysis.capture import (  # noqa: E402
     CAPTURES_DIR,
     EMBEDDINGS_FILE,
     SCORES_FILE,
     EmbeddingCapture,
 )
-from tuneatlas.models import build_bert  # noqa: E402
+from tuneatlas.data import synthetic  # noqa: E402
+from tuneatlas.engine.recipes.classify import finetune as train  # noqa: E402
+from tuneatlas.models.build import build_bert  # noqa: E402
 from tuneatlas.spec import CaptureSpec, OptimSpec, ScheduleSpec, TrainSpec  # noqa: E402
-from tuneatlas.train import train  # noqa: E402
 
 SEED = 0
 GROUP_SIZES = (400, 100, 10)  # S3 main run: 3 classes per group

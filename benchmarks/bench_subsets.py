@@ -1,7 +1,7 @@
 """Benchmark the S1 subset-search engine against the naive masked-head loop.
 
 The naive way scores one combination at a time: zero every input dimension outside the subset
-and run the real ``nn.Linear`` head on all N examples. The engine (``tuneatlas.subsets``) sums
+and run the real ``nn.Linear`` head on all N examples. The engine (``tuneatlas.analysis.subsets``) sums
 per-dimension contributions instead, and fuses the triple kernel with ``torch.compile``.
 
     .venv/bin/python benchmarks/bench_subsets.py              # K=768, N=872 (the paper's SST-2)
@@ -54,7 +54,7 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from tuneatlas import subsets as ss
+    from tuneatlas.analysis import subsets as ss
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -54,7 +54,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from tuneatlas.data import prepare_dataset
+    from tuneatlas.data.prepare import prepare_dataset
 
     written = prepare_dataset(
         args.name,
@@ -80,15 +80,16 @@ def _corpus_texts(data_root: Path, datasets: list[str]) -> list[str]:
 
 
 def cmd_build_model(args: argparse.Namespace) -> None:
-    from tuneatlas import models
+    from tuneatlas.models.build import build_bert
+    from tuneatlas.models.hub import fetch_model
 
     spec = _spec(args.spec)
     source = spec["source"]
     if source == "build":
         texts = _corpus_texts(Path(args.data_root), spec["corpus"])
-        models.build_bert(spec, texts, Path(args.out), seed=args.seed)
+        build_bert(spec, texts, Path(args.out), seed=args.seed)
     elif source in ("hub", "local"):
-        models.fetch_model(
+        fetch_model(
             spec["name"], Path(args.out), trust_remote_code=spec.get("trust_remote_code", False)
         )
     else:
@@ -98,16 +99,16 @@ def cmd_build_model(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from tuneatlas.engine.recipes.classify import finetune
     from tuneatlas.spec import TrainSpec
-    from tuneatlas.train import train
 
     spec = TrainSpec.from_dict(_spec(args.spec))
     hooks = []
     if spec.capture.every:
-        from tuneatlas.capture import EmbeddingCapture
+        from tuneatlas.analysis.capture import EmbeddingCapture
 
         hooks.append(EmbeddingCapture(spec.capture))
-    train(
+    finetune(
         spec,
         Path(args.data),
         Path(args.model),
@@ -120,7 +121,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
-    from tuneatlas.embed import extract
+    from tuneatlas.analysis.embed import extract
 
     extract(
         Path(args.model),
@@ -135,7 +136,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 def cmd_table(args: argparse.Namespace) -> None:
     from tuneatlas.io import provenance, write_parquet
-    from tuneatlas.tables import build_table
+    from tuneatlas.studies.registry import build_table
 
     spec = _spec(args.spec)
     df = build_table(args.artifact, spec, Path(args.results))
@@ -144,7 +145,7 @@ def cmd_table(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    from tuneatlas.tables import plot_artifact
+    from tuneatlas.studies.registry import plot_artifact
 
     plot_artifact(args.artifact, Path(args.table), [Path(p) for p in args.out])
 

@@ -73,7 +73,7 @@ def validate_config(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 def _check_references(config: dict[str, Any]) -> None:
     """Cross-references the schema cannot express: tasks exist, ids point at defined entries."""
-    from tuneatlas.tasks import TASKS
+    from tuneatlas.data.tasks import TASKS
 
     problems: list[str] = []
     datasets, models = config["datasets"], config["models"]

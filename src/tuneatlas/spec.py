@@ -56,7 +56,8 @@ class TrainSpec:
     init_from: str | None = None  # run id whose fine-tuned encoder starts this run (cross FT)
     epochs: float = 3.0
     max_steps: int | None = None  # caps the step count (quick runs)
-    batch_size: int = 32
+    batch_size: int = 32  # examples per optimiser step (the global batch, over all DDP ranks)
+    micro_batch_size: int | None = None  # examples per forward pass; smaller = accumulation
     eval_batch_size: int = 128
     max_length: int = 128
     dropout: float | None = None  # None keeps the model's own; 0.0 turns dropout off
@@ -65,13 +66,16 @@ class TrainSpec:
     freeze_encoder: bool = False
     grad_clip: float | None = 1.0
     precision: Precision = "fp32"  # bf16 = autocast on CUDA only; CPU always runs fp32
+    tf32: bool = False  # TF32 matmuls on CUDA (faster, ~1e-3 relative); no effect on CPU
     optim: OptimSpec = field(default_factory=OptimSpec)
     schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
-    checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = at epoch ends only
+    # resumable checkpoints: N steps (0 = at epoch ends only), "none", or "<T>min" of wall time
+    checkpoint_every: int | str = 0
     eval_every: int = 0  # steps between validation evaluations; 0 = at epoch ends only
     max_train_samples: int | None = None
     keep_best: bool = False  # end with the weights of the best validation evaluation (S1)
     capture: CaptureSpec = field(default_factory=CaptureSpec)
+    save_model: bool = True  # False: runs read only for their scores keep no weights (S2 sweep)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

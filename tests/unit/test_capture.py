@@ -13,8 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tuneatlas import synthetic
-from tuneatlas.capture import (
+from tuneatlas.analysis.capture import (
     EmbeddingCapture,
     load_captures,
     load_scores,
@@ -22,6 +21,7 @@ from tuneatlas.capture import (
     write_captures,
 )
 from tuneatlas.catalogue import ARTIFACTS
+from tuneatlas.data import synthetic
 from tuneatlas.spec import CaptureSpec, TrainSpec
 from tuneatlas.studies import s3
 
@@ -40,7 +40,7 @@ TINY_BERT = {
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A prepared 9-class dataset (train/valid/test parquet) and a tiny BERT built offline."""
-    from tuneatlas.models import build_bert
+    from tuneatlas.models.build import build_bert
 
     root = tmp_path_factory.mktemp("tiny")
     df = synthetic.generate("livedoor", 150, seed=0)
@@ -83,7 +83,7 @@ class Crash:
 
 
 def _train(tiny: dict[str, Path], spec: TrainSpec, out: Path, hooks=()) -> dict:
-    from tuneatlas.train import train
+    from tuneatlas.engine.recipes.classify import finetune as train
 
     return train(spec, tiny["data"], tiny["model"], out, hooks=list(hooks), device="cpu")
 
@@ -150,12 +150,13 @@ def test_capture_records_step_zero_every_interval_and_the_last_step(tiny, runs):
 
 
 def test_capture_embeddings_are_the_models_last_layer_cls(tiny, runs):
-    from tuneatlas.models import SequenceClassifier
-    from tuneatlas.train import load_splits, task_info
+    from tuneatlas.data.tasks import fine_tuning_task
+    from tuneatlas.engine.recipes.classify import tokenize_splits
+    from tuneatlas.models.classifier import SequenceClassifier
 
     caps = load_captures(runs["captured"] / "captures")
     model = SequenceClassifier.load(runs["captured"] / "model").eval()
-    split = load_splits(tiny["data"], model.tokenizer, 32, task_info("livedoor"))["test"]
+    split = tokenize_splits(tiny["data"], model.tokenizer, 32, fine_tuning_task("livedoor"))["test"]
     with torch.no_grad():
         b = split.batch(range(len(split)))
         hidden = model.encoder(
@@ -441,7 +442,7 @@ def test_s3_figures_are_written(tmp_path, monkeypatch):
 
 def test_s3_registry_builds_from_a_results_tree(tmp_path):
     from tuneatlas.io import write_yaml
-    from tuneatlas.tables import build_table
+    from tuneatlas.studies.registry import build_table
 
     run_dir = tmp_path / "runs" / "s3-main-s0"
     _write_known_captures(run_dir / "captures")

@@ -8,11 +8,13 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from tuneatlas.embed import extract
+from tuneatlas.analysis.embed import extract
+from tuneatlas.engine.recipes.classify import finetune as train
 from tuneatlas.io import load_tensors
-from tuneatlas.models import SequenceClassifier, build_bert, load_encoder, load_tokenizer
+from tuneatlas.models.build import build_bert
+from tuneatlas.models.classifier import SequenceClassifier
+from tuneatlas.models.hub import load_encoder, load_tokenizer
 from tuneatlas.spec import OptimSpec, TrainSpec
-from tuneatlas.train import train
 
 FILLER = "the a movie film plot actor scene story music ending was is very quite".split()
 MARKS = ["yes", "maybe", "no"]

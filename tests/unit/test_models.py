@@ -10,18 +10,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tuneatlas.models import (
+from tuneatlas.io import atomic_dir
+from tuneatlas.models.build import build_bert, train_tokenizer
+from tuneatlas.models.classifier import (
     CLASSIFIER_INFO,
     SequenceClassifier,
-    atomic_dir,
-    build_bert,
-    fetch_model,
-    load_encoder,
-    load_tokenizer,
     maxnorm_pool,
     set_dropout,
-    train_tokenizer,
 )
+from tuneatlas.models.hub import fetch_model, load_encoder, load_tokenizer
 
 WORDS = "the a movie film plot actor scene story music ending was is very quite".split()
 TINY = dict(
@@ -252,7 +249,7 @@ def test_load_encoder_reports_missing_weights_but_not_the_pooler(base, tmp_path,
 
     from safetensors.torch import save_file
 
-    caplog.set_level("INFO", logger="tuneatlas.models")
+    caplog.set_level("INFO", logger="tuneatlas.models.hub")
     load_encoder(base)  # a hub-like BERT with pooler weights, loaded without the pooler
     assert "weights missing" not in caplog.text and "LOAD REPORT" not in caplog.text
     broken = tmp_path / "broken"

@@ -12,7 +12,7 @@ import pytest
 from tuneatlas.catalogue import ARTIFACTS
 from tuneatlas.io import save_tensors, write_yaml
 from tuneatlas.spec import TrainSpec
-from tuneatlas.tables import build_table
+from tuneatlas.studies.registry import build_table
 
 K, LAYERS = 8, 3
 
@@ -138,7 +138,7 @@ def test_fl_scores_every_layer(tree):
 
 
 def test_plots_draw_from_the_tables(tree, tmp_path):
-    from tuneatlas.tables import plot_artifact
+    from tuneatlas.studies.registry import plot_artifact
 
     results, _ = tree
     for artifact, runs in (

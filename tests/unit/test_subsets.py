@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from tuneatlas import subsets as ss
+from tuneatlas.analysis import subsets as ss
 from tuneatlas.metrics import predictions, score
 
 K, N = 10, 200

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tuneatlas import synthetic
+from tuneatlas.data import synthetic
+from tuneatlas.data.tasks import get_task
 from tuneatlas.metrics import predictions, score
-from tuneatlas.tasks import get_task
 
 LABELLED = ("sst2", "mrpc", "qqp", "qnli", "rte", "mnli", "stsb", "cola", "livedoor")
 

@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tuneatlas import data
-from tuneatlas.data import DataError, HubOfflineError, prepare_dataset, read_split
+from tuneatlas.data import prepare as data
+from tuneatlas.data.prepare import DataError, HubOfflineError, prepare_dataset, read_prepared
+from tuneatlas.data.tasks import GLUE_TASKS, TASKS, get_task
 from tuneatlas.io import read_parquet_meta
 from tuneatlas.metrics import METRICS
-from tuneatlas.tasks import GLUE_TASKS, TASKS, get_task
 
 SST2_DEV = Path(__file__).resolve().parents[2].parent / "shared/data/sst2/dev.tsv"
 
@@ -91,7 +91,7 @@ def test_every_format_round_trips_pair_classification_and_regression(tmp_path, e
         }
         out = prepare_dataset(f"{task}_{ext[1:]}", cfg, tmp_path / task / ext[1:], seed=0)
         assert set(out) == {"valid"}
-        df = read_split(out["valid"])
+        df = read_prepared(out["valid"])
         assert list(df["text_a"]) == list(ROWS["s1"])  # quotes and the word "null" survive
         assert list(df["text_b"]) == list(ROWS["s2"])
         assert list(df["idx"]) == [0, 1, 2, 3]
@@ -116,7 +116,7 @@ def test_single_sentence_text_b_is_a_null_string_column(tmp_path):
     out = prepare_dataset("sst2", cfg, tmp_path / "out", seed=0)
     schema = pq.read_schema(out["train"])
     assert "string" in str(schema.field("text_b").type)
-    assert read_split(out["train"])["text_b"].isna().all()
+    assert read_prepared(out["train"])["text_b"].isna().all()
 
 
 def test_default_columns_string_labels_and_dir_source(tmp_path):
@@ -133,8 +133,8 @@ def test_default_columns_string_labels_and_dir_source(tmp_path):
     cfg = {"source": "file", "task": "mnli", "dir": str(tmp_path)}
     assert data.output_files("mnli", cfg) == ["train.parquet", "valid.parquet"]
     out = prepare_dataset("mnli", cfg, tmp_path / "out", seed=0)
-    assert list(read_split(out["train"])["label"]) == [0, 2, 1]
-    assert len(read_split(out["valid"])) == 2
+    assert list(read_prepared(out["train"])["label"]) == [0, 2, 1]
+    assert len(read_prepared(out["valid"])) == 2
 
 
 def test_livedoor_joins_title_and_body(tmp_path):
@@ -148,7 +148,7 @@ def test_livedoor_joins_title_and_body(tmp_path):
         tmp_path / "out",
         seed=0,
     )
-    df = read_split(out["train"])
+    df = read_prepared(out["train"])
     assert list(df["text_a"]) == ["Title A\nbody a", "Title B\nbody b"]
     assert list(df["label"]) == [3, 8]
 
@@ -165,7 +165,7 @@ def test_max_rows_caps_each_source_split_keeping_source_ids(tmp_path):
         "columns": {"text_a": "text"},
         "max_rows": 7,
     }
-    df = read_split(prepare_dataset("s", cfg, tmp_path / "out", seed=3)["train"])
+    df = read_prepared(prepare_dataset("s", cfg, tmp_path / "out", seed=3)["train"])
     assert len(df) == 7 and df["idx"].is_monotonic_increasing
     assert all(t == f"s {i}" for t, i in zip(df["text_a"], df["idx"], strict=True))
 
@@ -178,7 +178,7 @@ def test_synthetic_source_writes_disjoint_splits_with_metadata(tmp_path):
     out = prepare_dataset("mrpc", cfg, tmp_path, seed=5, meta={"config_hash": "cafe"})
     assert set(out) == {"train", "valid"}
     assert data.output_files("mrpc", cfg) == ["train.parquet", "valid.parquet"]
-    train, valid = read_split(out["train"]), read_split(out["valid"])
+    train, valid = read_prepared(out["train"]), read_prepared(out["valid"])
     assert (len(train), len(valid)) == (120, 30)
     assert not set(train["idx"]) & set(valid["idx"])
     pairs = set(zip(train["text_a"], train["text_b"], strict=True))
@@ -192,21 +192,21 @@ def test_corpora_write_text_and_facts(tmp_path):
     out = prepare_dataset(
         "simcse", {"source": "synthetic", "sizes": {"train": 40}}, tmp_path / "s", 1
     )
-    assert list(read_split(out["train"]).columns) == ["idx", "text"]
+    assert list(read_prepared(out["train"]).columns) == ["idx", "text"]
     out = prepare_dataset(
         "pretrain", {"source": "synthetic", "sizes": {"train": 30}}, tmp_path / "p", 1
     )
     assert set(out) == {"train", "facts"}
     facts = pd.read_parquet(out["facts"])
     assert list(facts.columns) == ["idx", "subject", "relation", "question", "answer"]
-    assert len(read_split(out["train"])) == 30 and len(facts) >= 8
+    assert len(read_prepared(out["train"])) == 30 and len(facts) >= 8
 
 
 def test_corpus_from_text_file_skips_blank_lines(tmp_path):
     path = tmp_path / "wiki.txt"
     path.write_text("first sentence .\n\nsecond one .\n")
     cfg = {"source": "file", "task": "simcse", "files": {"train": str(path)}}
-    df = read_split(prepare_dataset("simcse", cfg, tmp_path / "out", 0)["train"])
+    df = read_prepared(prepare_dataset("simcse", cfg, tmp_path / "out", 0)["train"])
     assert list(df["text"]) == ["first sentence .", "second one ."]
 
 
@@ -233,9 +233,9 @@ def _pool(tmp_path: Path) -> dict:
 
 def test_resplit_pools_all_splits_by_ratio_and_is_deterministic(tmp_path):
     cfg = _pool(tmp_path)
-    a = data.load_splits("sst2", cfg, seed=42)
-    b = data.load_splits("sst2", cfg, seed=42)
-    c = data.load_splits("sst2", cfg, seed=7)
+    a = data.load_raw_splits("sst2", cfg, seed=42)
+    b = data.load_raw_splits("sst2", cfg, seed=42)
+    c = data.load_raw_splits("sst2", cfg, seed=7)
     assert [len(a[s]) for s in ("train", "valid", "test")] == [80, 10, 10]
     for s in a:
         pd.testing.assert_frame_equal(a[s], b[s])
@@ -261,7 +261,7 @@ def test_imbalance_counts_are_exact_and_the_assignment_is_recorded(tmp_path):
     }
     out = prepare_dataset("livedoor", cfg, tmp_path, seed=11)
     classes = pd.read_parquet(out["classes"])
-    train, test = read_split(out["train"]), read_split(out["test"])
+    train, test = read_prepared(out["train"]), read_prepared(out["test"])
     counts = np.bincount(train["label"], minlength=9)
     assert sorted(counts) == [2, 2, 2, 10, 10, 10, 40, 40, 40]
     assert list(classes["n_train"]) == list(counts)
@@ -418,10 +418,10 @@ def test_real_sst2_dev_loads_and_resplits_8_1_1(tmp_path):
         "files": {"validation": str(SST2_DEV)},
         "columns": {"text_a": "text", "label": "label"},
     }
-    whole = data.load_splits("sst2", cfg, seed=42)["valid"]
+    whole = data.load_raw_splits("sst2", cfg, seed=42)["valid"]
     assert len(whole) == 872 and list(np.bincount(whole["label"])) == [428, 444]
     out = prepare_dataset("sst2", {**cfg, "resplit": [8, 1, 1]}, tmp_path, seed=42)
-    splits = {s: read_split(p) for s, p in out.items()}
+    splits = {s: read_prepared(p) for s, p in out.items()}
     assert [len(splits[s]) for s in ("train", "valid", "test")] == [698, 87, 87]
     ids = np.concatenate([df["idx"] for df in splits.values()])
     assert sorted(ids) == list(range(872))
@@ -455,7 +455,7 @@ def test_hub_source_maps_splits_and_columns(tmp_path, monkeypatch):
         ("nyu-mll/glue", "mnli", "train", False),
         ("nyu-mll/glue", "mnli", "validation_matched", False),
     ]
-    valid = read_split(out["valid"])
+    valid = read_prepared(out["valid"])
     assert list(valid["text_a"]) == [
         "validation_matched p0",
         "validation_matched p1",
@@ -470,4 +470,4 @@ def test_hub_source_maps_splits_and_columns(tmp_path, monkeypatch):
         "max_rows": 4,
     }
     out = prepare_dataset("mnli", cfg, tmp_path / "b", seed=0)
-    assert set(out) == {"train"} and len(read_split(out["train"])) == 4
+    assert set(out) == {"train"} and len(read_prepared(out["train"])) == 4

@@ -19,10 +19,15 @@ import torch
 from pandas.testing import assert_frame_equal
 from safetensors.torch import load_file
 
-from tuneatlas.models import build_bert, load_encoder
-from tuneatlas.optim import AdamW, lr_factor, make_scheduler, warmup_steps
+from tuneatlas.data.tasks import fine_tuning_task
+from tuneatlas.engine.checkpoint import CKPT_DIR, CKPT_FILE
+from tuneatlas.engine.loop import seed_everything
+from tuneatlas.engine.optim import AdamW, lr_factor, make_scheduler, warmup_steps
+from tuneatlas.engine.recipes.classify import build_classifier
+from tuneatlas.engine.recipes.classify import finetune as train
+from tuneatlas.models.build import build_bert
+from tuneatlas.models.hub import load_encoder
 from tuneatlas.spec import OptimSpec, ScheduleSpec, TrainSpec
-from tuneatlas.train import CKPT_DIR, CKPT_FILE, build_model, seed_everything, task_info, train
 
 FILLER = "the a movie film plot actor scene story music ending was is very quite".split()
 TINY = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, vocab_size=150)
@@ -342,7 +347,7 @@ def test_hooks_see_every_step_and_state_is_restored_on_resume(env, tmp_path, cap
     assert (out / CKPT_DIR / CKPT_FILE).exists() and not (out / "metrics.parquet").exists()
 
     hook = Recorder()
-    caplog.set_level("INFO", logger="tuneatlas.train")
+    caplog.set_level("INFO", logger="tuneatlas.engine")
     res = train(spec(), env["sst2"], env["model"], out, hooks=[hook])
     assert "resuming from checkpoint at step 8" in caplog.text
     assert res["resumed_from"] == 8 and hook.start_step == 8
@@ -361,7 +366,7 @@ def test_changed_spec_discards_checkpoint(env, tmp_path, caplog):
     with pytest.raises(KeyboardInterrupt):
         train(spec(), env["sst2"], env["model"], out, hooks=[Recorder(crash_at=6)])
     assert (out / CKPT_DIR / CKPT_FILE).exists()
-    caplog.set_level("INFO", logger="tuneatlas.train")
+    caplog.set_level("INFO", logger="tuneatlas.engine")
     changed = spec(optim=OptimSpec(lr=1e-3))
     res = train(changed, env["sst2"], env["model"], out, hooks=[Recorder()])
     assert res["resumed_from"] == 0
@@ -377,7 +382,7 @@ def test_changed_data_discards_checkpoint(env, tmp_path, caplog):
     with pytest.raises(KeyboardInterrupt):
         train(spec(), data, env["model"], out, hooks=[Recorder(crash_at=6)])
     sentiment(96, 5).to_parquet(data / "train.parquet")  # the dataset was prepared again
-    caplog.set_level("INFO", logger="tuneatlas.train")
+    caplog.set_level("INFO", logger="tuneatlas.engine")
     res = train(spec(), data, env["model"], out, hooks=[Recorder()])
     assert res["resumed_from"] == 0 and "the data or the starting model changed" in caplog.text
 
@@ -387,7 +392,7 @@ import json, sys
 import torch
 torch.set_num_threads(1)
 from tuneatlas.spec import TrainSpec
-from tuneatlas.train import train
+from tuneatlas.engine.recipes.classify import finetune as train
 spec = TrainSpec.from_dict(json.loads(sys.argv[1]))
 train(spec, sys.argv[2], sys.argv[3], sys.argv[4])
 """
@@ -436,7 +441,7 @@ def test_frozen_encoder_with_mlp2_head(env, tmp_path):
     tuned = load_file(tmp_path / "o" / "model" / "model.safetensors")
     assert tuned.keys() and all(torch.equal(tuned[k], base[k]) for k in tuned)
     seed_everything(s.seed)
-    init = build_model(s, task_info("sst2"), env["model"], None).head.state_dict()
+    init = build_classifier(s, fine_tuning_task("sst2"), env["model"], None).head.state_dict()
     head = load_file(tmp_path / "o" / "model" / "head.safetensors")
     assert set(head) == {"0.weight", "0.bias", "2.weight", "2.bias"}
     assert all(not torch.equal(head[k], init[k]) for k in head)
@@ -447,7 +452,7 @@ def test_cross_finetuning_starts_from_the_init_run_encoder(env, tmp_path):
     init_dir = env["ref"] / "model"
     s = spec(task="mnli", init_from="r", max_steps=3)
     seed_everything(s.seed)
-    model = build_model(s, task_info("mnli"), env["model"], init_dir)
+    model = build_classifier(s, fine_tuning_task("mnli"), env["model"], init_dir)
     tuned, base = load_encoder(init_dir).state_dict(), load_encoder(env["model"]).state_dict()
     got = model.encoder.state_dict()
     assert all(torch.equal(got[k], tuned[k]) for k in tuned)

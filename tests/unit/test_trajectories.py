@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.decomposition import PCA
 
-from tuneatlas import trajectories as tr
+from tuneatlas.analysis import trajectories as tr
 
 
 def _walk_then_stop(n_moves: int, n_still: int, step: float = 1.0, dims: int = 3) -> np.ndarray:

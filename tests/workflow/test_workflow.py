@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from tuneatlas.catalogue import ARTIFACTS
+from tuneatlas.engine.checkpoint import CKPT_DIR, CKPT_FILE
 from tuneatlas.io import read_parquet_meta
-from tuneatlas.train import CKPT_DIR, CKPT_FILE
 
 from .conftest import BIN, REPO, TINY, snakemake
 

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from tuneatlas import plots
-from tuneatlas.tasks import get_task
+from tuneatlas.data.tasks import get_task
+from tuneatlas.studies import plots
 
 
 def run_spec(results: Path, run: str) -> dict[str, Any]:
@@ -171,7 +171,7 @@ class Embedded:
         return self.tensors[f"{split}.cls"]
 
     def scorer(self, split: str, layer: int = -1):
-        from tuneatlas.subsets import SubsetScorer
+        from tuneatlas.analysis.subsets import SubsetScorer
 
         return SubsetScorer(
             self.layers(split)[layer],
@@ -216,7 +216,7 @@ def _search_rows(task: str, metric: str, mode: str, search) -> list[dict[str, An
 
 
 def _subset_table(spec: dict[str, Any], results: Path, size: int) -> pd.DataFrame:
-    from tuneatlas.subsets import n_combinations, paper_sample_size, search_subsets
+    from tuneatlas.analysis.subsets import n_combinations, paper_sample_size, search_subsets
 
     cfg = spec["params"]["subsets"]
     rows: list[dict[str, Any]] = []
@@ -289,7 +289,7 @@ def plot_ta1(df: pd.DataFrame, outputs: list[Path]) -> None:
 
 
 def table_t3(spec: dict[str, Any], results: Path) -> pd.DataFrame:
-    from tuneatlas.subsets import effective_dimensions, search_subsets
+    from tuneatlas.analysis.subsets import effective_dimensions, search_subsets
 
     cfg = spec["params"]["subsets"]
     rows: list[dict[str, Any]] = []
@@ -387,7 +387,7 @@ def plot_t3(df: pd.DataFrame, outputs: list[Path]) -> None:
 
 
 def table_fa3(spec: dict[str, Any], results: Path) -> pd.DataFrame:
-    from tuneatlas.subsets import histogram_edges, score_histogram
+    from tuneatlas.analysis.subsets import histogram_edges, score_histogram
 
     bins = spec["params"]["subsets"]["histogram_bins"]
     rows = []
@@ -438,7 +438,7 @@ def plot_fa3(df: pd.DataFrame, outputs: list[Path]) -> None:
 
 
 def table_fl(spec: dict[str, Any], results: Path) -> pd.DataFrame:
-    from tuneatlas.subsets import layer_redundancy
+    from tuneatlas.analysis.subsets import layer_redundancy
 
     n_pairs = spec["params"]["layers"]["pairs_per_layer"]
     frames = []

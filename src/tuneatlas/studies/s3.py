@@ -1,13 +1,13 @@
 """S3 tables and figures: embedding trajectories during fine-tuning, built from one run's captures.
 
-Each ``table_<id>`` turns the captures written by `tuneatlas.capture.EmbeddingCapture` into a
+Each ``table_<id>`` turns the captures written by `tuneatlas.analysis.capture.EmbeddingCapture` into a
 tidy DataFrame (one row per observation, explicit columns, ``label`` = class id, ``group`` =
 the class's training-size group or null); each ``plot_<id>`` draws that table and nothing else.
-`TABLES` / `FIGURES` adapt them to the registry of `tuneatlas.tables`
+`TABLES` / `FIGURES` adapt them to the registry of `tuneatlas.studies.registry`
 (builder ``(target_spec, results_root) -> DataFrame``, plotter ``(df, outputs) -> None``).
 
 Space: speed, stay points, linearity index and clustering are computed on the last-layer CLS
-vectors themselves (``space="hidden"``, the paper's v_t^d; see `tuneatlas.trajectories`), on
+vectors themselves (``space="hidden"``, the paper's v_t^d; see `tuneatlas.analysis.trajectories`), on
 the probe set (the paper's 90 trajectories, ``points="probe"``); ``space="pca"`` uses the 2-D
 plane of the figures instead (PCA fitted on the final capture of all recorded rows).
 """
@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from tuneatlas import trajectories as tr
-from tuneatlas.capture import CAPTURES_DIR, Captures, load_captures, load_scores
+from tuneatlas.analysis import trajectories as tr
+from tuneatlas.analysis.capture import CAPTURES_DIR, Captures, load_captures, load_scores
 from tuneatlas.io import atomic_path
-from tuneatlas.plots import plt, save, subplots
+from tuneatlas.studies.plots import plt, save, subplots
 
 Space = Literal["hidden", "pca"]
 Points = Literal["probe", "all"]
@@ -693,7 +693,7 @@ def plot_f12(df: pd.DataFrame, out_png: str | os.PathLike) -> None:
     save(fig, Path(out_png))
 
 
-# --- registry for tuneatlas.tables ------------------------------------------------------------
+# --- registry for tuneatlas.studies.registry ------------------------------------------------------------
 def _run_dir(spec: Mapping[str, Any], results: Path, which: str = "main") -> Path:
     runs = spec.get("runs") or {}
     if which not in runs:

@@ -21,29 +21,16 @@ import pandas as pd
 import torch
 
 from tuneatlas import __version__
+from tuneatlas.data.tasks import SPLITS
+from tuneatlas.engine.loop import resolve_device
+from tuneatlas.engine.recipes.classify import task_of_model, tokenize_splits
 from tuneatlas.io import git_commit, save_tensors, write_parquet
-from tuneatlas.models import SequenceClassifier, maxnorm_pool
-from tuneatlas.train import SPLITS, TaskInfo, load_splits, resolve_device, task_info
+from tuneatlas.models.classifier import SequenceClassifier, maxnorm_pool
 
 log = logging.getLogger(__name__)
 
 EMBEDDINGS_FILE = "embeddings.safetensors"
 INDEX_FILE = "index.parquet"
-
-
-def _task_for(model: SequenceClassifier, model_dir: Path) -> TaskInfo:
-    if model.task is not None:
-        try:
-            return task_info(model.task)
-        except ValueError:
-            pass  # an unregistered task name: labels are still read, only not range-checked
-    kind = "regression" if model.regression else "classification"
-    return TaskInfo(
-        name=model.task or model_dir.name,
-        kind=kind,
-        num_labels=model.num_labels,
-        metric="pearson" if model.regression else "accuracy",
-    )
 
 
 @torch.no_grad()
@@ -67,9 +54,9 @@ def extract(
     dev = resolve_device(device)
     model = SequenceClassifier.load(model_dir, device=dev)
     model.eval()
-    task = _task_for(model, model_dir)
+    task = task_of_model(model, model_dir.name)
     max_length = int(max_length or model.max_length or 512)
-    data = load_splits(data_dir, model.tokenizer, max_length, task, splits=splits, required=())
+    data = tokenize_splits(data_dir, model.tokenizer, max_length, task, splits=splits, required=())
     missing = [s for s in splits if s not in data]
     if missing:
         log.info("embed %s: no %s split(s) in %s, skipped", model_dir, missing, data_dir)

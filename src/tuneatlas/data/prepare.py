@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tuneatlas import synthetic
-from tuneatlas.io import write_parquet
-from tuneatlas.tasks import SPLITS, Task, get_task
+from tuneatlas.data import synthetic
+from tuneatlas.data.tasks import SPLITS, Task, get_task
+from tuneatlas.io import hub_offline, write_parquet
 
 
 class DataError(ValueError):
@@ -69,7 +69,6 @@ FORMATS: dict[str, str] = {
 DEFAULT_SIZES: dict[str, int] = {"train": 2000, "validation": 500, "test": 500}
 DEFAULT_CORPUS_SIZES: dict[str, int] = {"train": 2000}
 FACT_COLUMNS = ("idx", "subject", "relation", "question", "answer")
-_OFFLINE_VALUES = frozenset({"1", "ON", "YES", "TRUE"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -559,14 +558,6 @@ def normalise(
 # Sources.
 
 
-def hub_offline() -> str | None:
-    """The environment variable that puts the hub offline, or None when it may be reached."""
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        if os.environ.get(var, "").strip().upper() in _OFFLINE_VALUES:
-            return var
-    return None
-
-
 def _load_hub(name: str, cfg: Mapping[str, Any], task: Task) -> dict[str, tuple[pd.DataFrame, str]]:
     path = cfg.get("path", task.hub_path)
     config_name = cfg.get("name", task.hub_name)
@@ -754,7 +745,7 @@ def output_files(name: str, cfg: Mapping[str, Any]) -> list[str]:
     return files_out + (["classes.parquet"] if "imbalance" in cfg else [])
 
 
-def load_splits(name: str, cfg: Mapping[str, Any], seed: int) -> dict[str, pd.DataFrame]:
+def load_raw_splits(name: str, cfg: Mapping[str, Any], seed: int) -> dict[str, pd.DataFrame]:
     """Load, validate and transform a dataset; {split: frame} (+ "facts"/"classes" tables)."""
     task = check_source(name, cfg)
     max_rows = cfg.get("max_rows")
@@ -815,7 +806,7 @@ def prepare_dataset(
     in its metadata, plus `meta` (the caller's provenance: config hash and the like).
     """
     task = check_source(name, cfg)
-    frames = load_splits(name, cfg, seed)
+    frames = load_raw_splits(name, cfg, seed)
     out_dir = Path(out_dir)
     base = {
         "dataset": name,
@@ -839,7 +830,7 @@ def prepare_dataset(
     return written
 
 
-def read_split(path: str | os.PathLike) -> pd.DataFrame:
+def read_prepared(path: str | os.PathLike) -> pd.DataFrame:
     """A prepared split (or corpus) from disk, checked against the on-disk schema."""
     df = pd.read_parquet(path)
     for cols in (("idx", "text_a", "text_b", "label"), ("idx", "text")):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from tuneatlas.tasks import get_task
+from tuneatlas.data.tasks import get_task
 
 Example = tuple[str, str | None, float]
 Generator = Callable[[np.random.Generator], Example]

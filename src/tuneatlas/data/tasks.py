@@ -35,7 +35,7 @@ class Task:
     text_b: str | None
     label: str | None  # None for corpora
     hub_splits: tuple[tuple[str, str], ...]
-    synthetic: str  # generator name in tuneatlas.synthetic
+    synthetic: str  # generator name in tuneatlas.data.synthetic
     extra_metrics: tuple[str, ...] = ()  # also reported (livedoor: macro_f1)
     label_names: tuple[str, ...] = ()  # class id -> name; string labels in files map through it
     hub_data_files: str | None = None  # for hub repositories that are plain files (wiki1m)
@@ -59,6 +59,15 @@ class Task:
     @property
     def hub_split_map(self) -> dict[str, str]:
         return dict(self.hub_splits)
+
+    def metric_names(self) -> list[str]:
+        """Reported metrics: the task's own first, then accuracy and macro-F1 (classification)
+        and the task's extras."""
+        names = [self.metric] if self.metric else []
+        if self.kind == "classification":
+            names += ["accuracy", "macro_f1"]
+        names += list(self.extra_metrics)
+        return list(dict.fromkeys(names))
 
 
 _GLUE_SPLITS = (("train", "train"), ("validation", "validation"))
@@ -188,6 +197,14 @@ _TASK_LIST: tuple[Task, ...] = (
 TASKS: dict[str, Task] = {t.name: t for t in _TASK_LIST}
 
 GLUE_TASKS: tuple[str, ...] = ("cola", "sst2", "mrpc", "qqp", "mnli", "qnli", "rte", "stsb")
+
+
+def fine_tuning_task(name: str) -> Task:
+    """The registered classification or regression task `name` (not a corpus)."""
+    task = get_task(name)
+    if task.kind not in ("classification", "regression") or not task.metric:
+        raise ValueError(f"task {name!r} is a {task.kind}, not a fine-tuning task")
+    return task
 
 
 def get_task(name: str) -> Task:

@@ -1,0 +1,111 @@
+"""Recipes: what one kind of training does differently; the loop (`tuneatlas.engine.loop.fit`)
+does the rest.
+
+A recipe builds the model and its data, computes the loss of a batch, evaluates a split and
+writes its outputs. Everything else (seeded data order, gradient accumulation, clipping,
+precision, optimiser and schedule, evaluation cadence, keep-best, checkpoint/resume, hooks,
+per-step metrics, progress, DDP) belongs to the loop, so a new objective (SimCSE's contrastive
+loss, causal-LM pre-training) is a new subclass and copies no loop code.
+
+The contract, in the order the loop calls it:
+
+``build() -> (model, data)``
+    after the loop seeded every RNG; ``data["train"]`` has ``len()`` and
+    ``batch(rows, device) -> dict``; sets ``monitor`` (the split scored during training) and
+    ``final_splits`` (scored at the end).
+``inputs_fingerprint() -> str``
+    what a checkpoint was trained on besides the spec (data files, starting weights).
+``loss(model, batch) -> scalar tensor``
+    mean over the batch's examples, in fp32 (forward under ``self.autocast``).
+``evaluate(model, data, split, device, with_loss) -> {metric: value}``
+    includes ``self.metric``, the higher-is-better score that keep-best selects on.
+``save(model, out_dir, final, **info)``
+    the run's own outputs (model directory, final scores).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tuneatlas import __version__
+from tuneatlas.data.tasks import SPLITS
+from tuneatlas.io import git_commit, stable_hash
+
+
+class Recipe:
+    """Base class: holds the spec and the parts every recipe shares."""
+
+    name = "recipe"
+    monitor = "valid"
+    metric = "loss"
+    final_splits: tuple[str, ...] = ("valid", "test")
+
+    def __init__(self, spec: Any) -> None:
+        self.spec = spec
+
+    def build(self) -> tuple[torch.nn.Module, dict[str, Any]]:
+        raise NotImplementedError(f"recipe {self.name} does not build a model")
+
+    def inputs_fingerprint(self) -> str:
+        return ""
+
+    def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError(f"recipe {self.name} has no loss")
+
+    def evaluate(
+        self, model: Any, data: dict[str, Any], split: str, device: torch.device, with_loss: bool
+    ) -> dict[str, float]:
+        raise NotImplementedError(f"recipe {self.name} does not evaluate")
+
+    def describe(self, data: dict[str, Any]) -> str:
+        return f"{len(data['train'])} train rows"
+
+    def save(self, model: Any, out_dir: Path, final: dict[str, dict[str, float]], **info: Any):
+        raise NotImplementedError(f"recipe {self.name} writes no outputs")
+
+    def param_groups(self, model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+        """Biases and LayerNorm weights (1-D tensors) get no weight decay, as in BERT's recipe."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        return [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """bf16 autocast on CUDA when the spec asks; otherwise fp32. CPU always runs fp32, which
+        keeps runs deterministic there."""
+        if device.type == "cuda" and self.spec.precision == "bf16":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def meta(self) -> dict[str, str]:
+        """Provenance for the run's Parquet outputs."""
+        return {
+            "run": self.spec.run,
+            "recipe": self.name,
+            "spec_hash": stable_hash(self.spec.to_dict()),
+            "version": __version__,
+            "git_commit": git_commit(),
+        }
+
+
+def model_files_fingerprint(data_dir: str | os.PathLike, source_dir: str | os.PathLike) -> str:
+    """The data files' bytes and the starting model's config and weight files (size + mtime, to
+    avoid hashing GBs of weights). A rebuilt dataset or model makes an old checkpoint stale even
+    when the spec is unchanged."""
+    parts: dict[str, str] = {}
+    for name in SPLITS:
+        path = Path(data_dir) / f"{name}.parquet"
+        if path.exists():
+            parts[f"data/{name}"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    for path in sorted(Path(source_dir).iterdir()):
+        if path.suffix in (".json", ".safetensors", ".bin"):
+            st = path.stat()
+            parts[f"model/{path.name}"] = f"{st.st_size}:{st.st_mtime_ns}"
+    return stable_hash(parts, 32)

@@ -1,0 +1,250 @@
+"""The one fine-tuning model of every study: encoder + dropout + a new head on one vector.
+
+`SequenceClassifier` reads ONE vector of the last layer (the CLS vector, or the max-norm token of
+S1.T1). There is no BERT pooler: S1 reasons about the raw last-layer CLS dimensions the head sees.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from tuneatlas.io import atomic_dir, load_tensors, save_tensors, write_json
+from tuneatlas.models.hub import load_encoder, load_tokenizer, quiet_hf_progress
+
+CLASSIFIER_INFO = "tuneatlas.json"  # beside a fine-tuned model: task, pooling, head
+HEAD_FILE = "head.safetensors"
+
+# Config attributes that hold dropout probabilities in common encoder configs; an override
+# rewrites them so the saved config describes the dropout the weights were trained with.
+_DROPOUT_CONFIG_KEYS = (
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "hidden_dropout",
+    "attention_dropout",
+    "activation_dropout",
+    "dropout",
+    "classifier_dropout",
+    "seq_classif_dropout",
+)
+# Float attributes some attention modules read instead of an nn.Dropout (e.g. LLaMA-style).
+_DROPOUT_MODULE_ATTRS = ("attention_dropout", "dropout_p")
+
+
+# --------------------------------------------------------------------------------------------
+# dropout and pooling
+# --------------------------------------------------------------------------------------------
+
+
+def config_dropout(config: Any) -> float:
+    """The classifier dropout a config implies (BERT: classifier_dropout, else hidden)."""
+    for key in ("classifier_dropout", "seq_classif_dropout", "hidden_dropout_prob", "dropout"):
+        value = getattr(config, key, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return 0.0
+
+
+def set_dropout(module: nn.Module, p: float) -> None:
+    """Set every dropout probability inside `module` (and its config) to `p`."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {p}")
+    config = getattr(module, "config", None)
+    if config is not None:
+        for key in _DROPOUT_CONFIG_KEYS:
+            if isinstance(getattr(config, key, None), (int, float)):
+                setattr(config, key, p)
+    for m in module.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = p
+        for attr in _DROPOUT_MODULE_ATTRS:
+            if isinstance(getattr(m, attr, None), float):
+                setattr(m, attr, p)
+
+
+def maxnorm_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T, H] -> [B, H]: the non-padding token whose vector has the largest L2 norm."""
+    norms = hidden.float().norm(dim=-1).masked_fill(attention_mask == 0, float("-inf"))
+    best = norms.argmax(dim=1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), best]
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "maxnorm":
+        return maxnorm_pool(hidden, attention_mask)
+    raise ValueError(f"unknown pooling {pooling!r}; use 'cls' or 'maxnorm'")
+
+
+# --------------------------------------------------------------------------------------------
+# the classifier
+# --------------------------------------------------------------------------------------------
+
+
+class ClassifierOutput(NamedTuple):
+    logits: torch.Tensor  # [B, C] (C = 1 for regression)
+    pooled: torch.Tensor  # [B, H], the one vector the head reads
+    hidden_states: tuple[torch.Tensor, ...] | None  # L+1 x [B, T, H] when asked for
+
+
+class SequenceClassifier(nn.Module):
+    """Encoder + dropout + head on one last-layer vector ("cls" or "maxnorm").
+
+    head "linear": nn.Linear(H, C); "mlp2": Linear(H, H) -> ReLU -> Linear(H, C) (S1.T4, with a
+    frozen encoder). `dropout` None keeps the encoder config's dropout (and uses its classifier
+    dropout for the head); a number sets every dropout (hidden, attention, head) to it.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_labels: int,
+        *,
+        pooling: str = "cls",
+        head: str = "linear",
+        dropout: float | None = None,
+        regression: bool = False,
+        task: str | None = None,
+        tokenizer: Any = None,
+        max_length: int | None = None,
+    ) -> None:
+        super().__init__()
+        if pooling not in ("cls", "maxnorm"):
+            raise ValueError(f"unknown pooling {pooling!r}; use 'cls' or 'maxnorm'")
+        if head not in ("linear", "mlp2"):
+            raise ValueError(f"unknown head {head!r}; use 'linear' or 'mlp2'")
+        if regression and num_labels != 1:
+            raise ValueError(f"a regression head has num_labels 1, got {num_labels}")
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.num_labels = int(num_labels)
+        self.pooling = pooling
+        self.head_kind = head
+        self.regression = regression
+        self.task = task
+        self.max_length = max_length
+        self.encoder_frozen = False
+        if dropout is not None:
+            set_dropout(encoder, dropout)
+            head_p = float(dropout)
+        else:
+            head_p = config_dropout(encoder.config)
+        self.dropout = nn.Dropout(head_p)
+        hidden = int(encoder.config.hidden_size)
+        if head == "linear":
+            self.head: nn.Module = nn.Linear(hidden, self.num_labels)
+        else:
+            self.head = nn.Sequential(
+                nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, self.num_labels)
+            )
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.encoder.config.hidden_size)
+
+    def freeze_encoder(self) -> None:
+        """Stop training the encoder; its forward then runs without building a graph."""
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+        self.encoder_frozen = True
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> ClassifierOutput:
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.encoder_frozen):
+            out = self.encoder(
+                **kwargs, output_hidden_states=output_hidden_states, return_dict=True
+            )
+        pooled = pool(out.last_hidden_state, attention_mask, self.pooling)
+        logits = self.head(self.dropout(pooled))
+        return ClassifierOutput(logits, pooled, out.hidden_states if output_hidden_states else None)
+
+    def info(self, **extra: Any) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "num_labels": self.num_labels,
+            "pooling": self.pooling,
+            "head": self.head_kind,
+            "regression": self.regression,
+            "head_dropout": self.dropout.p,
+            "max_length": self.max_length,
+            **extra,
+        }
+
+    def save(self, path: str | os.PathLike, **extra: Any) -> Path:
+        """Write encoder (safetensors) + tokenizer + head.safetensors + tuneatlas.json to `path`,
+        atomically (a temporary directory renamed onto `path`). `extra` goes into the json."""
+        path = Path(path)
+        with atomic_dir(path) as tmp, quiet_hf_progress():
+            self.encoder.save_pretrained(str(tmp))
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(str(tmp))
+            save_tensors(
+                {k: v.float() for k, v in self.head.state_dict().items()},
+                tmp / HEAD_FILE,
+                metadata={"head": self.head_kind},
+            )
+            write_json(self.info(**extra), tmp / CLASSIFIER_INFO)
+        return path
+
+    def save_info_only(self, path: str | os.PathLike, **extra: Any) -> Path:
+        """Write only tuneatlas.json to `path` (a run with `save_model: false`): what was trained,
+        without weights, so that nothing later mistakes the directory for a usable model."""
+        path = Path(path)
+        with atomic_dir(path) as tmp:
+            write_json(self.info(weights_saved=False, **extra), tmp / CLASSIFIER_INFO)
+        return path
+
+    @classmethod
+    def read_info(cls, path: str | os.PathLike) -> dict[str, Any]:
+        import json
+
+        info_path = Path(path) / CLASSIFIER_INFO
+        if not info_path.is_file():
+            raise FileNotFoundError(
+                f"{info_path} not found: {path} is not a fine-tuned tuneatlas model directory "
+                "(train writes runs/<run>/model/)"
+            )
+        return json.loads(info_path.read_text())
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, device: str | torch.device | None = None
+    ) -> SequenceClassifier:
+        """Reload a model written by `save` (encoder config keeps the dropout it trained with)."""
+        info = cls.read_info(path)
+        if info.get("weights_saved") is False:
+            raise FileNotFoundError(
+                f"{path} holds no weights: run {info.get('run')!r} was trained with "
+                "save_model: false; set save_model: true for runs whose model is used later"
+            )
+        encoder = load_encoder(path)
+        model = cls(
+            encoder,
+            info["num_labels"],
+            pooling=info["pooling"],
+            head=info["head"],
+            dropout=None,
+            regression=info["regression"],
+            task=info.get("task"),
+            tokenizer=load_tokenizer(path),
+            max_length=info.get("max_length"),
+        )
+        model.dropout.p = float(info.get("head_dropout", model.dropout.p))
+        state = {k: torch.from_numpy(v) for k, v in load_tensors(Path(path) / HEAD_FILE).items()}
+        model.head.load_state_dict(state)
+        if device is not None:
+            model.to(device)
+        return model
