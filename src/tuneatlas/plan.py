@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuneatlas.catalogue import ARTIFACTS, Artifact
+from tuneatlas.config import ConfigError
 from tuneatlas.spec import CaptureSpec, OptimSpec, ScheduleSpec, TrainSpec
 
 RESULTS = "results"
@@ -117,7 +118,30 @@ def make_plan(config: dict[str, Any]) -> Plan:
     for name, section in studies.items():
         if section.get("enabled", True):
             builders[name](plan, config, section)
+    _check_saved_models(plan)
     return plan
+
+
+def _check_saved_models(plan: Plan) -> None:
+    """A run trained with `save_model: false` keeps no weights: nothing may read its model."""
+    unsaved = {r for r, run in plan.runs.items() if run.spec.get("save_model") is False}
+    readers = [
+        (f"run {r}", run.spec["init_from"])
+        for r, run in plan.runs.items()
+        if run.spec.get("init_from") in unsaved
+    ]
+    readers += [
+        (f"artifact {t.artifact.id}", r)
+        for t in plan.targets.values()
+        for r in t.embeddings
+        if r in unsaved
+    ]
+    if readers:
+        who, run = readers[0]
+        raise ConfigError(
+            f"{who} reads the model of run {run}, which has save_model: false; set "
+            f"save_model: true in the train section of the study that plans {run}"
+        )
 
 
 def task_of(config: dict[str, Any], dataset: str) -> str:

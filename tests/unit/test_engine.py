@@ -1,5 +1,7 @@
-"""optim.py and train.py: AdamW variants, schedules, and the training engine (determinism,
-resume after a real SIGKILL, hooks, frozen encoder, cross fine-tuning, regression, keep-best)."""
+"""The engine: AdamW variants (multi-tensor vs per-tensor), schedules, and the loop with the
+classify recipe (determinism, resume after a real SIGKILL for every recipe, hooks, checkpoint
+policy, gradient accumulation, save_model, frozen encoder, cross fine-tuning, regression,
+keep-best)."""
 
 from __future__ import annotations
 
@@ -205,6 +207,36 @@ def test_adamw_without_bias_correction_matches_reference_formula():
     assert max(float((a - b).abs().max()) for a, b in zip(ours, corrected, strict=True)) > 1e-3
 
 
+@pytest.mark.parametrize("correct_bias", [False, True])
+def test_multi_tensor_adamw_is_bit_identical_to_the_per_tensor_loop(correct_bias):
+    def make(foreach):
+        def build(params):
+            params = list(params)
+            groups = [  # two groups, one without decay, as the engine builds them
+                {"params": [q for q in params if q.ndim >= 2], "weight_decay": 0.1},
+                {"params": [q for q in params if q.ndim < 2], "weight_decay": 0.0},
+            ]
+            return AdamW(
+                groups, 3e-3, (0.9, 0.98), 1e-6, correct_bias=correct_bias, foreach=foreach
+            )
+
+        return build
+
+    fast, slow = _run_opt(make(True), steps=30), _run_opt(make(False), steps=30)
+    assert all(torch.equal(a, b) for a, b in zip(fast, slow, strict=True))
+    start = [p.detach() for p in _small_net().parameters()]
+    assert max(float((a - s).abs().max()) for a, s in zip(fast, start, strict=True)) > 1e-2
+
+
+def test_multi_tensor_adamw_skips_parameters_without_gradients():
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    opt = AdamW([a, b], lr=0.1)
+    a.grad = torch.full((3,), 0.5)
+    opt.step()
+    assert torch.equal(b.detach(), torch.ones(2)) and b not in opt.state
+    assert not torch.equal(a.detach(), torch.ones(3)) and opt.state[a]["step"] == 1
+
+
 def _lrs(schedule: ScheduleSpec, spe: int, total: int, peak: float = 1.0) -> list[float]:
     p = torch.nn.Parameter(torch.zeros(1))
     opt = AdamW([p], lr=peak)
@@ -387,32 +419,51 @@ def test_changed_data_discards_checkpoint(env, tmp_path, caplog):
     assert res["resumed_from"] == 0 and "the data or the starting model changed" in caplog.text
 
 
-KILL_SCRIPT = """
-import json, sys
+# One SIGKILL case per recipe of the engine: a script that trains in a subprocess (argv: spec
+# JSON, data, model, out) and how to run the same training in-process. A recipe added without a
+# case here fails test_every_recipe_has_a_sigkill_case.
+KILL_CASES = {
+    "classify": """
+import json, logging, sys
 import torch
+logging.basicConfig(level=logging.INFO)
 torch.set_num_threads(1)
 from tuneatlas.spec import TrainSpec
-from tuneatlas.engine.recipes.classify import finetune as train
-spec = TrainSpec.from_dict(json.loads(sys.argv[1]))
-train(spec, sys.argv[2], sys.argv[3], sys.argv[4])
-"""
+from tuneatlas.engine.recipes.classify import finetune
+finetune(TrainSpec.from_dict(json.loads(sys.argv[1])), sys.argv[2], sys.argv[3], sys.argv[4])
+""",
+}
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(env, tmp_path):
+def _recipe_classes() -> set[type]:
+    import importlib
+    import pkgutil
+
+    from tuneatlas.engine import recipes
+
+    for info in pkgutil.iter_modules(recipes.__path__):
+        importlib.import_module(f"{recipes.__name__}.{info.name}")
+    found, todo = set(), [recipes.Recipe]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            found.add(sub)
+            todo.append(sub)
+    return found
+
+
+def test_every_recipe_has_a_sigkill_case():
+    assert {cls.name for cls in _recipe_classes()} == set(KILL_CASES)
+
+
+@pytest.mark.parametrize("recipe", sorted(KILL_CASES))
+def test_resume_after_sigkill_matches_uninterrupted_run(env, tmp_path, recipe):
     data = write_data(tmp_path / "data", sentiment, sizes=(400, 48, 48))
     s = spec(batch_size=8, checkpoint_every=2)  # 50 steps per epoch, 100 in all
     out = tmp_path / "killed"
     envvars = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1"}
+    args = [json.dumps(s.to_dict()), str(data), str(env["model"]), str(out)]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            KILL_SCRIPT,
-            json.dumps(s.to_dict()),
-            str(data),
-            str(env["model"]),
-            str(out),
-        ],
+        [sys.executable, "-c", KILL_CASES[recipe], *args],
         env=envvars,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -425,13 +476,151 @@ def test_resume_after_sigkill_matches_uninterrupted_run(env, tmp_path):
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
     assert ckpt.exists() and not (out / "metrics.parquet").exists()
-    killed_at = torch.load(ckpt, weights_only=True)["step"]
-    assert 0 < killed_at < 100
+    payload = torch.load(ckpt, weights_only=True)
+    killed_at = payload["step"]
+    assert 0 < killed_at < 100 and payload["recipe"] == recipe
 
-    res = train(s, data, env["model"], out)
-    assert res["resumed_from"] >= killed_at and res["resumed_from"] < 100
-    train(s, data, env["model"], tmp_path / "clean")
+    # The same script again resumes from the checkpoint; a third run starts clean elsewhere.
+    again = subprocess.run(
+        [sys.executable, "-c", KILL_CASES[recipe], *args], env=envvars, capture_output=True
+    )
+    assert again.returncode == 0, again.stderr.decode()[-2000:]
+    assert "resuming from checkpoint" in again.stderr.decode()
+    clean = [*args[:3], str(tmp_path / "clean")]
+    subprocess.run([sys.executable, "-c", KILL_CASES[recipe], *clean], env=envvars, check=True)
     assert_same_run(tmp_path / "clean", out)
+
+
+# --------------------------------------------------------------------------------------------
+# engine options: checkpoint policy, gradient accumulation, save_model, recipe check
+# --------------------------------------------------------------------------------------------
+
+
+def test_checkpoint_none_writes_no_checkpoint_and_reruns_from_scratch(env, tmp_path):
+    out = tmp_path / "o"
+    s = spec(checkpoint_every="none")
+    with pytest.raises(KeyboardInterrupt):
+        train(s, env["sst2"], env["model"], out, hooks=[Recorder(crash_at=10)])
+    assert not (out / CKPT_DIR).exists()
+    res = train(s, env["sst2"], env["model"], out)
+    assert res["resumed_from"] == 0
+    # the checkpoint policy changes when state is saved, never the trajectory
+    for x, y in zip(frames(env["ref"]), frames(out), strict=True):
+        assert_frame_equal(x, y, check_exact=True)
+
+
+def test_checkpoint_policy_parses_steps_none_and_minutes(monkeypatch):
+    from tuneatlas.engine import checkpoint as ck
+
+    assert ck.CheckpointPolicy.parse(0).due(3, epoch_end=True)
+    assert not ck.CheckpointPolicy.parse(0).due(4, epoch_end=False)
+    assert ck.CheckpointPolicy.parse(4).due(8, epoch_end=False)
+    assert not ck.CheckpointPolicy.parse("none").due(8, epoch_end=True)
+    clock = [100.0]
+    monkeypatch.setattr(ck.time, "monotonic", lambda: clock[0])
+    policy = ck.CheckpointPolicy.parse("1.5min")
+    policy.start()
+    clock[0] += 89.0
+    assert not policy.due(1, epoch_end=True)  # time-based: epoch ends do not count
+    clock[0] += 1.0
+    assert policy.due(2, epoch_end=False)
+    clock[0] += 30.0
+    assert not policy.due(3, epoch_end=False)  # the clock restarted at the last checkpoint
+    for bad in ("10", "5 mins", "0min", -1, True):
+        with pytest.raises(ValueError, match="checkpoint_every"):
+            ck.CheckpointPolicy.parse(bad)
+
+
+def test_micro_batches_shard_ranks_then_split():
+    from tuneatlas.engine.loop import micro_batches
+
+    rows = list(range(10))
+    assert micro_batches(rows, 0, 1, None) == [rows]
+    assert micro_batches(rows, 0, 1, 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert micro_batches(rows, 1, 2, 2) == [[1, 3], [5, 7], [9]]
+
+
+def test_gradient_accumulation_matches_the_full_batch(env, tmp_path):
+    # No dropout: masks would be drawn per forward pass and differ between the two layouts.
+    full = spec(dropout=0.0, max_steps=10)
+    train(full, env["sst2"], env["model"], tmp_path / "full")
+    # 16 rows as micro-batches of 5, 5, 5, 1: weighted by their share of the batch
+    train(
+        spec(dropout=0.0, max_steps=10, micro_batch_size=5),
+        env["sst2"],
+        env["model"],
+        tmp_path / "acc",
+    )
+    a, b = frames(tmp_path / "full")[0], frames(tmp_path / "acc")[0]
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+    wa = load_file(tmp_path / "full" / "model" / "model.safetensors")
+    wb = load_file(tmp_path / "acc" / "model" / "model.safetensors")
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5
+
+
+DDP_SCRIPT = """
+import json, sys
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from tuneatlas.spec import TrainSpec
+from tuneatlas.engine.recipes.classify import finetune
+
+def rank_main(rank, spec, data, model, out, rendezvous):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
+    try:
+        finetune(TrainSpec.from_dict(json.loads(spec)), data, model, out)
+    finally:
+        dist.destroy_process_group()
+
+if __name__ == "__main__":
+    mp.spawn(rank_main, args=tuple(sys.argv[1:]), nprocs=2)
+"""
+
+
+def test_ddp_with_two_processes_matches_one_process(env, tmp_path):
+    # gloo on CPU: each rank takes half of every global batch; the averaged gradient and the
+    # logged loss are the global batch's. No dropout (masks are drawn per process).
+    s = spec(dropout=0.0, max_steps=8)
+    train(s, env["sst2"], env["model"], tmp_path / "one")
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    args = [json.dumps(s.to_dict()), str(env["sst2"]), str(env["model"]), str(tmp_path / "two")]
+    proc = subprocess.run(
+        [sys.executable, str(script), *args, str(tmp_path / "rendezvous")],
+        env={**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    one, two = frames(tmp_path / "one")[0], frames(tmp_path / "two")[0]
+    np.testing.assert_allclose(one["loss"], two["loss"], rtol=1e-5)
+    np.testing.assert_allclose(one["value"], two["value"], rtol=1e-5, atol=1e-6)
+
+
+def test_save_model_false_keeps_scores_and_no_weights(env, tmp_path):
+    from tuneatlas.models.classifier import CLASSIFIER_INFO, SequenceClassifier
+
+    out = tmp_path / "o"
+    train(spec(save_model=False), env["sst2"], env["model"], out)
+    assert [p.name for p in (out / "model").iterdir()] == [CLASSIFIER_INFO]
+    for x, y in zip(frames(env["ref"]), frames(out), strict=True):
+        assert_frame_equal(x, y, check_exact=True)
+    with pytest.raises(FileNotFoundError, match="save_model: false"):
+        SequenceClassifier.load(out / "model")
+
+
+def test_checkpoint_of_another_recipe_is_discarded(env, tmp_path, caplog):
+    out = tmp_path / "o"
+    with pytest.raises(KeyboardInterrupt):
+        train(spec(), env["sst2"], env["model"], out, hooks=[Recorder(crash_at=6)])
+    path = out / CKPT_DIR / CKPT_FILE
+    payload = torch.load(path, weights_only=True)
+    torch.save({**payload, "recipe": "contrastive"}, path)
+    caplog.set_level("INFO", logger="tuneatlas.engine")
+    res = train(spec(), env["sst2"], env["model"], out, hooks=[Recorder()])
+    assert res["resumed_from"] == 0 and "another version or recipe" in caplog.text
 
 
 def test_frozen_encoder_with_mlp2_head(env, tmp_path):

@@ -139,3 +139,14 @@ def test_train_section_reaches_every_run_spec(repo):
     config["train"]["precision"] = "bf16"
     specs = [TrainSpec.from_dict(r.spec) for r in make_plan(validate_config(config)).runs.values()]
     assert specs and {s.precision for s in specs} == {"bf16"}
+
+
+def test_a_run_without_saved_weights_cannot_feed_embeddings(repo):
+    from tuneatlas.config import ConfigError
+
+    raw = yaml.safe_load((repo / "config.yaml").read_text())
+    raw["studies"]["s1"]["train"]["save_model"] = False
+    with pytest.raises(ConfigError, match=r"reads the model of run s1-\S+, which has save_model"):
+        make_plan(validate_config(raw))
+    raw["studies"]["s1"]["train"]["save_model"] = True
+    assert make_plan(validate_config(raw)).runs["s1-sst2-s42"].spec["save_model"] is True
