@@ -19,6 +19,7 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/finetune.smk"
+include: "workflow/rules/subsets.smk"
 include: "workflow/rules/tables.smk"
 
 

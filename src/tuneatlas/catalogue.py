@@ -119,7 +119,11 @@ ARTIFACTS: dict[str, Artifact] = {
             extra=(".gif",),
         ),
         _a("S3.F5", "Probe trajectories (circle = start, triangle = end)", "point label step x y"),
-        _a("S3.F7", "Accuracy, macro-F1 and per-class F1 vs step", "step metric label value"),
+        _a(
+            "S3.F7",
+            "Accuracy, macro-F1 and per-class F1 vs step, preliminary and main run",
+            "setup step metric label value",
+        ),
         _a(
             "S3.F8",
             "Trajectory clustering vs final-embedding clustering",

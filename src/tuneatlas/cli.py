@@ -62,8 +62,24 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         Path(args.out),
         seed=args.seed,
         meta={"config_hash": args.config_hash, "dataset": args.name},
+        hub_copy=Path(args.hub_copy) if args.hub_copy else None,
     )
     log.info("prepared %s: %s", args.name, ", ".join(sorted(written)))
+
+
+def cmd_livedoor_convert(args: argparse.Namespace) -> None:
+    from tuneatlas.data.livedoor import PAPER_SIZES, convert
+
+    sizes = convert(Path(args.archive), Path(args.out_dir), seed=args.seed)
+    print(f"{args.out_dir}: " + ", ".join(f"{s}.tsv {n}" for s, n in sizes.items()))
+    if sizes != PAPER_SIZES:
+        print(f"  note: the paper's split is {PAPER_SIZES} (the 7,367 articles of ldcc-20140209)")
+
+
+def cmd_fetch_hub(args: argparse.Namespace) -> None:
+    from tuneatlas.data.prepare import fetch_hub_dataset
+
+    fetch_hub_dataset(args.name, _spec(args.spec), Path(args.out))
 
 
 def _corpus_texts(data_root: Path, datasets: list[str]) -> list[str]:
@@ -90,7 +106,10 @@ def cmd_build_model(args: argparse.Namespace) -> None:
         build_bert(spec, texts, Path(args.out), seed=args.seed)
     elif source in ("hub", "local"):
         fetch_model(
-            spec["name"], Path(args.out), trust_remote_code=spec.get("trust_remote_code", False)
+            spec["name"],
+            Path(args.out),
+            trust_remote_code=spec.get("trust_remote_code", False),
+            revision=spec.get("revision"),
         )
     else:
         raise SystemExit(
@@ -134,13 +153,53 @@ def cmd_embed(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_subsets(args: argparse.Namespace) -> None:
+    from tuneatlas.analysis.subset_scan import scan_run
+
+    frames = scan_run(
+        Path(args.embeddings),
+        _spec(args.params),
+        Path(args.out),
+        device=args.device,
+        backend=args.backend,
+        meta={"config_hash": args.config_hash},
+    )
+    top = frames["top"]
+    log.info("subsets: %d searches -> %s", top["search"].nunique(), args.out)
+
+
+def input_spec_hashes(target: dict[str, Any], results: Path) -> dict[str, str]:
+    """Run id -> spec hash of every run a table is built from (its runs, embeddings and
+    subsets): the eval.parquet metadata's `spec_hash`, else the hash of the run's spec.yaml."""
+    import yaml
+
+    from tuneatlas.io import read_parquet_meta, stable_hash
+
+    runs = sorted({r for key in ("runs", "embeddings", "subsets") for r in target.get(key) or ()})
+    hashes: dict[str, str] = {}
+    for run in runs:
+        run_dir = results / "runs" / run
+        eval_file, spec_file = run_dir / "eval.parquet", run_dir / "spec.yaml"
+        found = read_parquet_meta(eval_file).get("spec_hash") if eval_file.is_file() else None
+        if not found and spec_file.is_file():
+            found = stable_hash(yaml.safe_load(spec_file.read_text()))
+        hashes[run] = found or "unknown"
+    return hashes
+
+
 def cmd_table(args: argparse.Namespace) -> None:
-    from tuneatlas.io import provenance, write_parquet
+    from tuneatlas.io import provenance, stable_hash, write_parquet
     from tuneatlas.studies.registry import build_table
 
     spec = _spec(args.spec)
     df = build_table(args.artifact, spec, Path(args.results))
-    write_parquet(df, args.out, provenance(args.config_hash, artifact=args.artifact.upper()))
+    meta = provenance(
+        args.config_hash,
+        artifact=args.artifact.upper(),
+        spec_hash=stable_hash(spec),
+        input_spec_hashes=input_spec_hashes(spec, Path(args.results)),
+    )
+    write_parquet(df, args.out, meta)
     log.info("%s: %d rows -> %s", args.artifact, len(df), args.out)
 
 
@@ -194,7 +253,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--config-hash", default="")
+    p.add_argument("--hub-copy", default=None, help="local copy of a hub source (fetch-hub)")
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser(
+        "fetch-hub", help="download a hub dataset's splits as they are (needs the network)"
+    )
+    p.add_argument("--name", required=True)
+    p.add_argument("--spec", required=True, help="dataset config as JSON")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_fetch_hub)
+
+    p = sub.add_parser(
+        "livedoor-convert",
+        help="livedoor archive (ldcc-20140209.tar.gz) -> train/valid/test TSVs (source: file)",
+    )
+    p.add_argument("archive", help="ldcc-20140209.tar.gz, or the directory it unpacks to")
+    p.add_argument("out_dir", help="directory of train.tsv, valid.tsv, test.tsv")
+    p.add_argument("--seed", type=int, default=0, help="seed of the stratified split")
+    p.set_defaults(func=cmd_livedoor_convert)
 
     p = sub.add_parser("build-model", help="build a tiny model offline or fetch one by name")
     p.add_argument("--spec", required=True, help="model config as JSON")
@@ -209,7 +286,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--init", default=None, help="model dir of the run this one continues from")
     p.add_argument("--out", required=True)
-    p.add_argument("--device", default=None)
+    p.add_argument(
+        "--device",
+        default=os.environ.get("TUNEATLAS_DEVICE") or None,
+        help="cpu, cuda, cuda:1 or auto (default: $TUNEATLAS_DEVICE, else auto)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("embed", help="extract per-layer CLS and max-norm vectors of a run")
@@ -220,14 +301,39 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-length", type=int, default=None, help="default: the run's own")
     # the analyses rank on valid and report test; train-split embeddings of QQP alone are ~12 GB
     p.add_argument("--splits", nargs="+", default=["valid", "test"])
-    p.add_argument("--device", default=None)
+    p.add_argument(
+        "--device",
+        default=os.environ.get("TUNEATLAS_DEVICE") or None,
+        help="cpu, cuda, cuda:1 or auto (default: $TUNEATLAS_DEVICE, else auto)",
+    )
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("subsets", help="scan the CLS-dimension subsets of one run (S1)")
+    p.add_argument("--embeddings", required=True, help="embeddings dir (or its .safetensors)")
+    p.add_argument("--params", required=True, help="scan spec as JSON (plan.scans[run])")
+    p.add_argument("--out", required=True, help="directory of the scan's Parquet files")
+    p.add_argument(
+        "--device",
+        default=os.environ.get("TUNEATLAS_DEVICE") or None,
+        help="cpu, cuda, cuda:1 or auto (default: $TUNEATLAS_DEVICE, else auto)",
+    )
+    p.add_argument("--backend", default="auto", choices=["auto", "compile", "eager"])
+    p.add_argument(
+        "--config-hash",
+        default=os.environ.get("TUNEATLAS_CONFIG_HASH", ""),
+        help="global config hash, information for the metadata (default: $TUNEATLAS_CONFIG_HASH)",
+    )
+    p.set_defaults(func=cmd_subsets)
 
     p = sub.add_parser("table", help="build one artifact table")
     p.add_argument("artifact")
     p.add_argument("--spec", required=True, help="artifact target as JSON (runs, params)")
     p.add_argument("--results", default="results")
-    p.add_argument("--config-hash", default="")
+    p.add_argument(
+        "--config-hash",
+        default=os.environ.get("TUNEATLAS_CONFIG_HASH", ""),
+        help="global config hash, information for the metadata (default: $TUNEATLAS_CONFIG_HASH)",
+    )
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_table)
 

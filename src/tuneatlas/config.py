@@ -20,6 +20,13 @@ from tuneatlas.io import stable_hash
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 
+# A stream (FineWeb-Edu: billions of tokens) is read only up to its row budget, never whole.
+STREAMING_BUDGET = (
+    "{key} is required with streaming: true: the number of rows read from the stream"
+    " (a stream is never read whole), e.g. max_rows: 1000000"
+)
+
+
 class ConfigError(ValueError):
     """A config that fails validation; the message names every offending key."""
 
@@ -73,7 +80,7 @@ def validate_config(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 def _check_references(config: dict[str, Any]) -> None:
     """Cross-references the schema cannot express: tasks exist, ids point at defined entries."""
-    from tuneatlas.data.tasks import TASKS
+    from tuneatlas.data.tasks import SCRIPT_DATASETS, TASKS
 
     problems: list[str] = []
     datasets, models = config["datasets"], config["models"]
@@ -83,7 +90,20 @@ def _check_references(config: dict[str, Any]) -> None:
                 f"config key 'datasets.{name}.task': unknown task {ds['task']!r}; "
                 f"known tasks: {', '.join(sorted(TASKS))}"
             )
+        hub_path = ds.get("path") or getattr(TASKS.get(ds["task"]), "hub_path", None)
+        if ds["source"] == "hub" and hub_path in SCRIPT_DATASETS:
+            problems.append(
+                f"config key 'datasets.{name}.path': {hub_path!r} is a loading-script dataset,"
+                f" which datasets >= 4 refuses to load; {SCRIPT_DATASETS[hub_path]}"
+            )
+        if ds.get("streaming") and ds.get("max_rows") is None:
+            problems.append(STREAMING_BUDGET.format(key=f"config key 'datasets.{name}.max_rows'"))
     for name, model in models.items():
+        if "revision" in model and model["source"] != "hub":
+            problems.append(
+                f"config key 'models.{name}.revision': only a hub model has a revision"
+                f" (source is {model['source']!r})"
+            )
         for i, corpus in enumerate(model.get("corpus", [])):
             if corpus not in datasets:
                 problems.append(

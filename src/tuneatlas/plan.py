@@ -41,12 +41,17 @@ class Run:
 
 @dataclass(frozen=True)
 class Target:
-    """An artifact of the catalogue with the runs and embeddings its table is computed from."""
+    """An artifact of the catalogue with the runs and embeddings its table is computed from.
+
+    `subsets` lists the runs whose subset scan (`results/subsets/<run>/`, the `subsets` rule)
+    the table reads; `Plan.scans` holds each such run's scan spec.
+    """
 
     artifact: Artifact
     runs: tuple[str, ...] = ()
     embeddings: tuple[str, ...] = ()
     params: dict[str, Any] = field(default_factory=dict)
+    subsets: tuple[str, ...] = ()
 
     @property
     def built(self) -> bool:
@@ -59,6 +64,8 @@ class Plan:
     models: dict[str, dict[str, Any]]
     runs: dict[str, Run]
     targets: dict[str, Target]
+    # run id -> spec of its subset scan (tuneatlas.analysis.subset_scan): the `subsets` rule
+    scans: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def final_outputs(self) -> list[str]:
         """Table and figure paths of every enabled, built artifact (what `rule all` asks for)."""
@@ -68,6 +75,16 @@ class Plan:
                 out.append(target.artifact.table)
                 out.extend(target.artifact.figures)
         return out
+
+    def scan_spec(self, run_id: str) -> dict[str, Any]:
+        """Spec of the subset scan of `run_id` (the `subsets` rule's params)."""
+        try:
+            return self.scans[run_id]
+        except KeyError:
+            raise KeyError(
+                f"run {run_id!r} has no subset scan in this plan; scanned runs: "
+                + ", ".join(sorted(self.scans))
+            ) from None
 
     def add(self, run: Run) -> str:
         existing = self.runs.get(run.id)
@@ -133,7 +150,7 @@ def _check_saved_models(plan: Plan) -> None:
     readers += [
         (f"artifact {t.artifact.id}", r)
         for t in plan.targets.values()
-        for r in t.embeddings
+        for r in (*t.embeddings, *t.subsets)  # a subset scan reads the run's embeddings
         if r in unsaved
     ]
     if readers:
@@ -167,20 +184,28 @@ def _plan_s1(plan: Plan, config: dict[str, Any], s1: dict[str, Any]) -> None:
     main_runs = {t: direct[t, main] for t in s1["tasks"]}
     main_list = tuple(main_runs.values())
 
-    def target(artifact_id: str, runs=(), embeddings=(), **params: Any) -> None:
+    def target(artifact_id: str, runs=(), embeddings=(), scans=(), **params: Any) -> None:
         plan.targets[artifact_id] = Target(
             ARTIFACTS[artifact_id],
             tuple(runs),
             tuple(embeddings),
             {"study": "s1", "tasks": s1["tasks"], **params},
+            subsets=tuple(scans),
         )
 
+    def scan(run_id: str, triples: bool, layers: bool) -> str:
+        """What the subset scan of `run_id` computes: pairs always (S1.T2, S1.FA3), triples
+        for S1.TA1/S1.T3, per-layer pairs for S1.FL."""
+        plan.scans[run_id] = _s1_scan_spec(plan.runs[run_id].spec, s1, triples, layers)
+        return run_id
+
+    main_scans = tuple(scan(r, triples=True, layers=True) for r in main_list)
     target("S1.T1", runs=main_list + tuple(maxnorm.values()))
     target("S1.TA2", runs=tuple(direct.values()))
-    target("S1.T2", embeddings=main_list, subsets=s1["subsets"])
-    target("S1.TA1", embeddings=main_list, subsets=s1["subsets"])
-    target("S1.T3", embeddings=main_list, subsets=s1["subsets"])
-    target("S1.FL", embeddings=main_list, layers=s1["layers"])
+    target("S1.T2", scans=main_scans, subsets=s1["subsets"])
+    target("S1.TA1", scans=main_scans, subsets=s1["subsets"])
+    target("S1.T3", scans=main_scans, subsets=s1["subsets"])
+    target("S1.FL", scans=main_scans, layers=s1["layers"])
     if s1["frozen"]:
         frozen = [
             finetune(f"s1-{t}-frozen-s{main}", t, main, head="mlp2", freeze_encoder=True)
@@ -190,9 +215,10 @@ def _plan_s1(plan: Plan, config: dict[str, Any], s1: dict[str, Any]) -> None:
     if s1["no_dropout"]:
         nd_tasks = s1["no_dropout_tasks"] or s1["tasks"]
         nodrop = [finetune(f"s1-{t}-nodrop-s{main}", t, main, dropout=0.0) for t in nd_tasks]
+        nodrop = [scan(r, triples=False, layers=False) for r in nodrop]
         target(
             "S1.FA3",
-            embeddings=tuple(main_runs[t] for t in nd_tasks) + tuple(nodrop),
+            scans=tuple(main_runs[t] for t in nd_tasks) + tuple(nodrop),
             subsets=s1["subsets"],
             dropout_tasks=nd_tasks,
         )
@@ -204,6 +230,28 @@ def _plan_s1(plan: Plan, config: dict[str, Any], s1: dict[str, Any]) -> None:
         else:
             cells.append(finetune(f"s1-{a}-then-{b}-s{main}", b, main, init_from=main_runs[a]))
     target("S1.T5", runs=tuple(cells), cross_tasks=cross_tasks)
+
+
+def _s1_scan_spec(
+    run_spec: dict[str, Any], s1: dict[str, Any], triples: bool, layers: bool
+) -> dict[str, Any]:
+    """Spec of one run's subset scan: exactly what the scan reads (the pair rate resolved)."""
+    sub = s1["subsets"]
+    large = run_spec["dataset"] in sub["large_tasks"]
+    return {
+        "task": run_spec["task"],
+        "seed": run_spec["seed"],
+        "top_k": sub["top_k"],
+        "effective_top": sub["effective_top"],
+        "pair_rate": sub["pair_rate_large"] if large else sub["pair_rate"],
+        "histogram_bins": sub["histogram_bins"],
+        "triples": (
+            {"exhaustive": sub["exhaustive_triples"], "sample_sizes": sub["triple_sample_sizes"]}
+            if triples
+            else None
+        ),
+        "layers": dict(s1["layers"]) if layers else None,
+    }
 
 
 # --- S2 (planned: grid only, rules in a later issue) ----------------------------------------
@@ -264,14 +312,36 @@ def _plan_s3(plan: Plan, config: dict[str, Any], s3: dict[str, Any]) -> None:
             capture=capture,
         )
         runs[name] = plan.add(Run(run_id, "s3", "finetune", spec.to_dict()))
-    params = {
-        k: s3[k] for k in ("stay_T", "stay_D", "linearity_k", "linearity_eps", "linearity_ks")
+    # The runs each table reads, as the paper uses them: the F4 animation and the F5 trajectories
+    # come from the balanced preliminary run, F7 shows both (the paper's Fig. 3 = preliminary
+    # accuracy; Figs. 6-7 = the main run); the rest analyse the imbalanced main run. Without a
+    # preliminary run, everything reads the main run.
+    shown = "prelim" if "prelim" in runs else "main"
+    setups = {
+        "S3.F4": (shown,),
+        "S3.F5": (shown,),
+        "S3.F7": tuple(s for s in S3_SETUPS if s in runs),
     }
     for artifact_id, artifact in ARTIFACTS.items():
         if artifact.study == "S3":
+            read = setups.get(artifact_id, ("main",))
+            params = {k: s3[k] for k in S3_TARGET_PARAMS.get(artifact_id, ())}
             plan.targets[artifact_id] = Target(
-                artifact, (runs["main"],), (), {"study": "s3", "runs": runs, **params}
+                artifact,
+                tuple(runs[s] for s in read),
+                (),
+                {"study": "s3", "runs": {s: runs[s] for s in read}, **params},
             )
+
+
+# S3 set-ups in the order tables and figures show them (the paper's Fig. 3 comes first)
+S3_SETUPS = ("prelim", "main")
+# the study keys each S3 table reads (tuneatlas.studies.s3.TABLES); others read none
+S3_TARGET_PARAMS: dict[str, tuple[str, ...]] = {
+    "S3.T1": ("stay_T", "stay_D"),
+    "S3.T2": ("linearity_k", "linearity_eps"),
+    "S3.F12": ("linearity_ks",),
+}
 
 
 # --- S4 (planned: grid only) -----------------------------------------------------------------
@@ -339,7 +409,10 @@ def _plan_s5(plan: Plan, config: dict[str, Any], s5: dict[str, Any]) -> None:
         plan.add(Run(run_id, "s5", "finetune", spec.to_dict(), {"member": "seed"}))
     for pair in pairs:
         run_id = f"s5-{pair.lower()}"
-        spec = train_spec(run_id, task, s5["task"], s5["model"], layers, seed=s5["seeds"][0])
+        # trains on the rows of two clusters: a derived dataset (results/data/<task>-<pair>/,
+        # written by S5's clustering rule), so that its spec differs from s5-all's
+        dataset = f"{s5['task']}-{pair.lower()}"
+        spec = train_spec(run_id, task, dataset, s5["model"], layers, seed=s5["seeds"][0])
         plan.add(
             Run(run_id, "s5", "finetune", spec.to_dict(), {"member": "cluster", "clusters": pair})
         )

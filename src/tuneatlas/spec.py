@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 Pooling = Literal["cls", "maxnorm"]
 Head = Literal["linear", "mlp2"]
+HeadInit = Literal["encoder", "pytorch"]
 ScheduleName = Literal["linear", "constant", "cosine"]
 Precision = Literal["fp32", "bf16"]
 
@@ -63,6 +64,9 @@ class TrainSpec:
     dropout: float | None = None  # None keeps the model's own; 0.0 turns dropout off
     pooling: Pooling = "cls"
     head: Head = "linear"
+    # new head's init: "encoder" = N(0, initializer_range) weights, zero bias (as BERT does);
+    # "pytorch" = nn.Linear's default uniform weight and bias (results made before this key)
+    head_init: HeadInit = "encoder"
     freeze_encoder: bool = False
     grad_clip: float | None = 1.0
     precision: Precision = "fp32"  # bf16 = autocast on CUDA only; CPU always runs fp32

@@ -392,6 +392,8 @@ def test_class_groups_from_counts():
     assert list(g.values())[0] == "400/class"
     assert s3.class_groups_from_counts(np.repeat(np.arange(3), 5)) == {}
     assert s3.class_groups_from_counts(np.repeat(np.arange(3), [5, 6, 7])) == {}
+    # a near-balanced set where two classes tie by chance has no groups either
+    assert s3.class_groups_from_counts(np.repeat(np.arange(4), [91, 102, 102, 77])) == {}
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -475,3 +477,44 @@ def test_s3_registry_builds_from_a_results_tree(tmp_path):
     assert build_table("S3.T2", target, tmp_path)["epsilon"].unique().tolist() == [0.1]
     with pytest.raises(ValueError, match="no 'main' run"):
         s3.TABLES["S3.F9"]({"runs": [], "params": {"runs": {}}}, tmp_path)
+
+
+def test_s3_f4_f5_read_the_preliminary_run_and_f7_both(tmp_path):
+    from tuneatlas.io import write_yaml
+    from tuneatlas.studies.registry import build_table
+
+    for run, dataset, counts in [
+        ("s3-prelim-s0", "bal", [50, 50, 50]),
+        ("s3-main-s0", "imb", [400, 400, 10]),
+    ]:
+        _write_known_captures(tmp_path / "runs" / run / "captures")
+        write_yaml(_spec(run=run, dataset=dataset).to_dict(), tmp_path / "runs" / run / "spec.yaml")
+        (tmp_path / "data" / dataset).mkdir(parents=True)
+        pd.DataFrame({"label": np.repeat([0, 1, 2], counts)}).to_parquet(
+            tmp_path / "data" / dataset / "train.parquet"
+        )
+
+    def target(**runs):
+        return {"runs": list(runs.values()), "embeddings": [], "params": {"runs": runs}}
+
+    single = s3.table_f4(tmp_path / "runs" / "s3-prelim-s0" / "captures")
+    f4 = build_table("S3.F4", target(prelim="s3-prelim-s0"), tmp_path)
+    assert f4["group"].isna().all()  # the balanced run has no size groups
+    pd.testing.assert_frame_equal(f4, single)
+    # "prelim" wins over "main" for F4/F5; without it they read the main run
+    both = build_table("S3.F5", target(prelim="s3-prelim-s0", main="s3-main-s0"), tmp_path)
+    assert both["group"].isna().all()
+    assert build_table("S3.F5", target(main="s3-main-s0"), tmp_path)["group"].notna().all()
+
+    f7 = build_table("S3.F7", target(main="s3-main-s0", prelim="s3-prelim-s0"), tmp_path)
+    assert f7["setup"].drop_duplicates().tolist() == ["prelim", "main"]  # the paper's order
+    one_run = s3.table_f7(tmp_path / "runs" / "s3-main-s0" / "captures")
+    assert f7.groupby("setup").size().to_dict() == {"main": len(one_run), "prelim": len(one_run)}
+    assert f7.query("setup == 'prelim'")["group"].isna().all()
+    assert f7.query("setup == 'main' and label == 2")["group"].unique().tolist() == ["10/class"]
+    out = tmp_path / "s3_f7.png"
+    s3.FIGURES["S3.F7"](f7, [out])
+    w, h = _png_size(out)
+    assert h > 600  # one row of panels per set-up
+    alone = build_table("S3.F7", target(main="s3-main-s0"), tmp_path)
+    assert alone["setup"].unique().tolist() == ["main"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
@@ -150,3 +151,46 @@ def test_a_run_without_saved_weights_cannot_feed_embeddings(repo):
         make_plan(validate_config(raw))
     raw["studies"]["s1"]["train"]["save_model"] = True
     assert make_plan(validate_config(raw)).runs["s1-sst2-s42"].spec["save_model"] is True
+
+
+@pytest.mark.parametrize("config_file", ["config.yaml", "paper.yaml"])
+def test_every_planned_run_is_consumed_and_specs_are_distinct(repo, config_file):
+    plan = make_plan(load_config(repo / config_file))
+    consumed = {r for t in plan.targets.values() for r in (*t.runs, *t.embeddings, *t.subsets)}
+    # a consumed run consumes its init_from run and the run producing its base model
+    # (S2's SimCSE models); follow those edges to a fixed point
+    frontier = set(consumed)
+    while frontier:
+        run = plan.runs[frontier.pop()]
+        for dep in (run.spec.get("init_from"), run.spec.get("model")):
+            if dep in plan.runs and dep not in consumed:
+                consumed.add(dep)
+                frontier.add(dep)
+    assert consumed <= set(plan.runs)
+    assert set(plan.runs) - consumed == set(), "planned runs that no target reads"
+    # the run id is the only field two runs may share: anything else trains the same thing twice
+    by_spec: dict[str, list[str]] = {}
+    for run_id, run in plan.runs.items():
+        spec = {k: v for k, v in run.spec.items() if k != "run"}
+        key = json.dumps([run.kind, spec], sort_keys=True, default=str)
+        by_spec.setdefault(key, []).append(run_id)
+    assert [ids for ids in by_spec.values() if len(ids) > 1] == []
+
+
+def test_s3_tables_read_the_runs_the_paper_uses(repo, paper):
+    t = paper.targets
+    prelim, main = "s3-prelim-s42", "s3-main-s42"
+    assert t["S3.F4"].runs == t["S3.F5"].runs == (prelim,)
+    assert t["S3.F4"].params["runs"] == {"prelim": prelim}
+    assert t["S3.F7"].runs == (prelim, main)
+    assert t["S3.F7"].params["runs"] == {"prelim": prelim, "main": main}
+    for aid in ("S3.F8", "S3.F9", "S3.T1", "S3.T2", "S3.F12"):
+        assert t[aid].runs == (main,) and t[aid].params["runs"] == {"main": main}, aid
+    assert set(t["S3.T1"].params) == {"study", "runs", "stay_T", "stay_D"}
+    assert "stay_D" not in t["S3.F4"].params  # a table's params are what it reads
+    # without a preliminary run every S3 table reads the main run
+    raw = yaml.safe_load((repo / "paper.yaml").read_text())
+    raw["studies"]["s3"]["preliminary_dataset"] = None
+    alone = make_plan(validate_config(raw))
+    assert "s3-prelim-s42" not in alone.runs
+    assert {alone.targets[a].runs for a in ARTIFACTS if a.startswith("S3.")} == {(main,)}

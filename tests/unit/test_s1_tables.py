@@ -1,5 +1,6 @@
 """S1 table builders on a hand-made results tree: schema, baselines and rankings checked
-against direct numpy computations of the masked head."""
+against direct numpy computations of the masked head. The subset tables aggregate the runs'
+subset scans (`results/subsets/<run>/`, written here by the `subsets` rule's entry point)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tuneatlas.analysis.subset_scan import scan_run
 from tuneatlas.catalogue import ARTIFACTS
 from tuneatlas.io import save_tensors, write_yaml
+from tuneatlas.plan import _s1_scan_spec
 from tuneatlas.spec import TrainSpec
 from tuneatlas.studies.registry import build_table
+from tuneatlas.studies.s1 import run_spec
 
 K, LAYERS = 8, 3
 
@@ -55,18 +59,28 @@ SUBSETS = {
 }
 
 
+def _scan(results, run, triples=True, layers=True):
+    """What the `subsets` rule does for `run`, with the spec the plan gives it."""
+    s1 = {"subsets": SUBSETS, "layers": {"pairs_per_layer": None}}
+    spec = _s1_scan_spec(run_spec(results, run), s1, triples, layers)
+    scan_run(results / "embeddings" / run, spec, results / "subsets" / run)
+
+
 @pytest.fixture
 def tree(tmp_path):
     rng = np.random.default_rng(0)
     main = _fake_run(tmp_path, "r-main", "sst2", "sst2", 42, rng)
     _fake_run(tmp_path, "r-nodrop", "sst2", "sst2", 42, rng, dropout=0.0)
+    _scan(tmp_path, "r-main")
+    _scan(tmp_path, "r-nodrop", triples=False, layers=False)  # S1.FA3 only, as planned
     return tmp_path, main
 
 
 def _spec(*runs, **params):
     return {
         "runs": [],
-        "embeddings": list(runs),
+        "embeddings": [],
+        "subsets": list(runs),
         "params": {
             "tasks": ["sst2"],
             "subsets": SUBSETS,
@@ -154,3 +168,17 @@ def test_plots_draw_from_the_tables(tree, tmp_path):
         plot_artifact(artifact, table, [png])
         assert png.stat().st_size > 5000
         assert isinstance(pd.read_parquet(table), pd.DataFrame)
+
+
+def test_subset_tables_read_the_scans_not_the_embeddings(tree):
+    import shutil
+
+    results, _ = tree
+    before = {a: build_table(a, _spec("r-main"), results) for a in ("S1.T2", "S1.TA1", "S1.T3")}
+    shutil.rmtree(results / "embeddings")  # a table job never searches: the scans suffice
+    for artifact, table in before.items():
+        pd.testing.assert_frame_equal(build_table(artifact, _spec("r-main"), results), table)
+    assert len(build_table("S1.FA3", _spec("r-main", "r-nodrop"), results)) > 0
+    assert len(build_table("S1.FL", _spec("r-main"), results)) > 0
+    with pytest.raises(ValueError, match="no triples"):  # the no-dropout scan has pairs only
+        build_table("S1.TA1", _spec("r-nodrop"), results)

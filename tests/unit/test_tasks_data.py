@@ -16,6 +16,8 @@ from tuneatlas.data.tasks import GLUE_TASKS, TASKS, get_task
 from tuneatlas.io import read_parquet_meta
 from tuneatlas.metrics import METRICS
 
+from .hub_fake import FakeHub
+
 SST2_DEV = Path(__file__).resolve().parents[2].parent / "shared/data/sst2/dev.tsv"
 
 
@@ -430,38 +432,24 @@ def test_real_sst2_dev_loads_and_resplits_8_1_1(tmp_path):
 
 
 def test_hub_source_maps_splits_and_columns(tmp_path, monkeypatch):
+    # the fake hub knows GLUE's real split names and fails on any other (tests/unit/hub_fake.py)
     datasets = pytest.importorskip("datasets")
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
-    calls = []
-
-    def fake_load_dataset(path, name=None, split=None, streaming=False, **kwargs):
-        # stands in for the hub: same call, a tiny in-memory split with GLUE's MNLI columns
-        calls.append((path, name, split, streaming))
-        n = 6 if split == "train" else 3
-        ds = datasets.Dataset.from_dict(
-            {
-                "premise": [f"{split} p{i}" for i in range(n)],
-                "hypothesis": [f"h{i}" for i in range(n)],
-                "label": [i % 3 for i in range(n)],
-                "idx": list(range(n)),
-            }
-        )
-        return ds.to_iterable_dataset() if streaming else ds
-
-    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    hub = FakeHub()
+    monkeypatch.setattr(datasets, "load_dataset", hub)
     out = prepare_dataset("mnli", {"source": "hub", "task": "mnli"}, tmp_path / "a", seed=0)
-    assert calls == [
+    assert [(c["path"], c["name"], c["split"], c["streaming"]) for c in hub.calls] == [
         ("nyu-mll/glue", "mnli", "train", False),
         ("nyu-mll/glue", "mnli", "validation_matched", False),
     ]
     valid = read_prepared(out["valid"])
-    assert list(valid["text_a"]) == [
-        "validation_matched p0",
-        "validation_matched p1",
-        "validation_matched p2",
+    assert list(valid["text_a"])[:2] == [
+        "mnli/validation_matched premise 0",
+        "mnli/validation_matched premise 1",
     ]
-    assert list(valid["label"]) == [0, 1, 2]
+    assert list(valid["text_b"])[:1] == ["mnli/validation_matched hypothesis 0"]
+    assert list(valid["label"])[:4] == [0, 1, 2, 0]
     cfg = {
         "source": "hub",
         "task": "mnli",
@@ -471,3 +459,10 @@ def test_hub_source_maps_splits_and_columns(tmp_path, monkeypatch):
     }
     out = prepare_dataset("mnli", cfg, tmp_path / "b", seed=0)
     assert set(out) == {"train"} and len(read_prepared(out["train"])) == 4
+    with pytest.raises(ValueError, match=r'Unknown split "validation"'):
+        prepare_dataset(
+            "mnli",
+            {"source": "hub", "task": "mnli", "splits": {"validation": "validation"}},
+            tmp_path / "c",
+            seed=0,
+        )

@@ -134,14 +134,51 @@ def test_one_table_runs_only_what_it_needs(tmp_path):
     assert counts == {"prepare_data": 3, "build_model": 1, "train": 4, "table": 1}
 
 
+def stub_local_sources(workdir: Path, config_file: Path) -> None:
+    """Header-only stand-ins for a config's local data files (paper.yaml: the livedoor TSVs that
+    `tuneatlas livedoor-convert` writes), which the DAG needs to exist even in a dry-run."""
+    from tuneatlas.data.livedoor import write_tsv
+
+    for cfg in yaml.safe_load(config_file.read_text())["datasets"].values():
+        for path in (cfg.get("files") or {}).values() if cfg["source"] == "file" else ():
+            if not Path(path).is_absolute() and not (workdir / path).exists():
+                write_tsv([], workdir / path)
+
+
 def test_paper_dry_run_builds_the_full_s1_grid(tmp_path):
+    stub_local_sources(tmp_path, REPO / "paper.yaml")
     out = snakemake(tmp_path, "--configfile", str(REPO / "paper.yaml"), "-n").stdout
     counts = job_counts(out)
-    # S1: 40 (8 tasks x 5 seeds) + 8 max-norm + 8 frozen + 8 no-dropout + 56 cross; S3: main run
-    assert counts["train"] == 120 + 1
-    assert counts["prepare_data"] == 8 + 1  # GLUE + imbalanced livedoor
+    # S3: the main run, and the preliminary run when paper.yaml's S3 section names its dataset
+    paper = yaml.safe_load((REPO / "paper.yaml").read_text())
+    s3 = paper["studies"]["s3"]
+    s3_datasets = {s3["dataset"], s3.get("preliminary_dataset")} - {None}
+    # S1: 40 (8 tasks x 5 seeds) + 8 max-norm + 8 frozen + 8 no-dropout + 56 cross
+    assert counts["train"] == 120 + 1 + bool(s3.get("preliminary_dataset"))
+    assert counts["prepare_data"] == 8 + len(s3_datasets)  # GLUE + livedoor (+ imbalanced)
     assert counts["embed"] == 16  # main + no-dropout run per task
+    assert counts["subsets"] == 16  # one subset scan per embedded run
     assert counts["table"] == counts["figure"] + 1 == 17  # S3.F4's figure is the animation rule
+    # every hub dataset and model is fetched by a rule of its own, run on the submit host
+    used = [*paper["studies"]["s1"]["tasks"], *s3_datasets]
+    hub = [d for d in used if paper["datasets"][d]["source"] == "hub"]
+    assert counts["fetch_hub_data"] == len(hub)  # livedoor: a local file (livedoor-convert)
+    assert counts["fetch_model"] == 2 and "build_model" not in counts  # bert-base, bert-ja
+
+
+def test_only_the_hub_fetches_are_local_rules(tmp_path):
+    """On SLURM, localrules run on the submit host (compute nodes often have no network)."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, ResourceSettings
+
+    with SnakemakeApi() as api:
+        workflow = api.workflow(
+            resource_settings=ResourceSettings(),
+            config_settings=ConfigSettings(configfiles=[REPO / "paper.yaml"]),
+            snakefile=REPO / "Snakefile",
+            workdir=tmp_path,
+        )._workflow
+        assert workflow._localrules == {"fetch_hub_data", "fetch_model"}
 
 
 def test_lint_is_clean(tmp_path):

@@ -1,5 +1,6 @@
 # Everything that is not a rule: config validation, the plan, input functions.
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -14,11 +15,11 @@ from tuneatlas.plan import make_plan
 
 try:
     config = validate_config(config)
+    PLAN = make_plan(config)
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
 CONFIG_HASH = config_hash(config)
-PLAN = make_plan(config)
 RESULTS = "results"
 THREADS = config["threads"]
 DEVICE = config["device"]
@@ -26,12 +27,22 @@ DEVICE = config["device"]
 # Every job runs the package from this checkout, with the Python that runs snakemake (a venv
 # need not be activated) unless rules run in their conda env; offline, no call ever waits on a
 # hub time-out. Braces are doubled twice: once for the f-string, once for snakemake's format.
-USE_CONDA = "conda" in {str(m).lower() for m in workflow.deployment_settings.deployment_method}
+USE_CONDA = "conda" in {
+    str(m).lower() for m in workflow.deployment_settings.deployment_method
+}
 shell.prefix(
     "set -euo pipefail; "
     f"export PYTHONPATH={shlex.quote(SRC)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
-    + ("" if USE_CONDA else f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH; ")
+    + (
+        ""
+        if USE_CONDA
+        else f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH; "
+    )
     + ("export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1; " if config["offline"] else "")
+    # execution settings and information, never params (DESIGN principle 8): changing them
+    # re-runs nothing; the CLI reads them (--device default, the config hash in table metadata)
+    + f"export TUNEATLAS_DEVICE={shlex.quote(str(DEVICE))}"
+    + f" TUNEATLAS_CONFIG_HASH={shlex.quote(CONFIG_HASH)}; "
 )
 
 
@@ -39,8 +50,9 @@ wildcard_constraints:
     dataset=r"[A-Za-z0-9_.\-]+",
     model=r"[A-Za-z0-9_.\-]+",
     run=r"[A-Za-z0-9_.\-]+",
-    slug=r"s[1-5]_[a-z0-9]+",
-    study=r"s[1-5]",
+    # any table name reaches the `table` rule, whose input function names the known ids
+    slug=r"[A-Za-z0-9_.\-]+",
+    study=r"s[0-9]+",
     name=r"[a-z0-9]+",
 
 
@@ -53,6 +65,30 @@ def model_dirs_needed(wildcards):
     if spec["source"] == "build":
         return [f"{RESULTS}/data/{d}" for d in spec["corpus"]]
     return []
+
+
+def dataset_sources(wildcards):
+    """The local files a dataset reads (`files`, the split files of `dir`, `facts`): inputs of
+    prepare_data, so editing one re-prepares the dataset and re-runs what depends on it.
+    """
+    from tuneatlas.data.prepare import DataError, local_source_files
+
+    name = wildcards.dataset
+    if name not in PLAN.datasets:
+        raise WorkflowError(
+            f"dataset {name!r} is not in the config; known: {', '.join(PLAN.datasets)}"
+        )
+    try:
+        files = local_source_files(name, PLAN.datasets[name])
+    except DataError as exc:
+        raise WorkflowError(str(exc)) from None
+    for key, path in files.items():
+        if not path.is_file():
+            raise WorkflowError(
+                f"datasets.{name}.{key}: {path} does not exist (relative paths are read from"
+                f" the working directory {Path.cwd()}); fix the path in the config"
+            )
+    return [str(p) for p in files.values()]
 
 
 def run_of(wildcards):
@@ -80,17 +116,32 @@ def init_arg(wildcards, input):
 
 
 def artifact_of(wildcards):
-    from tuneatlas.catalogue import from_slug
+    from tuneatlas.catalogue import ARTIFACTS
 
     slug = getattr(wildcards, "slug", None) or f"{wildcards.study}_{wildcards.name}"
-    return from_slug(slug)
+    found = [a for a in ARTIFACTS.values() if a.slug == slug]
+    if not found:
+        raise WorkflowError(
+            f"no artifact has the file name {slug!r}; known ids (file name = id in lower case,"
+            f" dot -> underscore): {', '.join(ARTIFACTS)}"
+        )
+    return found[0]
 
 
 def target_of(wildcards):
+    """The plan's target of a requested table; raises before any run of it joins the DAG."""
+    from tuneatlas.catalogue import BUILT_STUDIES
+
     artifact = artifact_of(wildcards)
+    if not artifact.built:
+        raise WorkflowError(
+            f"{artifact.id} is not built yet: study {artifact.study} has no rules in this"
+            f" workflow (a later issue); built studies: {', '.join(sorted(BUILT_STUDIES))}"
+        )
     if artifact.id not in PLAN.targets:
         raise WorkflowError(
             f"{artifact.id} is not planned: its study is disabled in this config"
+            f" (studies.{artifact.study.lower()}.enabled)"
         )
     return PLAN.targets[artifact.id]
 
@@ -103,6 +154,10 @@ def table_inputs(wildcards):
         files.append(f"{RESULTS}/runs/{run}/captures")
     for run in target.embeddings:
         files.append(f"{RESULTS}/embeddings/{run}/embeddings.safetensors")
+    # runs whose subset scan the table reads, and their spec (SCAN_FILES is in subsets.smk)
+    for run in target.subsets:
+        files += [f"{RESULTS}/subsets/{run}/{f}" for f in SCAN_FILES]
+        files.append(f"{RESULTS}/runs/{run}/spec.yaml")
     return files
 
 
@@ -112,6 +167,31 @@ def table_spec(wildcards):
         {
             "runs": list(target.runs),
             "embeddings": list(target.embeddings),
+            "subsets": list(target.subsets),
             "params": target.params,
         }
     )
+
+
+# Hub sources (data.smk): the fetch rules are localrules, their copies inputs of the others.
+def models_from(*sources):
+    """A wildcard regex matching exactly the planned models of these sources."""
+    names = sorted(m for m, spec in PLAN.models.items() if spec["source"] in sources)
+    return "|".join(map(re.escape, names)) or "(?!)"  # no such model: match nothing
+
+
+def hub_copy_of(wildcards):
+    """The local copy of a hub dataset (rule fetch_hub_data); nothing for other sources."""
+    if PLAN.datasets[wildcards.dataset]["source"] == "hub":
+        return f"{RESULTS}/hub/{wildcards.dataset}"
+    return []
+
+
+def hub_copy_arg(wildcards, input):
+    return f"--hub-copy {input.hub}" if input.hub else ""
+
+
+def hub_fetch_spec_of(wildcards):
+    from tuneatlas.data.prepare import hub_fetch_spec
+
+    return as_json(hub_fetch_spec(PLAN.datasets[wildcards.dataset]))

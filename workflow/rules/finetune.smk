@@ -24,12 +24,10 @@ rule train:
     params:
         spec=lambda wc: as_json(run_of(wc).spec),
         init=init_arg,
-        device=DEVICE,
         run_dir=lambda wc: f"{RESULTS}/runs/{wc.run}",
     shell:
         "python -m tuneatlas --threads {threads} train --spec {params.spec:q} --data {input.data}"
-        " --model {input.model} {params.init} --device {params.device}"
-        " --out {params.run_dir} 2> {log}"
+        " --model {input.model} {params.init} --out {params.run_dir} 2> {log}"
 
 
 rule embed:
@@ -52,9 +50,7 @@ rule embed:
         runtime=60,
     params:
         batch_size=lambda wc: run_of(wc).spec["eval_batch_size"],
-        device=DEVICE,
         out_dir=lambda wc: f"{RESULTS}/embeddings/{wc.run}",
     shell:
         "python -m tuneatlas --threads {threads} embed --model {input.model} --data {input.data}"
-        " --batch-size {params.batch_size}"
-        " --device {params.device} --out {params.out_dir} 2> {log}"
+        " --batch-size {params.batch_size} --out {params.out_dir} 2> {log}"

@@ -235,8 +235,9 @@ def iter_split(
 ) -> Iterator[Batch]:
     """Batches of the capture split, over ``rows`` (default: all rows in file order).
 
-    The engine's `tuneatlas.engine.recipes.classify.Split` pads each batch itself (``iter_batches``); a plain
-    mapping of padded tensors ``input_ids, attention_mask[, token_type_ids]`` is sliced.
+    The engine's `tuneatlas.engine.recipes.classify.Split` pads each batch itself
+    (``iter_batches``); a plain mapping of padded tensors ``input_ids, attention_mask[,
+    token_type_ids]`` is sliced.
     """
     part = _split_of(data, split)
     if hasattr(part, "iter_batches"):
@@ -244,8 +245,9 @@ def iter_split(
         return
     if not isinstance(part, Mapping) or "input_ids" not in part or "attention_mask" not in part:
         raise TypeError(
-            f"capture split {split!r} is a {type(part)}; expected a tuneatlas.engine.recipes.classify.Split or a "
-            "mapping with input_ids and attention_mask tensors"
+            f"capture split {split!r} is a {type(part)}; expected a"
+            " tuneatlas.engine.recipes.classify.Split or a mapping with input_ids and"
+            " attention_mask tensors"
         )
     n = int(part["input_ids"].shape[0])
     order = None if rows is None else np.asarray(rows, dtype=np.int64)

@@ -1038,6 +1038,9 @@ def effective_dimensions(
 
 # --------------------------------------------------------------------------- S1.FL
 
+#: S1.FL: a layer whose pair scores have at most this standard deviation ties everywhere.
+DEGENERATE_STD = 1e-12
+
 
 def layer_redundancy(
     layers_valid: Array,
@@ -1059,8 +1062,13 @@ def layer_redundancy(
 
     ``layers_*`` are ``[L+1, N, K]`` (index 0 = embeddings, as in ``embeddings.safetensors``).
     Every pair is scored per layer (``n_pairs=None``), or the same seeded sample of ``n_pairs``
-    pairs in every layer. One row per layer: ``layer, n_pairs, all_dims`` (unmasked head on that
-    layer), ``mean, std, q<..>, max`` of the pair scores, ``best_dims, best_valid, best_test``.
+    pairs in every layer. One row per layer: ``layer, n_pairs, degenerate, all_dims`` (unmasked
+    head on that layer), ``mean, std, q<..>, max`` of the pair scores,
+    ``best_dims, best_valid, best_test``.
+
+    A layer whose pair scores all tie (``std <= DEGENERATE_STD``, e.g. every pair predicts the
+    majority class because the head's bias decides) is ``degenerate``: any of its pairs would be
+    "the best", so ``max``, ``best_valid`` and ``best_test`` are NaN and ``best_dims`` is None.
     """
     if (layers_test is None) != (labels_test is None):
         raise ValueError("give both layers_test and labels_test, or neither")
@@ -1084,18 +1092,23 @@ def layer_redundancy(
                 combos = sample_combinations(sv.n_dims, 2, n_pairs, seed)
             scores = sv.score(combos)
         best_dims, best = top_k(combos, scores, 1)
+        degenerate = bool(scores.std() <= DEGENERATE_STD)
         row: dict[str, object] = {
             "layer": layer,
             "n_pairs": len(scores),
+            "degenerate": degenerate,
             "all_dims": sv.score_all_dims(),
             "mean": float(scores.mean()),
             "std": float(scores.std()),
         }
         for q, v in zip(quantiles, np.quantile(scores, quantiles), strict=True):
             row[f"q{q:g}"] = float(v)
-        row["max"] = float(scores.max())
-        row["best_dims"] = tuple(int(d) for d in best_dims[0])
-        row["best_valid"] = float(best[0])
-        row["best_test"] = float(st.score(best_dims)[0]) if st is not None else np.nan
+        if degenerate:  # every pair ties: no pair is "the best"
+            row.update(max=np.nan, best_dims=None, best_valid=np.nan, best_test=np.nan)
+        else:
+            row["max"] = float(scores.max())
+            row["best_dims"] = tuple(int(d) for d in best_dims[0])
+            row["best_valid"] = float(best[0])
+            row["best_test"] = float(st.score(best_dims)[0]) if st is not None else np.nan
         rows.append(row)
     return pd.DataFrame(rows)

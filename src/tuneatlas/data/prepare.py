@@ -16,18 +16,24 @@ Bad data fails with a `DataError` naming the file, the row and what to do.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from tuneatlas.config import STREAMING_BUDGET
 from tuneatlas.data import synthetic
 from tuneatlas.data.tasks import SPLITS, Task, get_task
-from tuneatlas.io import hub_offline, write_parquet
+from tuneatlas.io import META_PREFIX, atomic_dir, hub_offline, read_parquet_meta, write_parquet
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -69,6 +75,10 @@ FORMATS: dict[str, str] = {
 DEFAULT_SIZES: dict[str, int] = {"train": 2000, "validation": 500, "test": 500}
 DEFAULT_CORPUS_SIZES: dict[str, int] = {"train": 2000}
 FACT_COLUMNS = ("idx", "subject", "relation", "question", "answer")
+# The keys of a hub source that decide what is downloaded (`fetch_hub_dataset`); the rest
+# (resplit, imbalance, columns, facts, max_rows of a non-streaming source) act on the copy.
+HUB_FETCH_KEYS = ("source", "task", "path", "name", "revision", "splits", "data_files", "streaming")
+HUB_BATCH_ROWS = 10_000  # rows per Arrow batch read from the hub and written to the copy
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,6 +145,8 @@ def check_source(name: str, cfg: Mapping[str, Any]) -> Task:
             _check_split_map(name, "splits", cfg["splits"], str)
         if "streaming" in cfg and not isinstance(cfg["streaming"], bool):
             raise ValueError(f"{_where(name, 'streaming')} must be true or false")
+        if cfg.get("streaming") and max_rows is None:
+            raise ValueError(STREAMING_BUDGET.format(key=_where(name, "max_rows")))
     if "columns" in cfg:
         _check_columns(name, cfg["columns"], task)
     if task.is_corpus and "files" in cfg and set(cfg["files"]) != {"train"}:
@@ -558,7 +570,21 @@ def normalise(
 # Sources.
 
 
-def _load_hub(name: str, cfg: Mapping[str, Any], task: Task) -> dict[str, tuple[pd.DataFrame, str]]:
+def hub_fetch_spec(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a hub source that decides what `fetch_hub_dataset` downloads: the params of
+    the fetch rule, so that changing a transform (resplit, imbalance, max_rows of a downloaded
+    split) prepares the local copy again without downloading it again."""
+    spec = {k: cfg[k] for k in HUB_FETCH_KEYS if k in cfg}
+    if cfg.get("streaming"):
+        spec["max_rows"] = cfg.get("max_rows")  # a stream's budget decides what is read
+    return spec
+
+
+def _hub_batches(
+    name: str, cfg: Mapping[str, Any], task: Task
+) -> Iterator[tuple[str, str, Iterator[pa.Table]]]:
+    """(our split, origin, Arrow batches of the hub split) per split of a hub source, in bounded
+    memory; a stream stops at its row budget (`check_source` makes one required)."""
     path = cfg.get("path", task.hub_path)
     config_name = cfg.get("name", task.hub_name)
     var = hub_offline()
@@ -574,8 +600,6 @@ def _load_hub(name: str, cfg: Mapping[str, Any], task: Task) -> dict[str, tuple[
 
     splits = dict(cfg.get("splits") or task.hub_split_map)
     streaming = bool(cfg.get("streaming", False))
-    max_rows = cfg.get("max_rows")
-    out: dict[str, tuple[pd.DataFrame, str]] = {}
     for split, hub_split in splits.items():
         origin = f"hub {path}" + (f"/{config_name}" if config_name else "") + f" [{hub_split}]"
         ds = datasets.load_dataset(
@@ -587,17 +611,96 @@ def _load_hub(name: str, cfg: Mapping[str, Any], task: Task) -> dict[str, tuple[
             streaming=streaming,
         )
         if streaming:
-            # a stream (FineWeb-Edu) is read only as far as needed
-            rows = ds.take(max_rows) if max_rows else ds
-            raw = pd.DataFrame.from_records(list(rows))
-        else:
-            raw = ds.to_pandas()
-        out[SPLIT_ALIASES[split]] = (raw, origin)
+            ds = ds.take(int(cfg["max_rows"]))
+        yield SPLIT_ALIASES[split], origin, ds.with_format("arrow").iter(batch_size=HUB_BATCH_ROWS)
+
+
+def _load_hub(
+    name: str, cfg: Mapping[str, Any], task: Task, hub_copy: Path | None = None
+) -> dict[str, tuple[pd.DataFrame, str]]:
+    """Raw frames per split from the hub, or from a local copy `fetch_hub_dataset` wrote."""
+    if hub_copy is not None:
+        return _read_hub_copy(name, cfg, task, Path(hub_copy))
+    out: dict[str, tuple[pd.DataFrame, str]] = {}
+    for split, origin, batches in _hub_batches(name, cfg, task):
+        tables = list(batches)
+        if not tables:
+            raise DataError(f"{origin}: the hub split has no rows ({_where(name)})")
+        out[split] = (pa.concat_tables(tables).to_pandas(), origin)
+    return out
+
+
+def fetch_hub_dataset(
+    name: str, cfg: Mapping[str, Any], out_dir: str | os.PathLike
+) -> dict[str, Path]:
+    """Download the splits of hub source `name` into `out_dir/<split>.parquet`, as the hub has
+    them (its columns, every row; a stream up to `max_rows`), batch by batch; {split: path}.
+
+    The only step of a hub source that reaches the network: the workflow runs it on the submit
+    host (compute nodes often have none), and `prepare_dataset(..., hub_copy=out_dir)` reads the
+    copy anywhere. `out_dir` is written atomically; each file records its origin and the fetch
+    spec (`hub_fetch_spec`), which the reader checks against its own source.
+    """
+    task = check_source(name, cfg)
+    if cfg["source"] != "hub":
+        raise ValueError(
+            f"{_where(name, 'source')}: only a hub source is fetched, got {cfg['source']!r}"
+        )
+    spec = json.dumps(hub_fetch_spec(cfg), sort_keys=True, default=str)
+    out_dir = Path(out_dir)
+    written: dict[str, Path] = {}
+    with atomic_dir(out_dir) as tmp:
+        for split, origin, batches in _hub_batches(name, cfg, task):
+            meta = {"dataset": name, "split": split, "origin": origin, "fetch": spec}
+            if _write_batches(batches, tmp / f"{split}.parquet", meta) == 0:
+                raise DataError(f"{origin}: the hub split has no rows ({_where(name)})")
+            written[split] = out_dir / f"{split}.parquet"
+    log.info("fetched %s: %s", name, ", ".join(sorted(written)))
+    return written
+
+
+def _write_batches(batches: Iterator[pa.Table], path: Path, meta: Mapping[str, str]) -> int:
+    """Stream Arrow batches into one Parquet file with `tuneatlas.*` metadata; rows written."""
+    writer, schema, rows = None, None, 0
+    try:
+        for table in batches:
+            if writer is None:
+                extra = {(META_PREFIX + k).encode(): str(v).encode() for k, v in meta.items()}
+                schema = table.schema.with_metadata({**(table.schema.metadata or {}), **extra})
+                writer = pq.ParquetWriter(path, schema)
+            writer.write_table(table.replace_schema_metadata(schema.metadata).cast(schema))
+            rows += table.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows
+
+
+def _read_hub_copy(
+    name: str, cfg: Mapping[str, Any], task: Task, copy_dir: Path
+) -> dict[str, tuple[pd.DataFrame, str]]:
+    expected = json.dumps(hub_fetch_spec(cfg), sort_keys=True, default=str)
+    out: dict[str, tuple[pd.DataFrame, str]] = {}
+    for split in dict(cfg.get("splits") or task.hub_split_map):
+        ours = SPLIT_ALIASES[split]
+        path = copy_dir / f"{ours}.parquet"
+        if not path.is_file():
+            raise DataError(
+                f"{path}: the hub copy of {_where(name)} has no {ours!r} split; fetch it again"
+                " (`tuneatlas fetch-hub`, the workflow's fetch_hub_data rule)"
+            )
+        meta = read_parquet_meta(path)
+        if meta.get("fetch") != expected:
+            raise DataError(
+                f"{path}: fetched for hub source {meta.get('fetch')}, but {_where(name)} is now"
+                f" {expected}; fetch it again (`tuneatlas fetch-hub`, rule fetch_hub_data)"
+            )
+        out[ours] = (pd.read_parquet(path), meta.get("origin", str(path)))
     return out
 
 
 def _load_sources(
-    name: str, cfg: Mapping[str, Any], task: Task
+    name: str, cfg: Mapping[str, Any], task: Task, hub_copy: Path | None = None
 ) -> dict[str, tuple[pd.DataFrame, np.ndarray | None, str]]:
     """Raw frames per on-disk split name: (frame, line numbers or None, origin)."""
     if cfg["source"] == "file":
@@ -608,7 +711,8 @@ def _load_sources(
             raw, lines = _read_file(path, _format_of(path, cfg.get("format")))
             out[SPLIT_ALIASES[split]] = (raw, lines, str(path))
         return out
-    return {s: (raw, None, origin) for s, (raw, origin) in _load_hub(name, cfg, task).items()}
+    hub = _load_hub(name, cfg, task, hub_copy)
+    return {s: (raw, None, origin) for s, (raw, origin) in hub.items()}
 
 
 def _rng(seed: int, purpose: str) -> np.random.Generator:
@@ -745,9 +849,32 @@ def output_files(name: str, cfg: Mapping[str, Any]) -> list[str]:
     return files_out + (["classes.parquet"] if "imbalance" in cfg else [])
 
 
-def load_raw_splits(name: str, cfg: Mapping[str, Any], seed: int) -> dict[str, pd.DataFrame]:
-    """Load, validate and transform a dataset; {split: frame} (+ "facts"/"classes" tables)."""
+def local_source_files(name: str, cfg: Mapping[str, Any]) -> dict[str, Path]:
+    """The local files `prepare_dataset` reads for this config, keyed by where the config names
+    them (``files.train``, ``dir/train``, ``facts``); the workflow declares them as inputs, so an
+    edited file re-prepares the dataset. Existence is not checked here (a missing `dir` is)."""
+    out: dict[str, Path] = {}
+    if cfg.get("source") == "file":
+        if "files" in cfg:
+            out.update({f"files.{s}": Path(p).expanduser() for s, p in cfg["files"].items()})
+        elif "dir" in cfg:
+            found = _dir_files(name, Path(cfg["dir"]).expanduser())
+            out.update({f"dir/{s}": Path(p) for s, p in found.items()})
+    if cfg.get("facts") and cfg.get("source") != "synthetic":
+        out["facts"] = Path(cfg["facts"]).expanduser()
+    return out
+
+
+def load_raw_splits(
+    name: str, cfg: Mapping[str, Any], seed: int, hub_copy: str | os.PathLike | None = None
+) -> dict[str, pd.DataFrame]:
+    """Load, validate and transform a dataset; {split: frame} (+ "facts"/"classes" tables).
+
+    A hub source is read from `hub_copy` (a directory `fetch_hub_dataset` wrote) when given,
+    from the hub otherwise."""
     task = check_source(name, cfg)
+    if hub_copy is not None and cfg["source"] != "hub":
+        raise ValueError(f"{_where(name)}: a hub copy was given for a {cfg['source']!r} source")
     max_rows = cfg.get("max_rows")
     frames: dict[str, pd.DataFrame] = {}
     if cfg["source"] == "synthetic":
@@ -761,7 +888,8 @@ def load_raw_splits(name: str, cfg: Mapping[str, Any], seed: int) -> dict[str, p
                 frames[SPLIT_ALIASES[split]] = df
     else:
         columns = _columns_for(task, cfg)
-        for split, (raw, lines, origin) in _load_sources(name, cfg, task).items():
+        copy = Path(hub_copy) if hub_copy is not None else None
+        for split, (raw, lines, origin) in _load_sources(name, cfg, task, copy).items():
             df = normalise(raw, task, columns, origin, lines)
             if max_rows:
                 df = _subsample(df, int(max_rows), _rng(seed, f"max_rows/{split}"))
@@ -798,15 +926,21 @@ def _load_facts(name: str, cfg: Mapping[str, Any]) -> pd.DataFrame:
 
 
 def prepare_dataset(
-    name: str, cfg: dict, out_dir: Path, seed: int, meta: dict | None = None
+    name: str,
+    cfg: dict,
+    out_dir: Path,
+    seed: int,
+    meta: dict | None = None,
+    hub_copy: str | os.PathLike | None = None,
 ) -> dict[str, Path]:
     """Prepare dataset `name` from its source config into `out_dir`; {split or table: path}.
 
     Every file is written atomically with the dataset name, task, split, seed and source config
-    in its metadata, plus `meta` (the caller's provenance: config hash and the like).
+    in its metadata, plus `meta` (the caller's provenance: config hash and the like). A hub
+    source reads the local copy `hub_copy` (see `fetch_hub_dataset`) when one is given.
     """
     task = check_source(name, cfg)
-    frames = load_raw_splits(name, cfg, seed)
+    frames = load_raw_splits(name, cfg, seed, hub_copy=hub_copy)
     out_dir = Path(out_dir)
     base = {
         "dataset": name,

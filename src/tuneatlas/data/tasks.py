@@ -198,6 +198,17 @@ TASKS: dict[str, Task] = {t.name: t for t in _TASK_LIST}
 
 GLUE_TASKS: tuple[str, ...] = ("cola", "sst2", "mrpc", "qqp", "mnli", "qnli", "rte", "stsb")
 
+# Hub datasets that exist only as a loading script, which `datasets` >= 4 refuses to run
+# ("Dataset scripts are no longer supported"): hub path -> the way to a local copy instead.
+# Config validation fails on a `source: hub` dataset that points at one of them.
+SCRIPT_DATASETS: dict[str, str] = {
+    "shunk031/livedoor-news-corpus": (
+        "convert the original archive (https://www.rondhuit.com/download.html#ldcc) with"
+        " `tuneatlas livedoor-convert ldcc-20140209.tar.gz data/livedoor` and use"
+        " source: file with files: {train: data/livedoor/train.tsv, test: data/livedoor/test.tsv}"
+    ),
+}
+
 
 def fine_tuning_task(name: str) -> Task:
     """The registered classification or regression task `name` (not a corpus)."""

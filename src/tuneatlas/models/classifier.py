@@ -86,6 +86,41 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
 # --------------------------------------------------------------------------------------------
 
 
+HEAD_INITS = ("encoder", "pytorch")
+DEFAULT_INITIALIZER_RANGE = 0.02  # BERT's, for an encoder config that names none
+
+
+def initializer_range(config: Any) -> float:
+    """The std the encoder family initialises new Linear weights with (BERT: 0.02)."""
+    value = getattr(config, "initializer_range", None)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return DEFAULT_INITIALIZER_RANGE
+
+
+@torch.no_grad()
+def init_head(head: nn.Module, scheme: str, config: Any) -> None:
+    """Initialise the new head's Linear layers in place.
+
+    "encoder": weight ~ N(0, config.initializer_range), bias 0, as BERT-family models initialise
+    a new classifier. This matters on real encoders: PyTorch's default bias is uniform in
+    +-1/sqrt(H), a logit offset of order 0.1 that a fine-tune at lr 5e-5 barely moves, and with
+    only 2-3 CLS dimensions fed to the head (S1) that offset decides nearly every prediction.
+    "pytorch": keep nn.Linear's default (uniform weight and bias) - the init of results made
+    before this option existed; nothing is drawn here, so those results reproduce bit for bit.
+    """
+    if scheme == "pytorch":
+        return
+    if scheme != "encoder":
+        raise ValueError(f"unknown head_init {scheme!r}; use one of {HEAD_INITS}")
+    std = initializer_range(config)
+    for m in head.modules():
+        if isinstance(m, nn.Linear):
+            m.weight.normal_(mean=0.0, std=std)
+            if m.bias is not None:
+                m.bias.zero_()
+
+
 class ClassifierOutput(NamedTuple):
     logits: torch.Tensor  # [B, C] (C = 1 for regression)
     pooled: torch.Tensor  # [B, H], the one vector the head reads
@@ -98,6 +133,8 @@ class SequenceClassifier(nn.Module):
     head "linear": nn.Linear(H, C); "mlp2": Linear(H, H) -> ReLU -> Linear(H, C) (S1.T4, with a
     frozen encoder). `dropout` None keeps the encoder config's dropout (and uses its classifier
     dropout for the head); a number sets every dropout (hidden, attention, head) to it.
+    `head_init` (see `init_head`): "encoder" initialises every head Linear as the BERT family
+    initialises a new classifier, "pytorch" keeps nn.Linear's default (uniform weight and bias).
     """
 
     def __init__(
@@ -112,12 +149,15 @@ class SequenceClassifier(nn.Module):
         task: str | None = None,
         tokenizer: Any = None,
         max_length: int | None = None,
+        head_init: str = "encoder",
     ) -> None:
         super().__init__()
         if pooling not in ("cls", "maxnorm"):
             raise ValueError(f"unknown pooling {pooling!r}; use 'cls' or 'maxnorm'")
         if head not in ("linear", "mlp2"):
             raise ValueError(f"unknown head {head!r}; use 'linear' or 'mlp2'")
+        if head_init not in HEAD_INITS:
+            raise ValueError(f"unknown head_init {head_init!r}; use one of {HEAD_INITS}")
         if regression and num_labels != 1:
             raise ValueError(f"a regression head has num_labels 1, got {num_labels}")
         self.encoder = encoder
@@ -142,6 +182,9 @@ class SequenceClassifier(nn.Module):
             self.head = nn.Sequential(
                 nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, self.num_labels)
             )
+        # After nn.Linear's own init, so "pytorch" draws exactly what it always drew.
+        self.head_init = head_init
+        init_head(self.head, head_init, encoder.config)
 
     @property
     def hidden_size(self) -> int:
@@ -177,6 +220,7 @@ class SequenceClassifier(nn.Module):
             "num_labels": self.num_labels,
             "pooling": self.pooling,
             "head": self.head_kind,
+            "head_init": self.head_init,
             "regression": self.regression,
             "head_dropout": self.dropout.p,
             "max_length": self.max_length,
@@ -241,6 +285,7 @@ class SequenceClassifier(nn.Module):
             task=info.get("task"),
             tokenizer=load_tokenizer(path),
             max_length=info.get("max_length"),
+            head_init=info.get("head_init", "pytorch"),  # overwritten by the saved head below
         )
         model.dropout.p = float(info.get("head_dropout", model.dropout.p))
         state = {k: torch.from_numpy(v) for k, v in load_tensors(Path(path) / HEAD_FILE).items()}

@@ -41,16 +41,27 @@ def _looks_like_path(name: str) -> bool:
     return Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1
 
 
-def fetch_model(name: str, out_dir: str | os.PathLike, trust_remote_code: bool = False) -> Path:
+def fetch_model(
+    name: str,
+    out_dir: str | os.PathLike,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+) -> Path:
     """Copy an encoder (hub id or local directory) into `out_dir` as safetensors + tokenizer.
 
     With HF_HUB_OFFLINE=1 a hub id fails at once (no network time-out). Remote code runs only
-    when `trust_remote_code=True` is asked for explicitly.
+    when `trust_remote_code=True` is asked for explicitly. `revision` (a commit hash, branch or
+    tag) pins the hub repository's version for the weights and the tokenizer alike.
     """
     from transformers import AutoModel, AutoTokenizer
 
     local = Path(name).expanduser()
     if local.is_dir():
+        if revision is not None:
+            raise ValueError(
+                f"fetch_model: revision {revision!r} was given for the local directory {name!r};"
+                " a revision only applies to a hub name"
+            )
         source = str(local)
     elif _looks_like_path(name):
         raise FileNotFoundError(
@@ -68,14 +79,18 @@ def fetch_model(name: str, out_dir: str | os.PathLike, trust_remote_code: bool =
         source = name
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp, quiet_hf_progress():
-        model = AutoModel.from_pretrained(source, trust_remote_code=trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+        if revision is not None:
+            kwargs["revision"] = revision
+        model = AutoModel.from_pretrained(source, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         write_json(
             {
                 "kind": "fetched",
                 "source": name,
+                "revision": revision,
                 "trust_remote_code": trust_remote_code,
                 "model_type": model.config.model_type,
                 "parameters": sum(p.numel() for p in model.parameters()),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -148,99 +149,59 @@ def plot_t5(df: pd.DataFrame, outputs: list[Path]) -> None:
 
 
 # --- dimension subsets (S1.T2, S1.TA1, S1.T3, S1.FA3, S1.FL) ------------------------------------
-class Embedded:
-    """One run's embeddings with its head: per-split scorers of CLS-dimension subsets."""
+# The searches run once per run in the `subsets` rule (tuneatlas.analysis.subset_scan); these
+# builders only aggregate results/subsets/<run>/*.parquet.
+class Scanned:
+    """One run's subset scan with the fields of its spec the tables report."""
 
     def __init__(self, results: Path, run: str) -> None:
-        from tuneatlas.io import load_tensors
+        from tuneatlas.analysis.subset_scan import read_scan
 
         spec = run_spec(results, run)
-        task = get_task(spec["task"])
-        self.run, self.task, self.metric = spec["dataset"], task, task.metric
+        self.run, self.task = run, spec["dataset"]
+        self.metric = get_task(spec["task"]).metric
         self.dropout = spec["dropout"]
-        self.regression = task.is_regression
-        self.tensors = load_tensors(results / "embeddings" / run / "embeddings.safetensors")
-        if "head.weight" not in self.tensors:
-            raise ValueError(f"run {run}: subset search needs a linear head (embeddings lack it)")
-        self.seed = spec["seed"]
+        self.frames = read_scan(results, run)
 
-    def labels(self, split: str) -> np.ndarray:
-        return self.tensors[f"{split}.labels"]
+    def __getitem__(self, stem: str) -> pd.DataFrame:
+        return self.frames[stem]
 
-    def layers(self, split: str) -> np.ndarray:
-        return self.tensors[f"{split}.cls"]
-
-    def scorer(self, split: str, layer: int = -1):
-        from tuneatlas.analysis.subsets import SubsetScorer
-
-        return SubsetScorer(
-            self.layers(split)[layer],
-            self.labels(split),
-            self.tensors["head.weight"],
-            self.tensors["head.bias"],
-            self.metric,
-            regression=self.regression,
-        )
+    def all_dims_rows(self, **cols: Any) -> list[dict[str, Any]]:
+        return [
+            {**cols, "split": r.split, "dims": "all", "value": float(r.all_dims)}
+            for r in self["summary"].itertuples()
+        ]
 
 
-def _dims(dims) -> str:
-    return "all" if dims is None else ",".join(str(int(d)) for d in dims)
-
-
-def _all_dims_rows(emb: Embedded, valid, test, **cols: Any) -> list[dict[str, Any]]:
-    return [
-        {**cols, "split": split, "dims": "all", "value": scorer.score_all_dims()}
-        for split, scorer in (("valid", valid), ("test", test))
-    ]
-
-
-def _search_rows(task: str, metric: str, mode: str, search) -> list[dict[str, Any]]:
-    rows = []
-    for rank, (dims, v, t) in enumerate(
-        zip(search.dims, search.valid, search.test, strict=True), start=1
-    ):
-        for split, value in (("valid", v), ("test", t)):
-            rows.append(
-                {
-                    "task": task,
-                    "metric": metric,
-                    "mode": mode,
-                    "sample_size": search.n_evaluated,
-                    "rank": rank,
-                    "dims": _dims(dims),
-                    "split": split,
-                    "value": float(value),
-                }
-            )
-    return rows
+def _scanned(spec: dict[str, Any], results: Path) -> Iterator[Scanned]:
+    for run in spec["subsets"]:
+        yield Scanned(results, run)
 
 
 def _subset_table(spec: dict[str, Any], results: Path, size: int) -> pd.DataFrame:
-    from tuneatlas.analysis.subsets import n_combinations, paper_sample_size, search_subsets
-
     cfg = spec["params"]["subsets"]
     rows: list[dict[str, Any]] = []
-    for run in spec["embeddings"]:
-        emb = Embedded(results, run)
-        valid, test = emb.scorer("valid"), emb.scorer("test")
-        base = {"task": emb.run, "metric": emb.metric, "mode": "all", "rank": 0, "sample_size": 1}
-        rows += _all_dims_rows(emb, valid, test, **base)
-        if size == 2:
-            rate = cfg["pair_rate_large"] if emb.run in cfg["large_tasks"] else cfg["pair_rate"]
-            samples = [paper_sample_size(valid.n_dims, 2, rate)]
-            exhaustive = True
-        else:
-            total = n_combinations(valid.n_dims, 3)
-            samples = [min(n, total) for n in cfg["triple_sample_sizes"]]
-            exhaustive = cfg["exhaustive_triples"]
-        if exhaustive:
-            found = search_subsets(valid, size, k=cfg["top_k"], test=test)
-            rows += _search_rows(emb.run, emb.metric, "exhaustive", found)
-        for n in samples:
-            found = search_subsets(
-                valid, size, k=cfg["top_k"], test=test, n_samples=max(n, 1), seed=emb.seed
-            )
-            rows += _search_rows(emb.run, emb.metric, "sampled", found)
+    for scan in _scanned(spec, results):
+        base = {"task": scan.task, "metric": scan.metric}
+        rows += scan.all_dims_rows(**base, mode="all", rank=0, sample_size=1)
+        top = scan["top"]
+        top = top[(top["size"] == size) & (top["rank"] <= cfg["top_k"])]
+        if size == 3 and not cfg["exhaustive_triples"]:
+            top = top[top["mode"] != "exhaustive"]
+        if size == 3 and top.empty:
+            raise ValueError(f"run {scan.run}: its subset scan has no triples")
+        rows += [
+            {
+                **base,
+                "mode": r.mode,
+                "sample_size": int(r.sample_size),
+                "rank": int(r.rank),
+                "dims": r.dims,
+                "split": r.split,
+                "value": float(r.value),
+            }
+            for r in top.itertuples()
+        ]
     return pd.DataFrame(rows)[
         ["task", "metric", "mode", "sample_size", "rank", "dims", "split", "value"]
     ]
@@ -289,58 +250,34 @@ def plot_ta1(df: pd.DataFrame, outputs: list[Path]) -> None:
 
 
 def table_t3(spec: dict[str, Any], results: Path) -> pd.DataFrame:
-    from tuneatlas.analysis.subsets import effective_dimensions, search_subsets
-
-    cfg = spec["params"]["subsets"]
+    """The top ``effective_top`` triples of the scan (all triples, or the largest sample when
+    ``exhaustive_triples`` is false), their ablation and the best pair of effective dims."""
+    n_top = spec["params"]["subsets"]["effective_top"]
     rows: list[dict[str, Any]] = []
-    for run in spec["embeddings"]:
-        emb = Embedded(results, run)
-        valid, test = emb.scorer("valid"), emb.scorer("test")
-        base = {"task": emb.run, "metric": emb.metric}
-        for row in _all_dims_rows(emb, valid, test, **base):
+    for scan in _scanned(spec, results):
+        base = {"task": scan.task, "metric": scan.metric}
+        for row in scan.all_dims_rows(**base):
             rows.append({**row, "kind": "all", "triple_rank": 0, "dropped_dim": -1})
-        top = search_subsets(valid, 3, k=cfg["effective_top"], test=test)
-        for rank, (dims, v, t) in enumerate(zip(top.dims, top.valid, top.test, strict=True), 1):
-            for split, value in (("valid", v), ("test", t)):
-                rows.append(
-                    {
-                        **base,
-                        "kind": "triple",
-                        "triple_rank": rank,
-                        "dims": _dims(dims),
-                        "dropped_dim": -1,
-                        "split": split,
-                        "value": float(value),
-                    }
-                )
-        eff = effective_dimensions(valid, top.dims, test=test)
-        for r in eff.ablation.itertuples():
+        eff = scan["effective"]
+        if eff.empty:
+            raise ValueError(f"run {scan.run}: its subset scan has no triples (S1.T3)")
+        top = scan["top"]
+        top = top[(top["search"] == eff["search"].iloc[0]) & (top["rank"] <= n_top)]
+        for r in top.itertuples():
             rows.append(
                 {
                     **base,
-                    "kind": "ablation",
-                    "triple_rank": r.triple_rank,
-                    "dims": _dims(r.triple),
-                    "dropped_dim": int(r.removed),
-                    "split": "valid",
-                    "value": float(r.pair_valid),
-                    "drop": float(r.drop),
-                    "effective": bool(r.effective),
-                }
-            )
-        for split, value in (("valid", eff.best_valid), ("test", eff.best_test)):
-            rows.append(
-                {
-                    **base,
-                    "kind": "best_effective_pair",
-                    "triple_rank": 0,
-                    "dims": _dims(eff.best_pair),
+                    "kind": "triple",
+                    "triple_rank": int(r.rank),
+                    "dims": r.dims,
                     "dropped_dim": -1,
-                    "split": split,
-                    "value": float(value),
-                    "effective_dims": _dims(eff.effective),
+                    "split": r.split,
+                    "value": float(r.value),
                 }
             )
+        for r in eff.drop(columns="search").to_dict("records"):
+            # ablation rows carry drop/effective, the effective pair its effective_dims
+            rows.append({**base, **{k: v for k, v in r.items() if not pd.isna(v)}})
     columns = [
         "task",
         "metric",
@@ -387,25 +324,28 @@ def plot_t3(df: pd.DataFrame, outputs: list[Path]) -> None:
 
 
 def table_fa3(spec: dict[str, Any], results: Path) -> pd.DataFrame:
-    from tuneatlas.analysis.subsets import histogram_edges, score_histogram
-
     bins = spec["params"]["subsets"]["histogram_bins"]
     rows = []
-    for run in spec["embeddings"]:
-        emb = Embedded(results, run)
-        edges = histogram_edges(emb.metric, bins)
+    for scan in _scanned(spec, results):
+        hist = scan["histograms"]
+        hist = hist[(hist["size"] == 2) & (hist["mode"] == "exhaustive")]
         for split in ("valid", "test"):
-            counts = score_histogram(emb.scorer(split).pair_scores(), edges)
-            for low, high, count in zip(edges[:-1], edges[1:], counts, strict=True):
+            part = hist[hist["split"] == split]
+            if len(part) != bins:
+                raise ValueError(
+                    f"run {scan.run}: its scan has {len(part)} {split} pair-histogram bins, "
+                    f"the table asks for {bins}"
+                )
+            for r in part.itertuples():
                 rows.append(
                     {
-                        "task": emb.run,
-                        "metric": emb.metric,
-                        "dropout": emb.dropout if emb.dropout is not None else np.nan,
+                        "task": scan.task,
+                        "metric": scan.metric,
+                        "dropout": scan.dropout if scan.dropout is not None else np.nan,
                         "split": split,
-                        "bin_left": float(low),
-                        "bin_right": float(high),
-                        "count": int(count),
+                        "bin_left": float(r.bin_left),
+                        "bin_right": float(r.bin_right),
+                        "count": int(r.count),
                     }
                 )
     return pd.DataFrame(rows)
@@ -438,24 +378,23 @@ def plot_fa3(df: pd.DataFrame, outputs: list[Path]) -> None:
 
 
 def table_fl(spec: dict[str, Any], results: Path) -> pd.DataFrame:
-    from tuneatlas.analysis.subsets import layer_redundancy
+    """Per-layer pair statistics of each run's scan, long: one ``stat`` per row. A layer whose
+    pairs all tie has ``degenerate`` 1 and no ``max`` / ``best_valid`` (NaN)."""
+    from math import comb
 
     n_pairs = spec["params"]["layers"]["pairs_per_layer"]
     frames = []
-    for run in spec["embeddings"]:
-        emb = Embedded(results, run)
-        per_layer = layer_redundancy(
-            emb.layers("valid"),
-            emb.labels("valid"),
-            emb.tensors["head.weight"],
-            emb.tensors["head.bias"],
-            emb.metric,
-            regression=emb.regression,
-            layers_test=emb.layers("test"),
-            labels_test=emb.labels("test"),
-            n_pairs=n_pairs,
-            seed=emb.seed,
-        )
+    for scan in _scanned(spec, results):
+        per_layer = scan["layers"]
+        if per_layer.empty:
+            raise ValueError(f"run {scan.run}: its subset scan has no layer statistics (S1.FL)")
+        n_dims = int(scan["summary"]["n_dims"].iloc[0])
+        expected = comb(n_dims, 2) if n_pairs is None else n_pairs
+        if set(per_layer["n_pairs"]) != {expected}:
+            raise ValueError(
+                f"run {scan.run}: its scan scored {sorted(set(per_layer['n_pairs']))} pairs per "
+                f"layer, the table asks for {expected}"
+            )
         stats = [
             c for c in per_layer.columns if c not in ("layer", "n_pairs", "best_dims", "best_test")
         ]
@@ -464,7 +403,7 @@ def table_fl(spec: dict[str, Any], results: Path) -> pd.DataFrame:
         best_test = per_layer[["layer", "best_test"]].rename(columns={"best_test": "value"})
         best_test["stat"], best_test["split"] = "best_valid", "test"
         long = pd.concat([long, best_test], ignore_index=True)
-        long["task"], long["metric"] = emb.run, emb.metric
+        long["task"], long["metric"] = scan.task, scan.metric
         long["value"] = long["value"].astype(float)
         frames.append(long)
     df = pd.concat(frames, ignore_index=True)
@@ -485,6 +424,19 @@ def plot_fl(df: pd.DataFrame, outputs: list[Path]) -> None:
         ax.plot(sub.index, sub["q0.5"], marker=".", label="pairs, median")
         ax.plot(sub.index, sub["max"], marker="^", label="best pair")
         ax.plot(sub.index, sub["all_dims"], ls="--", color="k", label="all dims")
+        if "degenerate" in sub:
+            # every pair ties there (no best pair): the tied score, drawn apart
+            tied = sub[sub["degenerate"] > 0]
+            if len(tied):
+                ax.scatter(
+                    tied.index,
+                    tied["q0.5"],
+                    marker="X",
+                    s=70,
+                    color="tab:red",
+                    zorder=5,
+                    label="degenerate: all pairs tie",
+                )
         ax.set(
             title=task,
             xlabel="layer of the CLS vector (0 = embeddings)",

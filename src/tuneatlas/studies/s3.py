@@ -1,15 +1,20 @@
-"""S3 tables and figures: embedding trajectories during fine-tuning, built from one run's captures.
+"""S3 tables and figures: embedding trajectories during fine-tuning, built from runs' captures.
 
-Each ``table_<id>`` turns the captures written by `tuneatlas.analysis.capture.EmbeddingCapture` into a
-tidy DataFrame (one row per observation, explicit columns, ``label`` = class id, ``group`` =
+Each ``table_<id>`` turns the captures written by `tuneatlas.analysis.capture.EmbeddingCapture`
+into a tidy DataFrame (one row per observation, explicit columns, ``label`` = class id, ``group`` =
 the class's training-size group or null); each ``plot_<id>`` draws that table and nothing else.
 `TABLES` / `FIGURES` adapt them to the registry of `tuneatlas.studies.registry`
 (builder ``(target_spec, results_root) -> DataFrame``, plotter ``(df, outputs) -> None``).
 
 Space: speed, stay points, linearity index and clustering are computed on the last-layer CLS
-vectors themselves (``space="hidden"``, the paper's v_t^d; see `tuneatlas.analysis.trajectories`), on
-the probe set (the paper's 90 trajectories, ``points="probe"``); ``space="pca"`` uses the 2-D
-plane of the figures instead (PCA fitted on the final capture of all recorded rows).
+vectors themselves (``space="hidden"``, the paper's v_t^d; see
+`tuneatlas.analysis.trajectories`), on the probe set (the paper's 90 trajectories,
+``points="probe"``); ``space="pca"`` uses the 2-D plane of the figures instead (PCA fitted on
+the final capture of all recorded rows).
+
+Runs, as the paper uses them: F4 and F5 read the balanced preliminary run when the plan has one
+(the main run otherwise), F7 reads both (``setup`` = ``prelim`` | ``main``), the others the
+imbalanced main run (`tuneatlas.plan`, S3 targets).
 """
 
 from __future__ import annotations
@@ -47,13 +52,14 @@ def _captures(c: CapturesLike) -> Captures:
 def class_groups_from_counts(train_labels: Sequence[int] | np.ndarray) -> dict[int, str]:
     """Class -> training-size group (``"400/class"``) for an imbalanced set-up, else ``{}``.
 
-    Groups are only meaningful when several classes share a training size (the paper: 3 x 400,
-    3 x 100, 3 x 10). When every class has its own count (a naturally unbalanced corpus) or all
-    counts are equal, there are no groups and ``{}`` is returned. Ordered largest group first.
+    Groups are only meaningful when classes share training sizes (the paper: 3 x 400, 3 x 100,
+    3 x 10). When any class has a count of its own (a naturally unbalanced corpus, where two
+    classes may tie by chance) or all counts are equal, there are no groups and ``{}`` is
+    returned. Ordered largest group first.
     """
     values, counts = np.unique(np.asarray(train_labels), return_counts=True)
-    levels = np.unique(counts)
-    if levels.size < 2 or levels.size >= values.size:
+    levels, members = np.unique(counts, return_counts=True)
+    if levels.size < 2 or (members < 2).any():
         return {}
     order = np.argsort(-counts, kind="stable")
     return {int(values[i]): f"{int(counts[i])}/class" for i in order}
@@ -88,16 +94,29 @@ def _group_col(values: Sequence[str | None]) -> pd.Series:
 
 # --- tables -----------------------------------------------------------------------------------
 def table_f7(
-    scores: pd.DataFrame | str | os.PathLike, class_groups: ClassGroups = None
+    scores: pd.DataFrame | str | os.PathLike,
+    class_groups: ClassGroups = None,
+    setup: str = "main",
 ) -> pd.DataFrame:
-    """Accuracy, macro-F1 (label null) and per-class F1 vs step on the capture split."""
+    """Accuracy, macro-F1 (label null) and per-class F1 vs step on the capture split of one run;
+    ``setup`` names the run (``prelim`` = the balanced preliminary run, ``main``)."""
     df = scores if isinstance(scores, pd.DataFrame) else load_scores(scores)
     out = df[["step", "split", "metric", "label", "value"]].copy()
     out["label"] = out["label"].astype("Int64")
     out["group"] = _group_col(
         [None if pd.isna(c) else (class_groups or {}).get(int(c)) for c in out["label"]]
     ).values
+    out.insert(0, "setup", pd.Series([setup] * len(out), dtype="string").values)
     return out.sort_values(["metric", "label", "step"], na_position="first").reset_index(drop=True)
+
+
+# S3 set-ups in display order, and their names in figures
+SETUP_NAMES = {"prelim": "preliminary run (balanced)", "main": "main run (imbalanced)"}
+
+
+def _setup_order(setup: Any) -> tuple[int, str]:
+    names = list(SETUP_NAMES)
+    return (names.index(setup) if setup in names else len(names), str(setup))
 
 
 def table_f4(captures: CapturesLike, class_groups: ClassGroups = None) -> pd.DataFrame:
@@ -361,19 +380,30 @@ def _first(outputs: Sequence[str | os.PathLike] | str | os.PathLike) -> Path:
 
 # --- figures ----------------------------------------------------------------------------------
 def plot_f7(df: pd.DataFrame, out_png: str | os.PathLike) -> None:
-    """Left: accuracy and macro-F1 vs step; right: per-class F1 vs step."""
-    fig, axes = subplots(2, width=6.0, height=4.2)
-    ax = axes[0, 0]
-    for metric, color in (("accuracy", "black"), ("macro_f1", "tab:red")):
-        sub = df[(df["metric"] == metric) & df["label"].isna()].sort_values("step")
-        ax.plot(sub["step"], sub["value"], color=color, lw=1.6, label=metric.replace("_", "-"))
-    ax.set(xlabel="step", ylabel="score", ylim=(-0.02, 1.02), title="Overall")
-    ax.legend(fontsize=9)
-    per = df[df["metric"] == "f1"].dropna(subset=["label"])
-    styles = _class_styles(per)
-    _class_lines(axes[0, 1], per, "step", "value", styles)
-    axes[0, 1].set(xlabel="step", ylabel="F1", ylim=(-0.02, 1.02), title="Per-class F1")
-    _legend(axes[0, 1])
+    """One row per set-up (preliminary run first, as the paper's Fig. 3, then the main run):
+    left, accuracy and macro-F1 vs step; right, per-class F1 vs step."""
+    if "setup" in df:
+        setups = sorted(df["setup"].dropna().unique().tolist(), key=_setup_order)
+    else:
+        setups = [None]
+    fig, axes = subplots(2, len(setups), width=6.0, height=4.2)
+    for row, setup in enumerate(setups):
+        part = df if setup is None else df[df["setup"] == setup]
+        name = "" if setup is None else f"{SETUP_NAMES.get(setup, setup)}: "
+        ax = axes[row, 0]
+        for metric, color in (("accuracy", "black"), ("macro_f1", "tab:red")):
+            sub = part[(part["metric"] == metric) & part["label"].isna()].sort_values("step")
+            ax.plot(sub["step"], sub["value"], color=color, lw=1.6, label=metric.replace("_", "-"))
+        ax.set(xlabel="step", ylabel="score", ylim=(-0.02, 1.02), title=f"{name}overall")
+        ax.legend(fontsize=9)
+        per = part[part["metric"] == "f1"].dropna(subset=["label"])
+        styles = _class_styles(per)
+        _class_lines(axes[row, 1], per, "step", "value", styles)
+        axes[row, 1].set(
+            xlabel="step", ylabel="F1", ylim=(-0.02, 1.02), title=f"{name}per-class F1"
+        )
+        _legend(axes[row, 1])
+    fig.subplots_adjust(hspace=0.45)  # room for the x labels above the next row's titles
     split = df["split"].iloc[0] if "split" in df and len(df) else "test"
     fig.suptitle(f"S3.F7 Scores on the {split} split during fine-tuning")
     save(fig, Path(out_png))
@@ -693,7 +723,7 @@ def plot_f12(df: pd.DataFrame, out_png: str | os.PathLike) -> None:
     save(fig, Path(out_png))
 
 
-# --- registry for tuneatlas.studies.registry ------------------------------------------------------------
+# --- registry for tuneatlas.studies.registry -------------------------------------------------
 def _run_dir(spec: Mapping[str, Any], results: Path, which: str = "main") -> Path:
     runs = spec.get("runs") or {}
     if which not in runs:
@@ -714,19 +744,36 @@ def _target_groups(run_dir: Path, results: Path) -> dict[int, str]:
 
 
 def _builder(
-    fn: Callable[..., pd.DataFrame], **param_map: str
+    fn: Callable[..., pd.DataFrame], which: str = "main", **param_map: str
 ) -> Callable[[dict, Path], pd.DataFrame]:
     """Adapt ``fn(captures, class_groups, **kw)`` to ``(target_spec, results)``; ``param_map``
-    maps fn keywords to keys of the plan's S3 params (stay_T, stay_D, ...)."""
+    maps fn keywords to keys of the plan's S3 params (stay_T, stay_D, ...). ``which`` is the
+    run read: ``"main"``, or ``"shown"`` = the preliminary run when the plan has one (F4, F5)."""
 
     def build(target: dict[str, Any], results: Path) -> pd.DataFrame:
-        spec = target["params"]  # the plan's S3 params: runs {main, prelim}, stay_T, stay_D, ...
-        run_dir = _run_dir(spec, results)
+        spec = target["params"]  # the plan's S3 params: runs {setup: run id}, stay_T, ...
+        setup = which
+        if which == "shown":
+            setup = "prelim" if "prelim" in (spec.get("runs") or {}) else "main"
+        run_dir = _run_dir(spec, results, setup)
         kwargs = {kw: spec[key] for kw, key in param_map.items() if key in spec}
         return fn(run_dir / CAPTURES_DIR, _target_groups(run_dir, results), **kwargs)
 
     build.__doc__ = fn.__doc__
     return build
+
+
+def _build_f7(target: dict[str, Any], results: Path) -> pd.DataFrame:
+    """S3.F7 of every run of the target (prelim first, then main), with a ``setup`` column."""
+    runs = target["params"].get("runs") or {}
+    if not runs:
+        raise ValueError(f"S3.F7 target spec names no run; runs = {dict(runs)}")
+    frames = []
+    for setup in sorted(runs, key=_setup_order):
+        run_dir = _run_dir(target["params"], results, setup)
+        groups = _target_groups(run_dir, results)
+        frames.append(table_f7(run_dir / CAPTURES_DIR, groups, setup=setup))
+    return pd.concat(frames, ignore_index=True)
 
 
 def _plotter(
@@ -749,9 +796,9 @@ def _plot_f4_outputs(df: pd.DataFrame, outputs: list[Path]) -> None:
 
 
 TABLES: dict[str, Callable[[dict, Path], pd.DataFrame]] = {
-    "S3.F4": _builder(table_f4),
-    "S3.F5": _builder(table_f5),
-    "S3.F7": _builder(table_f7),
+    "S3.F4": _builder(table_f4, which="shown"),
+    "S3.F5": _builder(table_f5, which="shown"),
+    "S3.F7": _build_f7,
     "S3.F8": _builder(table_f8),
     "S3.F9": _builder(table_f9),
     "S3.T1": _builder(table_t1, D="stay_D", T="stay_T"),

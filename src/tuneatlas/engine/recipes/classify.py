@@ -227,6 +227,7 @@ def build_classifier(
         task.num_labels,
         pooling=spec.pooling,
         head=spec.head,
+        head_init=spec.head_init,
         dropout=spec.dropout,
         regression=task.is_regression,
         task=task.name,

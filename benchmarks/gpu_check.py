@@ -1,0 +1,390 @@
+"""GPU check (`make gpu-check`): the tiny DAG on CUDA in fp32 and bf16, CUDA vs CPU subset scores.
+
+Never part of `make test` or CI: it needs an NVIDIA GPU and takes a few minutes (budget 8 min on
+one GPU). Steps, each timed:
+
+1. the tiny DAG (tests/workflow/tiny.yaml) with ``device: cuda``, fp32, in a temp directory;
+2. the same DAG with ``train.precision: bf16`` in another temp directory;
+3. every subset scan the fp32 DAG ran on CUDA (``results/subsets/<run>/``) recomputed on the
+   CPU from the same embeddings file and scan spec, compared frame by frame: counts-based
+   metrics (accuracy, MCC, F1, macro-F1) must be equal exactly, Pearson to 1e-9;
+4. `tuneatlas.analysis.subsets.SubsetScorer` on CUDA vs CPU on the same synthetic embeddings
+   (binary accuracy at SST-2's shape K=768, N=872; 3-class macro-F1; regression): all pairs, a
+   seeded triple sample (the paper's 0.1 %) and an exhaustive triple scan at K=384 (top-10 and
+   histogram), plus the timing of the exhaustive K=768 triple scan on CUDA.
+
+Prints a timing summary table and, last, one JSON line; exits 0 when every check passes, 1 when
+one fails, 2 when CUDA is absent. ``--device cpu`` runs the same script on the CPU (CPU vs CPU
+comparisons, a smoke test of the script itself); ``--quick`` builds two tables instead of the
+whole DAG and uses smaller synthetic problems.
+
+    .venv/bin/python benchmarks/gpu_check.py                     # on a GPU machine
+    .venv/bin/python benchmarks/gpu_check.py --device cpu --quick  # smoke run anywhere
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+TINY = REPO / "tests" / "workflow" / "tiny.yaml"
+BIN = Path(sys.executable).parent
+QUICK_TARGETS = ("results/tables/s1_t2.parquet", "results/tables/s3_f7.parquet")
+COUNT_METRICS = ("accuracy", "mcc", "f1", "macro_f1")
+PEARSON_RTOL = 1e-9
+
+
+class CheckFailed(RuntimeError):
+    pass
+
+
+def say(msg: str) -> None:
+    print(f"[gpu-check] {msg}", flush=True)
+
+
+def cuda_info(device: str) -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+    }
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            why = (
+                "this torch is a CPU-only build"
+                if torch.version.cuda is None
+                else f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU"
+                f" (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')},"
+                f" nvidia-smi {'found' if shutil.which('nvidia-smi') else 'not found'})"
+            )
+            print(
+                f"gpu-check: CUDA is not available: {why}.\n"
+                "  make gpu-check needs a machine with an NVIDIA GPU and a CUDA build of torch\n"
+                "  (e.g. pip install torch==2.13.0 from the CUDA index). For a CPU smoke run of\n"
+                "  this script: .venv/bin/python benchmarks/gpu_check.py --device cpu --quick",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+        props = torch.cuda.get_device_properties(0)
+        info.update(
+            gpu=props.name,
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            bf16_supported=torch.cuda.is_bf16_supported(),
+        )
+    return info
+
+
+# --- 1-2: the tiny DAG --------------------------------------------------------------------------
+def run_dag(
+    name: str, workdir: Path, device: str, precision: str, cores: int, targets, timeout: float
+) -> dict[str, Any]:
+    config = yaml.safe_load(TINY.read_text())
+    config["device"] = device
+    config.setdefault("train", {})["precision"] = precision
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = workdir / "config.yaml"
+    cfg.write_text(yaml.safe_dump(config, sort_keys=False))
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    cmd = [
+        str(BIN / "snakemake"),
+        *targets,
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(cfg),
+        "--cores",
+        str(cores),
+    ]
+    say(f"{name}: snakemake in {workdir} (device {device}, {precision}, {cores} cores)")
+    t0 = time.perf_counter()
+    log = workdir / "snakemake.log"
+    try:
+        with log.open("w") as f:
+            proc = subprocess.run(
+                cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=max(timeout, 1)
+            )
+    except subprocess.TimeoutExpired:
+        raise CheckFailed(
+            f"{name}: the DAG ran past the remaining budget ({timeout:.0f} s); log: {log}"
+        ) from None
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
+        raise CheckFailed(f"{name}: snakemake failed ({proc.returncode}); log {log}:\n{tail}")
+    per_rule: dict[str, dict[str, float]] = {}
+    for tsv in sorted((workdir / "results" / "benchmarks").glob("*/*.tsv")):
+        rule = tsv.parent.name
+        s = float(tsv.read_text().splitlines()[1].split("\t")[0])
+        r = per_rule.setdefault(rule, {"jobs": 0, "seconds": 0.0})
+        r["jobs"] += 1
+        r["seconds"] += s
+    # what the training jobs really ran on (the engine logs it), and with which precision
+    devices = set()
+    for train_log in (workdir / "results" / "logs" / "train").glob("*.log"):
+        devices.update(re.findall(r"device (\S+)", train_log.read_text()))
+    precisions = {
+        (yaml.safe_load(p.read_text()) or {}).get("precision")
+        for p in (workdir / "results" / "runs").glob("*/spec.yaml")
+    }
+    if device == "cuda" and not any(d.startswith("cuda") for d in devices):
+        raise CheckFailed(f"{name}: training ran on {sorted(devices)}, not on CUDA")
+    if precisions != {precision}:
+        raise CheckFailed(f"{name}: run specs have precision {sorted(map(str, precisions))}")
+    say(f"{name}: done in {seconds:.1f} s; training devices {sorted(devices)}")
+    return {
+        "seconds": round(seconds, 2),
+        "per_rule": per_rule,
+        "train_devices": sorted(devices),
+    }
+
+
+def table_differences(a: Path, b: Path) -> dict[str, float]:
+    """Max |value difference| per table both DAGs built (fp32 vs bf16: information only)."""
+    import pandas as pd
+
+    out = {}
+    for ta in sorted((a / "results" / "tables").glob("*.parquet")):
+        tb = b / "results" / "tables" / ta.name
+        if not tb.exists():
+            continue
+        da, db = pd.read_parquet(ta), pd.read_parquet(tb)
+        if "value" in da and len(da) == len(db):
+            diff = (da["value"].astype(float) - db["value"].astype(float)).abs().max()
+            out[ta.stem] = round(float(diff), 6)
+    return out
+
+
+# --- 3: the DAG's CUDA subset scans vs the CPU --------------------------------------------------
+def compare_scans(workdir: Path, device: str) -> list[dict[str, Any]]:
+    import pandas as pd
+
+    from tuneatlas.analysis.subset_scan import SCAN_FILES, scan_run
+    from tuneatlas.data.tasks import get_task
+    from tuneatlas.io import read_parquet_meta
+
+    rows = []
+    for run_dir in sorted((workdir / "results" / "subsets").iterdir()):
+        meta = read_parquet_meta(run_dir / SCAN_FILES[0])
+        spec = meta["spec"] if isinstance(meta["spec"], dict) else json.loads(meta["spec"])
+        if meta.get("device") != device:
+            raise CheckFailed(f"scan {run_dir.name} ran on {meta.get('device')}, not {device}")
+        embeddings = Path(meta["embeddings"])  # relative to the DAG's working directory
+        t0 = time.perf_counter()
+        cpu = scan_run(embeddings if embeddings.is_absolute() else workdir / embeddings, spec,
+                       device="cpu")  # fmt: skip
+        seconds = time.perf_counter() - t0
+        exact = get_task(spec["task"]).metric in COUNT_METRICS
+        problems = []
+        for stem, ref in cpu.items():
+            got = pd.read_parquet(run_dir / f"{stem}.parquet")
+            try:
+                pd.testing.assert_frame_equal(
+                    got.reset_index(drop=True),
+                    ref.reset_index(drop=True),
+                    check_exact=exact,
+                    rtol=0 if exact else PEARSON_RTOL,
+                    atol=0 if exact else PEARSON_RTOL,
+                    check_dtype=False,
+                )
+            except AssertionError as err:
+                problems.append(f"{stem}: {str(err).splitlines()[0]}")
+        rows.append(
+            {
+                "run": run_dir.name,
+                "metric": get_task(spec["task"]).metric,
+                "exact": exact,
+                "equal": not problems,
+                "problems": problems,
+                "cpu_seconds": round(seconds, 2),
+            }
+        )
+        say(f"scan {run_dir.name}: {device} vs cpu {'equal' if not problems else problems}")
+    if not rows:
+        raise CheckFailed(f"no subset scans under {workdir / 'results' / 'subsets'}")
+    return rows
+
+
+# --- 4: SubsetScorer on synthetic embeddings ----------------------------------------------------
+def problem(kind: str, n: int, k: int, seed: int) -> dict[str, Any]:
+    """Embeddings with a signal: labels from a noisy linear teacher, the head near the teacher."""
+    rng = np.random.default_rng(seed)
+    h = rng.standard_normal((n, k)).astype(np.float32)
+    c = {"binary": 2, "multiclass": 3, "regression": 1}[kind]
+    teacher = rng.standard_normal((c, k)).astype(np.float32) / np.sqrt(k)
+    logits = h @ teacher.T + 0.5 * rng.standard_normal((n, c)).astype(np.float32)
+    w = teacher + 0.05 * rng.standard_normal((c, k)).astype(np.float32)
+    b = 0.01 * rng.standard_normal(c).astype(np.float32)
+    if kind == "regression":
+        return dict(hidden=h, labels=logits[:, 0], weight=w, bias=b, metric="pearson",
+                    regression=True)  # fmt: skip
+    metric = "accuracy" if kind == "binary" else "macro_f1"
+    return dict(hidden=h, labels=logits.argmax(1), weight=w, bias=b, metric=metric,
+                regression=False)  # fmt: skip
+
+
+def _timed(fn):
+    import torch
+
+    t0 = time.perf_counter()
+    out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - t0
+
+
+def _same(a, b, exact: bool) -> tuple[bool, float]:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        return False, float("inf")
+    diff = float(np.max(np.abs(a - b))) if a.size else 0.0
+    if exact:
+        return bool(np.array_equal(a, b)), diff
+    return bool(np.allclose(a, b, rtol=PEARSON_RTOL, atol=PEARSON_RTOL)), diff
+
+
+def compare_scorers(device: str, quick: bool) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    from tuneatlas.analysis import subsets as ss
+
+    k_big, k_scan = (96, 48) if quick else (768, 384)
+    cases = [
+        ("binary", 872, k_big),  # SST-2's valid split at bert-base width
+        ("multiclass", 1000, 128 if not quick else 32),
+        ("regression", 1500, 256 if not quick else 32),
+    ]
+    rows, timings = [], {}
+    for kind, n, k in cases:
+        p = problem(kind, n, k, seed=len(rows))
+        exact = p["metric"] in COUNT_METRICS
+        scorers = {d: ss.SubsetScorer(**p, device=d) for d in ("cpu", device)}
+        n_tri = max(ss.paper_sample_size(k, 3, 1e-3), 1000)
+        tri = ss.sample_combinations(k, 3, n_tri, seed=0)
+        res = {}
+        for d, s in scorers.items():
+            pairs, tp = _timed(s.pair_scores)
+            sample, ts = _timed(lambda s=s, tri=tri: s.score(tri))
+            res[d] = (pairs, sample)
+            timings[f"{kind} K={k}: all pairs on {d}"] = tp
+            timings[f"{kind} K={k}: {n_tri} sampled triples on {d}"] = ts
+        for what, i in (("all pairs", 0), (f"{n_tri} sampled triples", 1)):
+            ok, diff = _same(res["cpu"][i], res[device][i], exact)
+            rows.append({"case": f"{kind} K={k} N={n} {p['metric']}", "what": what,
+                         "n": len(res["cpu"][i]), "equal": ok, "max_diff": diff})  # fmt: skip
+    # exhaustive triples: top-10 and histogram, both devices (block tiling + compiled kernels)
+    p = problem("binary", 872, k_scan, seed=7)
+    scans = {}
+    for d in ("cpu", device):
+        s = ss.SubsetScorer(**p, device=d)
+        scans[d], t = _timed(lambda s=s: s.scan_triples(k=10, edges=50))
+        timings[f"binary K={k_scan}: all {ss.n_combinations(k_scan, 3)} triples on {d}"] = t
+    (dc, sc, hc), (dg, sg, hg) = scans["cpu"], scans[device]
+    ok = bool(np.array_equal(dc, dg) and np.array_equal(sc, sg) and np.array_equal(hc, hg))
+    rows.append({"case": f"binary K={k_scan} N=872 accuracy", "what": "all triples: top-10 + "
+                 "histogram", "n": ss.n_combinations(k_scan, 3), "equal": ok,
+                 "max_diff": float(np.max(np.abs(sc - sg)))})  # fmt: skip
+    if device == "cuda":  # the paper-scale scan, timed on the GPU only
+        s = ss.SubsetScorer(**problem("binary", 872, k_big, seed=8), device=device)
+        _, t = _timed(lambda: s.scan_triples(k=10, edges=100))
+        timings[f"binary K={k_big}: all {ss.n_combinations(k_big, 3)} triples on cuda"] = t
+    for r in rows:
+        say(f"scorer {r['case']}, {r['what']}: {'equal' if r['equal'] else 'DIFFERENT'}"
+            f" (max diff {r['max_diff']:.3g})")  # fmt: skip
+    return rows, timings
+
+
+# --- main ---------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--quick", action="store_true", help="two tables, small synthetic problems")
+    ap.add_argument("--cores", type=int, default=min(os.cpu_count() or 1, 16))
+    ap.add_argument("--budget", type=float, default=480, help="seconds for the whole check")
+    ap.add_argument("--keep", default=None, help="work directory to keep (default: a temp dir)")
+    ap.add_argument("--skip-dag", action="store_true", help="only the synthetic scorer check")
+    args = ap.parse_args(argv)
+
+    t_start = time.perf_counter()
+    info = cuda_info(args.device)
+    say(f"torch {info['torch']} (CUDA {info['torch_cuda']}); " + (
+        f"GPU {info['gpu']}, {info['gpu_memory_gib']} GiB" if args.device == "cuda" else "CPU"
+    ))  # fmt: skip
+    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="tuneatlas-gpu-check-"))
+    targets = QUICK_TARGETS if args.quick else ()
+    steps: dict[str, float] = {}
+    result: dict[str, Any] = {"device": args.device, "quick": args.quick, **info}
+    failures: list[str] = []
+
+    def left() -> float:
+        return args.budget - (time.perf_counter() - t_start)
+
+    try:
+        if not args.skip_dag:
+            for name, precision in (("dag_fp32", "fp32"), ("dag_bf16", "bf16")):
+                r = run_dag(name, root / name, args.device, precision, args.cores, targets, left())
+                result[name] = r
+                steps[f"tiny DAG, {precision}"] = r["seconds"]
+            result["fp32_vs_bf16_max_value_diff"] = table_differences(
+                root / "dag_fp32", root / "dag_bf16"
+            )
+            t0 = time.perf_counter()
+            scans = compare_scans(root / "dag_fp32", args.device)
+            steps["DAG subset scans recomputed on cpu"] = time.perf_counter() - t0
+            result["scans"] = scans
+            failures += [f"scan {r['run']}: {r['problems']}" for r in scans if not r["equal"]]
+        t0 = time.perf_counter()
+        rows, timings = compare_scorers(args.device, args.quick)
+        steps["SubsetScorer cpu vs device"] = time.perf_counter() - t0
+        result["scorers"] = rows
+        result["scorer_seconds"] = {k: round(v, 4) for k, v in timings.items()}
+        failures += [f"scorer {r['case']}, {r['what']}" for r in rows if not r["equal"]]
+    except CheckFailed as err:
+        failures.append(str(err))
+    total = time.perf_counter() - t_start
+    if total > args.budget:
+        failures.append(f"the check took {total:.0f} s, over its budget of {args.budget:.0f} s")
+
+    print()
+    print(f"{'step':<58} {'seconds':>9}")
+    print("-" * 68)
+    for name, s in steps.items():
+        print(f"{name:<58} {s:>9.1f}")
+    for dag in ("dag_fp32", "dag_bf16"):
+        for rule, r in (result.get(dag) or {}).get("per_rule", {}).items():
+            label = f"  {dag}: {rule} ({r['jobs']} jobs, summed)"
+            print(f"{label:<58} {r['seconds']:>9.1f}")
+    for name, s in (result.get("scorer_seconds") or {}).items():
+        print(f"  {name:<56} {s:>9.3f}")
+    print("-" * 68)
+    print(f"{'total':<58} {total:>9.1f}")
+    print()
+    result.update(ok=not failures, failures=failures, total_seconds=round(total, 1),
+                  steps={k: round(v, 2) for k, v in steps.items()}, workdir=str(root))  # fmt: skip
+    if failures:
+        print("gpu-check FAILED:\n  " + "\n  ".join(failures), file=sys.stderr)
+    else:
+        say("all checks passed")
+    print(json.dumps(result, default=str))
+    if not args.keep and not failures:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0 if not failures else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
