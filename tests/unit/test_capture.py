@@ -452,6 +452,9 @@ def test_s3_registry_builds_from_a_results_tree(tmp_path):
     (tmp_path / "data" / "imb").mkdir(parents=True)
     train_labels = np.repeat([0, 1, 2], [400, 400, 10])
     pd.DataFrame({"label": train_labels}).to_parquet(tmp_path / "data" / "imb" / "train.parquet")
+    # the class table of the `imbalance` transform: the groups as configured
+    classes = {"class": [0, 1, 2], "group": [0, 0, 1], "n_train": [400, 400, 10]}
+    pd.DataFrame(classes).to_parquet(tmp_path / "data" / "imb" / "classes.parquet")
     # the shape tuneatlas' table rule passes: runs/embeddings of the target + the plan's params
     target = {
         "runs": ["s3-main-s0"],
@@ -493,6 +496,8 @@ def test_s3_f4_f5_read_the_preliminary_run_and_f7_both(tmp_path):
         pd.DataFrame({"label": np.repeat([0, 1, 2], counts)}).to_parquet(
             tmp_path / "data" / dataset / "train.parquet"
         )
+    classes = {"class": [0, 1, 2], "group": [0, 0, 1], "n_train": [400, 400, 10]}
+    pd.DataFrame(classes).to_parquet(tmp_path / "data" / "imb" / "classes.parquet")
 
     def target(**runs):
         return {"runs": list(runs.values()), "embeddings": [], "params": {"runs": runs}}

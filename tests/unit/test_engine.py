@@ -324,7 +324,9 @@ def test_outputs_schedule_and_determinism(env, tmp_path):
 
 
 def test_engine_learns(env, tmp_path):
-    res = train(spec(epochs=6), env["sst2"], env["model"], tmp_path / "o")
+    # 12 epochs (72 steps): the default head init (N(0, 0.02), as BERT's) starts with logits
+    # near 0 and needs more steps than nn.Linear's default at this toy scale (6: 0.54)
+    res = train(spec(epochs=12), env["sst2"], env["model"], tmp_path / "o")
     assert res["valid"]["accuracy"] >= 0.9 and res["test"]["accuracy"] >= 0.9
 
 
@@ -670,7 +672,15 @@ def test_regression_path(env, tmp_path):
 
 def test_keep_best_ends_with_best_validation_weights(env, tmp_path):
     # A large lr and no clipping make validation accuracy jump around between evaluations.
-    s = spec(keep_best=True, eval_every=1, grad_clip=None, optim=OptimSpec(lr=0.05), max_steps=10)
+    # (head_init pytorch: the jumpy trajectory this test was written with)
+    s = spec(
+        keep_best=True,
+        eval_every=1,
+        grad_clip=None,
+        optim=OptimSpec(lr=0.05),
+        max_steps=10,
+        head_init="pytorch",
+    )
     res = train(s, env["sst2"], env["model"], tmp_path / "o")
     metrics = frames(tmp_path / "o")[0]
     acc = metrics[(metrics.split == "valid") & (metrics.metric == "accuracy")]

@@ -23,4 +23,31 @@ def test_tiny_tables_equal_those_recorded_before_the_refactor(tmp_path):
     for path in recorded:
         before = pd.read_parquet(path)
         now = pd.read_parquet(tmp_path / "results/tables" / path.name)
-        pd.testing.assert_frame_equal(now, before, check_exact=True, obj=path.stem)
+        if path.stem == "s3_f7":  # S3.F7 gained `setup`; golden/tiny.yaml has no prelim run
+            assert set(now.pop("setup")) == {"main"}
+        if path.stem == "s1_fl":
+            before = _without_degenerate_layers(now, before)
+            now = now[now["stat"] != "degenerate"].dropna(subset=["value"])
+        pd.testing.assert_frame_equal(
+            now.reset_index(drop=True),
+            before.reset_index(drop=True),
+            check_exact=True,
+            obj=path.stem,
+        )
+
+
+def _without_degenerate_layers(now: pd.DataFrame, before: pd.DataFrame) -> pd.DataFrame:
+    """S1.FL gained a `degenerate` stat and reports no best pair for a layer whose pair scores
+    all tie. Check that the recorded table agrees (all pairs tied there: max == mean == min
+    quantile) and drop the best-pair rows of those layers from it."""
+    flags = now[now["stat"] == "degenerate"]
+    tied = flags[flags["value"] == 1.0][["task", "layer"]]
+    assert len(tied) > 0, "the tiny DAG has a constant layer (stsb, layer 0)"
+    drop = pd.Series(False, index=before.index)
+    for task, layer in tied.itertuples(index=False):
+        here = before[(before["task"] == task) & (before["layer"] == layer)]
+        valid = here[here["split"] == "valid"].set_index("stat")["value"]
+        assert valid["max"] == valid["mean"] == valid["q0.05"], (task, layer)
+        best = here["stat"].isin(["max", "best_valid"])
+        drop |= before.index.isin(here[best].index)
+    return before[~drop]

@@ -87,6 +87,12 @@ def dataset_sources(wildcards):
             raise WorkflowError(
                 f"datasets.{name}.{key}: {path} does not exist (relative paths are read from"
                 f" the working directory {Path.cwd()}); fix the path in the config"
+                + (
+                    "; livedoor's files come from `tuneatlas livedoor-convert ARCHIVE DIR`"
+                    " (see README)"
+                    if PLAN.datasets[name].get("task") == "livedoor"
+                    else ""
+                )
             )
     return [str(p) for p in files.values()]
 

@@ -401,6 +401,12 @@ class SubsetScorer:
         backend: ``"compile"`` fuses block kernels with ``torch.compile``; ``"eager"`` never
             compiles; ``"auto"`` compiles when the eager kernels would need at least
             ``COMPILE_MIN_EAGER_SECONDS`` or the kernel is already compiled in this process.
+
+    Attributes:
+        kernel_runs: how many exhaustive-search block kernels ran ``"compiled"`` and how many
+            ``"eager"`` on this scorer (blocks too small to compile, or every block after a
+            failed compile, run eager). It only records; it never changes a score, and it is
+            how a caller (or a test) sees that ``backend="compile"`` really ran fused code.
     """
 
     def __init__(
@@ -421,6 +427,7 @@ class SubsetScorer:
         if backend not in ("auto", "compile", "eager"):
             raise ValueError(f"backend must be auto, compile or eager, got {backend!r}")
         self.backend: Backend = backend
+        self.kernel_runs: dict[str, int] = {"compiled": 0, "eager": 0}
         self.metric = metric
         self.regression = regression
 
@@ -718,11 +725,14 @@ class SubsetScorer:
                 # (the transposed copy is small next to the kernel and keeps later ops fast).
                 out = _COMPILED.run(kind, b, a)
                 if out is not None:
+                    self.kernel_runs["compiled"] += 1
                     return out.transpose(-2, -1).contiguous()
             else:
                 out = _COMPILED.run(kind, a, b)
                 if out is not None:
+                    self.kernel_runs["compiled"] += 1
                     return out
+        self.kernel_runs["eager"] += 1
         return _KERNELS[kind][1](a, b)
 
     def _classification_block(

@@ -732,15 +732,23 @@ def _run_dir(spec: Mapping[str, Any], results: Path, which: str = "main") -> Pat
 
 
 def _target_groups(run_dir: Path, results: Path) -> dict[int, str]:
-    """Training-size groups from the run's training split (empty when not imbalanced)."""
+    """Training-size groups of the run's dataset (empty when not imbalanced): from the class
+    table an `imbalance` transform writes (``classes.parquet``), else guessed from the training
+    split's class counts (`class_groups_from_counts`)."""
     spec_file = run_dir / "spec.yaml"
     if not spec_file.exists():
         return {}
     dataset = (yaml.safe_load(spec_file.read_text()) or {}).get("dataset")
-    train = Path(results) / "data" / str(dataset) / "train.parquet"
-    if not dataset or not train.exists():
+    data = Path(results) / "data" / str(dataset)
+    if dataset and (data / "classes.parquet").exists():
+        classes = pd.read_parquet(data / "classes.parquet", columns=["class", "n_train"])
+        classes = classes.sort_values(["n_train", "class"], ascending=[False, True])
+        pairs = zip(classes["class"], classes["n_train"], strict=True)
+        return {int(c): f"{int(n)}/class" for c, n in pairs}
+    if not dataset or not (data / "train.parquet").exists():
         return {}
-    return class_groups_from_counts(pd.read_parquet(train, columns=["label"])["label"].to_numpy())
+    labels = pd.read_parquet(data / "train.parquet", columns=["label"])["label"].to_numpy()
+    return class_groups_from_counts(labels)
 
 
 def _builder(
