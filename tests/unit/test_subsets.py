@@ -549,3 +549,22 @@ def test_large_k_small_chunks_match_brute_force(
     res = ss.search_subsets(scorer, 2, k=15, bins=10)
     np.testing.assert_array_equal(res.dims, _full_order(pairs, rounded2)[:15])
     assert res.counts.sum() == len(pairs)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_large_k_top_k_among_mass_ties_keeps_lowest_ids(n_classes, small_chunks):
+    # Only 4 of the 72 dimensions carry signal, so a triple's score depends only on which of
+    # them it holds: tie groups of thousands of triples fill whole blocks, and the top-k must
+    # keep the lowest ids among them, inside a block and across blocks.
+    h, y, w, b = _problem(n_classes, False, seed=5, dyadic=True, n=60, k=KB)
+    h[:, np.setdiff1d(np.arange(KB), [3, 30, 31, 70])] = 0.0
+    triples = ss.all_combinations(KB, 3)
+    ref3 = _masked_head_scores(h, y, w, b, "accuracy", False, triples)
+    want = _full_order(triples, ref3)
+    scorer = ss.SubsetScorer(h, y, w, b, "accuracy", backend="eager")
+    for k in (1, 7, 100):
+        top, top_scores, _ = scorer.scan_triples(k=k)
+        np.testing.assert_array_equal(top, want[:k])
+        np.testing.assert_array_equal(top_scores, np.sort(ref3)[::-1][:k])
+    cut = np.sort(ref3)[::-1][99]
+    assert (ref3 == cut).sum() > (top_scores == cut).sum() > 1  # the cut splits a tie group
