@@ -238,6 +238,24 @@ def cmd_catalogue(args: argparse.Namespace) -> None:
     readme.write_text(head + start + table + end + rest.split(end, 1)[1])
 
 
+def _add_device(p: argparse.ArgumentParser) -> None:
+    # The workflow exports the config's device as $TUNEATLAS_DEVICE instead of passing it as a
+    # rule param, so that moving to a GPU re-runs nothing.
+    p.add_argument(
+        "--device",
+        default=os.environ.get("TUNEATLAS_DEVICE") or None,
+        help="cpu, cuda, cuda:1 or auto (default: $TUNEATLAS_DEVICE, else auto)",
+    )
+
+
+def _add_config_hash(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config-hash",
+        default=os.environ.get("TUNEATLAS_CONFIG_HASH", ""),
+        help="global config hash, information for the metadata (default: $TUNEATLAS_CONFIG_HASH)",
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tuneatlas", description=__doc__)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
@@ -286,11 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--init", default=None, help="model dir of the run this one continues from")
     p.add_argument("--out", required=True)
-    p.add_argument(
-        "--device",
-        default=os.environ.get("TUNEATLAS_DEVICE") or None,
-        help="cpu, cuda, cuda:1 or auto (default: $TUNEATLAS_DEVICE, else auto)",
-    )
+    _add_device(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("embed", help="extract per-layer CLS and max-norm vectors of a run")
@@ -301,39 +315,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-length", type=int, default=None, help="default: the run's own")
     # the analyses rank on valid and report test; train-split embeddings of QQP alone are ~12 GB
     p.add_argument("--splits", nargs="+", default=["valid", "test"])
-    p.add_argument(
-        "--device",
-        default=os.environ.get("TUNEATLAS_DEVICE") or None,
-        help="cpu, cuda, cuda:1 or auto (default: $TUNEATLAS_DEVICE, else auto)",
-    )
+    _add_device(p)
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("subsets", help="scan the CLS-dimension subsets of one run (S1)")
     p.add_argument("--embeddings", required=True, help="embeddings dir (or its .safetensors)")
     p.add_argument("--params", required=True, help="scan spec as JSON (plan.scans[run])")
     p.add_argument("--out", required=True, help="directory of the scan's Parquet files")
-    p.add_argument(
-        "--device",
-        default=os.environ.get("TUNEATLAS_DEVICE") or None,
-        help="cpu, cuda, cuda:1 or auto (default: $TUNEATLAS_DEVICE, else auto)",
-    )
+    _add_device(p)
     p.add_argument("--backend", default="auto", choices=["auto", "compile", "eager"])
-    p.add_argument(
-        "--config-hash",
-        default=os.environ.get("TUNEATLAS_CONFIG_HASH", ""),
-        help="global config hash, information for the metadata (default: $TUNEATLAS_CONFIG_HASH)",
-    )
+    _add_config_hash(p)
     p.set_defaults(func=cmd_subsets)
 
     p = sub.add_parser("table", help="build one artifact table")
     p.add_argument("artifact")
     p.add_argument("--spec", required=True, help="artifact target as JSON (runs, params)")
     p.add_argument("--results", default="results")
-    p.add_argument(
-        "--config-hash",
-        default=os.environ.get("TUNEATLAS_CONFIG_HASH", ""),
-        help="global config hash, information for the metadata (default: $TUNEATLAS_CONFIG_HASH)",
-    )
+    _add_config_hash(p)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_table)
 
