@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,9 @@ from tuneatlas.data.tasks import SPLITS
 from tuneatlas.io import git_commit, stable_hash
 
 
-class Recipe:
-    """Base class: holds the spec and the parts every recipe shares."""
+class Recipe(ABC):
+    """Base class: holds the spec and the parts every recipe shares; a subclass implements
+    the four abstract methods of the contract above."""
 
     name = "recipe"
     monitor = "valid"
@@ -49,25 +51,27 @@ class Recipe:
     def __init__(self, spec: Any) -> None:
         self.spec = spec
 
-    def build(self) -> tuple[torch.nn.Module, dict[str, Any]]:
-        raise NotImplementedError(f"recipe {self.name} does not build a model")
+    @abstractmethod
+    def build(self) -> tuple[torch.nn.Module, dict[str, Any]]: ...
 
     def inputs_fingerprint(self) -> str:
         return ""
 
-    def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError(f"recipe {self.name} has no loss")
+    @abstractmethod
+    def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
 
+    @abstractmethod
     def evaluate(
         self, model: Any, data: dict[str, Any], split: str, device: torch.device, with_loss: bool
-    ) -> dict[str, float]:
-        raise NotImplementedError(f"recipe {self.name} does not evaluate")
+    ) -> dict[str, float]: ...
 
     def describe(self, data: dict[str, Any]) -> str:
         return f"{len(data['train'])} train rows"
 
-    def save(self, model: Any, out_dir: Path, final: dict[str, dict[str, float]], **info: Any):
-        raise NotImplementedError(f"recipe {self.name} writes no outputs")
+    @abstractmethod
+    def save(
+        self, model: Any, out_dir: Path, final: dict[str, dict[str, float]], **info: Any
+    ) -> None: ...
 
     def param_groups(self, model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         """Biases and LayerNorm weights (1-D tensors) get no weight decay, as in BERT's recipe."""
