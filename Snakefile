@@ -20,6 +20,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/subsets.smk"
+include: "workflow/rules/ensembles.smk"
 include: "workflow/rules/tables.smk"
 
 

@@ -168,6 +168,46 @@ def cmd_subsets(args: argparse.Namespace) -> None:
     log.info("subsets: %d searches -> %s", top["search"].nunique(), args.out)
 
 
+def cmd_predict(args: argparse.Namespace) -> None:
+    from tuneatlas.analysis.predict import write_predictions
+
+    df = write_predictions(
+        Path(args.model),
+        Path(args.data),
+        Path(args.out),
+        splits=tuple(args.splits),
+        batch_size=args.batch_size,
+        device=args.device,
+        meta={"config_hash": args.config_hash},
+    )
+    log.info("predict: %d rows (%s) -> %s", len(df), ", ".join(df["split"].unique()), args.out)
+
+
+def cmd_cluster(args: argparse.Namespace) -> None:
+    from tuneatlas.analysis.clusters import cluster_dataset
+
+    cluster_dataset(
+        _spec(args.spec),
+        Path(args.data),
+        Path(args.embedder),
+        Path(args.out),
+        device=args.device,
+        meta={"config_hash": args.config_hash},
+    )
+
+
+def cmd_cluster_data(args: argparse.Namespace) -> None:
+    from tuneatlas.analysis.clusters import derive_member_dataset
+
+    derive_member_dataset(
+        Path(args.data),
+        Path(args.clusters),
+        args.clusters_kept,
+        Path(args.out),
+        meta={"config_hash": args.config_hash, "dataset": Path(args.out).name},
+    )
+
+
 def input_spec_hashes(target: dict[str, Any], results: Path) -> dict[str, str]:
     """Run id -> spec hash of every run a table is built from (its runs, embeddings and
     subsets): the eval.parquet metadata's `spec_hash`, else the hash of the run's spec.yaml."""
@@ -326,6 +366,33 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--backend", default="auto", choices=["auto", "compile", "eager"])
     _add_config_hash(p)
     p.set_defaults(func=cmd_subsets)
+
+    p = sub.add_parser("predict", help="per-example logits of a run on its evaluation splits")
+    p.add_argument("--model", required=True, help="the run's model directory")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="predictions.parquet to write")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--splits", nargs="+", default=["valid", "test"])
+    _add_device(p)
+    _add_config_hash(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("cluster", help="embed a dataset and cluster its training split (S5)")
+    p.add_argument("--spec", required=True, help="clustering spec as JSON (plan.clusterings)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--embedder", required=True, help="encoder model directory")
+    p.add_argument("--out", required=True)
+    _add_device(p)
+    _add_config_hash(p)
+    p.set_defaults(func=cmd_cluster)
+
+    p = sub.add_parser("cluster-data", help="derive a member dataset from a clustering (S5)")
+    p.add_argument("--data", required=True, help="the clustered dataset")
+    p.add_argument("--clusters", required=True, help="the clustering's directory")
+    p.add_argument("--keep", dest="clusters_kept", nargs="+", required=True, help="cluster names")
+    p.add_argument("--out", required=True)
+    _add_config_hash(p)
+    p.set_defaults(func=cmd_cluster_data)
 
     p = sub.add_parser("table", help="build one artifact table")
     p.add_argument("artifact")

@@ -52,6 +52,8 @@ class Target:
     embeddings: tuple[str, ...] = ()
     params: dict[str, Any] = field(default_factory=dict)
     subsets: tuple[str, ...] = ()
+    predictions: tuple[str, ...] = ()  # runs whose predictions.parquet it reads (rule predict)
+    clusterings: tuple[str, ...] = ()  # results/clusters/<id>/ it reads (rule cluster)
 
     @property
     def built(self) -> bool:
@@ -66,6 +68,8 @@ class Plan:
     targets: dict[str, Target]
     # run id -> spec of its subset scan (tuneatlas.analysis.subset_scan): the `subsets` rule
     scans: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # clustering id -> spec of the `cluster` rule (S5)
+    clusterings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def final_outputs(self) -> list[str]:
         """Table and figure paths of every enabled, built artifact (what `rule all` asks for)."""
@@ -397,23 +401,112 @@ def _plan_s4(plan: Plan, config: dict[str, Any], s4: dict[str, Any]) -> None:
     _planned_targets(plan, "S4", tuple(r for r, run in plan.runs.items() if run.study == "s4"))
 
 
-# --- S5 (planned: grid only) -----------------------------------------------------------------
+# --- S5 -------------------------------------------------------------------------------------
+S5_CLUSTERING = "s5"  # results/clusters/s5/: the study's one clustering
+
+
 def _plan_s5(plan: Plan, config: dict[str, Any], s5: dict[str, Any]) -> None:
+    from tuneatlas.analysis.clusters import members
+
     layers = [config.get("train", {}), s5.get("train", {})]
-    task = task_of(config, s5["task"])
-    clusters = [chr(ord("A") + i) for i in range(s5["k"])]
-    pairs = [clusters[i] + clusters[(i + 1) % len(clusters)] for i in range(len(clusters))]
+    dataset = s5["task"]
+    task = task_of(config, dataset)
+    embedder = s5["embedder"].get("model") or s5["model"]
+    _check_s5(config, s5, task, embedder)
+    merged_train = {**config.get("train", {}), **s5.get("train", {})}
+    plan.clusterings[S5_CLUSTERING] = {
+        "dataset": dataset,
+        "embedder": embedder,
+        "embedder_spec": plan.models[embedder],
+        "pooling": s5["embedder"]["pooling"],
+        "max_length": s5["embedder"].get("max_length") or merged_train.get("max_length", 128),
+        "batch_size": merged_train.get("eval_batch_size", 128),
+        "trust_remote_code": bool(plan.models[embedder].get("trust_remote_code", False)),
+        "k": s5["k"],
+        "method": s5["clustering"]["method"],
+        "seed": s5["clustering"]["seed"],
+    }
+    member_list = []
     for seed in s5["seeds"]:
         run_id = f"s5-all-s{seed}"
-        spec = train_spec(run_id, task, s5["task"], s5["model"], layers, seed=seed)
+        spec = train_spec(run_id, task, dataset, s5["model"], layers, seed=seed)
         plan.add(Run(run_id, "s5", "finetune", spec.to_dict(), {"member": "seed"}))
-    for pair in pairs:
-        run_id = f"s5-{pair.lower()}"
-        # trains on the rows of two clusters: a derived dataset (results/data/<task>-<pair>/,
-        # written by S5's clustering rule), so that its spec differs from s5-all's
-        dataset = f"{s5['task']}-{pair.lower()}"
-        spec = train_spec(run_id, task, dataset, s5["model"], layers, seed=s5["seeds"][0])
-        plan.add(
-            Run(run_id, "s5", "finetune", spec.to_dict(), {"member": "cluster", "clusters": pair})
+        member_list.append({"run": run_id, "kind": "seed"})
+    for member in members(s5["k"]):
+        # a derived dataset (results/data/<task>-<member>/, rule cluster_data): the training
+        # rows of the member's clusters, the other splits as they are
+        derived = f"{dataset}-{member['name']}"
+        if derived in config["datasets"]:
+            raise ConfigError(
+                f"config key 'datasets.{derived}': the name is taken by S5's member dataset of"
+                f" clusters {member['clusters']}; rename the dataset"
+            )
+        plan.datasets[derived] = {
+            "source": "clusters",
+            "task": task,
+            "base": dataset,
+            "clustering": S5_CLUSTERING,
+            "clusters": member["clusters"],
+        }
+        run_id = f"s5-{member['name']}"
+        spec = train_spec(run_id, task, derived, s5["model"], layers, seed=s5["seeds"][0])
+        plan.add(Run(run_id, "s5", "finetune", spec.to_dict(), {"member": "cluster"}))
+        member_list.append({"run": run_id, "kind": "cluster", **member})
+    runs = tuple(m["run"] for m in member_list)
+    params = {k: s5[k] for k in ("combine", "temperature", "bootstrap", "bootstrap_seed")}
+    plan.targets["S5.T1"] = Target(
+        ARTIFACTS["S5.T1"],
+        runs,
+        params={
+            "study": "s5",
+            "members": member_list,
+            "clustering": S5_CLUSTERING,
+            "eval_split": s5["eval_split"],
+            **params,
+        },
+        predictions=runs,
+        clusterings=(S5_CLUSTERING,),
+    )
+
+
+def _check_s5(config: dict[str, Any], s5: dict[str, Any], task: str, embedder: str) -> None:
+    """What S5 needs of its data and models, checked before any job runs."""
+    from tuneatlas.data.tasks import get_task
+
+    if get_task(task).is_regression:
+        raise ConfigError(
+            f"config key 'studies.s5.task': dataset {s5['task']!r} is a regression task"
+            f" ({task}); ensembles vote on classes, use a classification dataset"
         )
-    _planned_targets(plan, "S5", tuple(r for r, run in plan.runs.items() if run.study == "s5"))
+    if embedder not in config["models"]:
+        raise ConfigError(
+            f"config key 'studies.s5.embedder.model': unknown model {embedder!r}; defined: "
+            + ", ".join(sorted(config["models"]))
+        )
+    rows = known_train_rows(s5["task"], config["datasets"][s5["task"]])
+    if rows is not None and s5["k"] > rows:
+        raise ConfigError(
+            f"config key 'studies.s5.k': {s5['k']} clusters exceed the {rows} training examples"
+            f" of dataset {s5['task']!r}; use k <= {rows}"
+        )
+
+
+def known_train_rows(name: str, ds: dict[str, Any]) -> int | None:
+    """Training rows of a dataset when the config fixes them (synthetic sizes or local files,
+    after max_rows, a re-split or an imbalance), else None (hub data: the job counts them)."""
+    from tuneatlas.data.prepare import DataError, source_sizes, split_counts
+
+    try:
+        found = source_sizes(name, ds)
+    except DataError:
+        return None  # a missing or unreadable file: the dataset's own checks report it
+    if found is None:
+        return None
+    cap = ds.get("max_rows")
+    sizes = {k: min(n, cap) if cap else n for k, n in found.items()}
+    if ds.get("imbalance"):
+        imb = ds["imbalance"]
+        return sum(imb["group_sizes"]) * imb["classes_per_group"]
+    if ds.get("resplit"):
+        return split_counts(sum(sizes.values()), ds["resplit"])[0]
+    return sizes.get("train")

@@ -115,6 +115,20 @@ def test_s4_layouts(layers, ratio, position, expanded):
 def test_s5_grid(paper):
     runs = runs_of(paper, "s5")
     assert sorted(runs) == ["s5-ab", "s5-all-s0", "s5-all-s1", "s5-all-s2", "s5-bc", "s5-ca"]
+    specs = {r: TrainSpec.from_dict(run.spec) for r, run in runs.items()}
+    assert {s.model for s in specs.values()} == {"roberta-base"}
+    assert [specs[f"s5-all-s{i}"].seed for i in range(3)] == [0, 1, 2]
+    # each member trains on its own derived dataset: three different specs, not three copies
+    assert {specs[m].dataset for m in ("s5-ab", "s5-bc", "s5-ca")} == {
+        "sst2-glue-ab",
+        "sst2-glue-bc",
+        "sst2-glue-ca",
+    }
+    assert paper.datasets["sst2-glue-ab"]["clusters"] == ["A", "B"]
+    assert paper.clusterings["s5"]["k"] == 3
+    assert paper.clusterings["s5"]["embedder"] == "roberta-base"
+    target = paper.targets["S5.T1"]
+    assert set(target.predictions) == set(runs) and target.clusterings == ("s5",)
 
 
 def test_every_artifact_is_planned_with_its_fixed_path(paper):

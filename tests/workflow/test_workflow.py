@@ -93,11 +93,11 @@ def test_tiny_run_s1_tables_carry_real_signal(tiny_run):
     assert sorted(fl["layer"].unique()) == [0, 1, 2]  # embeddings + 2 layers of the tiny BERT
 
 
-S3_SLUGS = [a.slug for a in ARTIFACTS.values() if a.study == "S3"]
+REBUILT_SLUGS = [a.slug for a in ARTIFACTS.values() if a.study in ("S3", "S5")]
 
 
-@pytest.mark.parametrize("slug", S3_SLUGS)
-def test_each_s3_artifact_rebuilds_alone(tiny_run, slug):
+@pytest.mark.parametrize("slug", REBUILT_SLUGS)
+def test_each_s3_s5_artifact_rebuilds_alone(tiny_run, slug):
     artifact = next(a for a in ARTIFACTS.values() if a.slug == slug)
     table = tiny_run / artifact.table
     before = pd.read_parquet(table)
@@ -109,6 +109,23 @@ def test_each_s3_artifact_rebuilds_alone(tiny_run, slug):
     pd.testing.assert_frame_equal(pd.read_parquet(table), before, check_exact=True)
     for path in artifact.figures:
         assert (tiny_run / path).stat().st_size > 5000
+
+
+def test_tiny_run_s5_members_and_ensembles(tiny_run):
+    t1 = pd.read_parquet(tiny_run / "results/tables/s5_t1.parquet").set_index("model")
+    members = ["s5-all-s0", "s5-all-s1", "s5-ab", "s5-bc", "s5-ca"]
+    assert set(members) < set(t1.index)
+    assert {"ensemble-seeds", "ensemble-monju", "ensemble-cbtm", "oracle-clusters"} < set(t1.index)
+    for run in members:  # predictions.parquet gives back each run's own test accuracy
+        ev = pd.read_parquet(tiny_run / f"results/runs/{run}/eval.parquet")
+        own = ev[(ev.metric == "accuracy") & (ev.split == "test")]["value"].item()
+        assert t1.loc[run, "value"] == pytest.approx(own)
+    # the three cluster members saw the training set twice over between them (k = 3)
+    seen = t1.loc[["s5-ab", "s5-bc", "s5-ca"], "train_examples"].sum()
+    assert seen == 2 * t1.loc["s5-all-s0", "train_examples"]
+    test_rows = len(pd.read_parquet(tiny_run / "results/data/sst2/test.parquet"))
+    assert (t1["n"] == test_rows).all()
+    assert (t1["ci_low"] <= t1["value"]).all() and (t1["value"] <= t1["ci_high"]).all()
 
 
 def test_report_builds(tiny_run):
@@ -145,7 +162,7 @@ def stub_local_sources(workdir: Path, config_file: Path) -> None:
                 write_tsv([], workdir / path)
 
 
-def test_paper_dry_run_builds_the_full_s1_grid(tmp_path):
+def test_paper_dry_run_builds_the_full_s1_s3_s5_grids(tmp_path):
     stub_local_sources(tmp_path, REPO / "paper.yaml")
     out = snakemake(tmp_path, "--configfile", str(REPO / "paper.yaml"), "-n").stdout
     counts = job_counts(out)
@@ -153,17 +170,23 @@ def test_paper_dry_run_builds_the_full_s1_grid(tmp_path):
     paper = yaml.safe_load((REPO / "paper.yaml").read_text())
     s3 = paper["studies"]["s3"]
     s3_datasets = {s3["dataset"], s3.get("preliminary_dataset")} - {None}
-    # S1: 40 (8 tasks x 5 seeds) + 8 max-norm + 8 frozen + 8 no-dropout + 56 cross
-    assert counts["train"] == 120 + 1 + bool(s3.get("preliminary_dataset"))
-    assert counts["prepare_data"] == 8 + len(s3_datasets)  # GLUE + livedoor (+ imbalanced)
+    s5 = paper["studies"]["s5"]
+    # S1: 40 (8 tasks x 5 seeds) + 8 max-norm + 8 frozen + 8 no-dropout + 56 cross;
+    # S5: 3 seed members + 3 cluster members (k = 3)
+    assert counts["train"] == 120 + 1 + bool(s3.get("preliminary_dataset")) + 6
+    # GLUE + livedoor (+ imbalanced) + S5's SST-2 train/validation
+    assert counts["prepare_data"] == 8 + len(s3_datasets) + 1
     assert counts["embed"] == 16  # main + no-dropout run per task
     assert counts["subsets"] == 16  # one subset scan per embedded run
-    assert counts["table"] == counts["figure"] + 1 == 17  # S3.F4's figure is the animation rule
+    assert counts["table"] == counts["figure"] + 1 == 18  # S3.F4's figure is the animation rule
+    assert (s5["model"], s5["k"], s5["seeds"]) == ("roberta-base", 3, [0, 1, 2])
+    assert counts["cluster"] == 1 and counts["cluster_data"] == 3 and counts["predict"] == 6
     # every hub dataset and model is fetched by a rule of its own, run on the submit host
-    used = [*paper["studies"]["s1"]["tasks"], *s3_datasets]
+    used = [*paper["studies"]["s1"]["tasks"], *s3_datasets, s5["task"]]
     hub = [d for d in used if paper["datasets"][d]["source"] == "hub"]
     assert counts["fetch_hub_data"] == len(hub)  # livedoor: a local file (livedoor-convert)
-    assert counts["fetch_model"] == 2 and "build_model" not in counts  # bert-base, bert-ja
+    # bert-base, bert-ja, roberta-base
+    assert counts["fetch_model"] == 3 and "build_model" not in counts
 
 
 def test_only_the_hub_fetches_are_local_rules(tmp_path):

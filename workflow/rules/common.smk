@@ -121,6 +121,16 @@ def init_arg(wildcards, input):
     return f"--init {input.init}" if "init" in input.keys() else ""
 
 
+def clustering_of(wildcards):
+    """S5's clustering spec, the param of the `cluster` job."""
+    return PLAN.clusterings[wildcards.clustering]
+
+
+def member_dataset_of(wildcards):
+    """An S5 member dataset, made by the `cluster_data` job from its base and clusters."""
+    return PLAN.datasets[wildcards.dataset]
+
+
 def artifact_of(wildcards):
     from tuneatlas.catalogue import ARTIFACTS
 
@@ -164,6 +174,8 @@ def table_inputs(wildcards):
     for run in target.subsets:
         files += [f"{RESULTS}/subsets/{run}/{f}" for f in SCAN_FILES]
         files.append(f"{RESULTS}/runs/{run}/spec.yaml")
+    files += [f"{RESULTS}/runs/{run}/predictions.parquet" for run in target.predictions]
+    files += [f"{RESULTS}/clusters/{c}" for c in target.clusterings]
     return files
 
 
@@ -180,10 +192,19 @@ def table_spec(wildcards):
 
 
 # Hub sources (data.smk): the fetch rules are localrules, their copies inputs of the others.
+def one_of(names):
+    """A wildcard regex matching exactly these names (nothing at all for none)."""
+    return "|".join(map(re.escape, sorted(names))) or "(?!)"
+
+
 def models_from(*sources):
     """A wildcard regex matching exactly the planned models of these sources."""
-    names = sorted(m for m, spec in PLAN.models.items() if spec["source"] in sources)
-    return "|".join(map(re.escape, names)) or "(?!)"  # no such model: match nothing
+    return one_of(m for m, spec in PLAN.models.items() if spec["source"] in sources)
+
+
+def datasets_from(*sources):
+    """A wildcard regex matching exactly the planned datasets of these sources."""
+    return one_of(d for d, spec in PLAN.datasets.items() if spec["source"] in sources)
 
 
 def hub_copy_of(wildcards):

@@ -21,6 +21,9 @@ rule prepare_data:
         f"{RESULTS}/logs/prepare_data/{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/prepare_data/{{dataset}}.tsv"
+    # the config's datasets; S5's member datasets come from rule cluster_data
+    wildcard_constraints:
+        dataset=one_of(config["datasets"]),
     conda:
         "../../envs/tuneatlas.yaml"
     threads: 1

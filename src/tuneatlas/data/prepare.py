@@ -974,3 +974,16 @@ def read_prepared(path: str | os.PathLike) -> pd.DataFrame:
         f"{path}: not a prepared split: columns {list(df.columns)}, expected idx, text_a,"
         " text_b, label (or idx, text for a corpus); re-run the prepare step"
     )
+
+
+def source_sizes(name: str, cfg: Mapping[str, Any]) -> dict[str, int] | None:
+    """Rows per source split before any transform, when the config alone fixes them: synthetic
+    `sizes`, or the row counts of existing local files; None for hub data (or missing files,
+    which the file checks report)."""
+    if cfg.get("source") == "synthetic":
+        return {s: int(n) for s, n in (cfg.get("sizes") or DEFAULT_SIZES).items()}
+    files = local_source_files(name, cfg)
+    paths = {k.split("/", 1)[-1].split(".", 1)[-1]: p for k, p in files.items() if k != "facts"}
+    if not paths or not all(p.is_file() for p in paths.values()):
+        return None
+    return {s: len(_read_file(p, _format_of(p, cfg.get("format")))[0]) for s, p in paths.items()}

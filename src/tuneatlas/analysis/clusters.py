@@ -1,0 +1,296 @@
+"""S5's clustering: embed a dataset with any encoder, cluster its training split, and derive the
+member datasets (each trained on all clusters but one).
+
+`cluster_dataset` writes `results/clusters/<id>/`:
+- `centres.safetensors`: "centres" float32 [k, H] (k-means centres or mixture means);
+- `assignments.parquet`: one row per example of every split (split, row, idx, label, cluster,
+  and `d_<cluster>` = the Euclidean distance of its embedding to each centre), so that the
+  ensembles weight test inputs with the same embedder that clustered the training set;
+- `embedder.json`: which encoder, pooling and clustering produced them, and the cluster sizes.
+
+`derive_member_dataset` then writes an ordinary prepared dataset (results/data/<task>-<member>/)
+whose train split keeps the rows of the member's clusters and whose other splits are copies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tuneatlas import __version__
+from tuneatlas.data.prepare import DataError, read_prepared
+from tuneatlas.data.tasks import SPLITS
+from tuneatlas.engine.loop import resolve_device
+from tuneatlas.io import (
+    atomic_dir,
+    git_commit,
+    read_parquet_meta,
+    save_tensors,
+    write_json,
+    write_parquet,
+)
+
+log = logging.getLogger(__name__)
+
+CENTRES_FILE = "centres.safetensors"
+ASSIGNMENTS_FILE = "assignments.parquet"
+EMBEDDER_FILE = "embedder.json"
+
+
+# --- names -----------------------------------------------------------------------------------
+def cluster_labels(k: int) -> list[str]:
+    """A, B, C, ... for k <= 26 (the study's names), else c01, c02, ... (always distinct)."""
+    if k <= 26:
+        return [chr(ord("A") + i) for i in range(k)]
+    width = len(str(k))
+    return [f"c{i + 1:0{width}d}" for i in range(k)]
+
+
+def members(k: int) -> list[dict[str, Any]]:
+    """The k cluster-specialised members, in the study's order (k = 3: AB, BC, CA).
+
+    Member i trains on every cluster but cluster (i - 1) mod k, listed cyclically from cluster
+    i. Its name joins the lower-case cluster names for k <= 4 (`ab`, `bc`, `ca`) and reads
+    `wo-<excluded>` ("without") beyond, so that ids stay short, readable and distinct.
+    """
+    labels = cluster_labels(k)
+    out = []
+    for i in range(k):
+        excluded = (i - 1) % k
+        included = [labels[(i + j) % k] for j in range(k - 1)]
+        name = "".join(included).lower() if k <= 4 else f"wo-{labels[excluded].lower()}"
+        out.append({"name": name, "clusters": included, "excluded": labels[excluded]})
+    return out
+
+
+# --- embedding -------------------------------------------------------------------------------
+def _pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "mean":  # sentence-transformers' pooling: mean over the real tokens
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+    raise ValueError(f"unknown pooling {pooling!r}; use cls or mean")
+
+
+@torch.no_grad()
+def embed_texts(
+    encoder: Any,
+    tokenizer: Any,
+    text_a: Sequence[str],
+    text_b: Sequence[str] | None,
+    pooling: str,
+    max_length: int,
+    batch_size: int,
+    device: torch.device,
+) -> np.ndarray:
+    """Pooled last-layer embeddings [N, H] (float32) of the texts, in order."""
+    encoder.eval()
+    chunks = []
+    for start in range(0, len(text_a), batch_size):
+        stop = start + batch_size
+        enc = tokenizer(
+            list(text_a[start:stop]),
+            list(text_b[start:stop]) if text_b is not None else None,
+            truncation=True,
+            max_length=max_length,
+            padding=True,
+            return_tensors="pt",
+        ).to(device)
+        hidden = encoder(**enc).last_hidden_state
+        chunks.append(_pool(hidden, enc["attention_mask"], pooling).float().cpu())
+    return torch.cat(chunks).numpy()
+
+
+def _dir_fingerprint(path: Path) -> str:
+    """Hash of a model directory's config and weight files (names, sizes, config bytes)."""
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.is_file():
+            h.update(f"{f.name}:{f.stat().st_size}".encode())
+            if f.suffix == ".json":
+                h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+# --- clustering ------------------------------------------------------------------------------
+def fit_clusters(x: np.ndarray, k: int, method: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(centres [k, H], training assignments [N]) by seeded k-means or a Gaussian mixture."""
+    from sklearn.cluster import KMeans
+    from sklearn.mixture import GaussianMixture
+
+    if len(x) < k:
+        raise DataError(
+            f"studies.s5.k: {k} clusters need at least {k} training examples, the training split"
+            f" has {len(x)}; lower k"
+        )
+    if method == "kmeans":
+        km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(x)
+        return km.cluster_centers_.astype(np.float32), km.labels_.astype(np.int64)
+    if method == "gmm":
+        gm = GaussianMixture(n_components=k, covariance_type="diag", random_state=seed).fit(x)
+        return gm.means_.astype(np.float32), gm.predict(x).astype(np.int64)
+    raise ValueError(f"studies.s5.clustering.method: unknown {method!r}; use kmeans or gmm")
+
+
+def distances(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Euclidean distances [N, k] of each row of x to each centre (float64)."""
+    x64, c64 = x.astype(np.float64), centres.astype(np.float64)
+    sq = (x64**2).sum(1)[:, None] - 2 * x64 @ c64.T + (c64**2).sum(1)[None, :]
+    return np.sqrt(np.clip(sq, 0.0, None))
+
+
+def cluster_dataset(
+    spec: Mapping[str, Any],
+    data_dir: str | os.PathLike,
+    embedder_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    device: str | torch.device | None = None,
+    meta: Mapping[str, str] | None = None,
+) -> Path:
+    """Embed every split of `data_dir` with the encoder in `embedder_dir`, cluster the train
+    split and write centres, assignments (with distances) and the embedder's identity.
+
+    `spec`: k, method (kmeans | gmm), seed, pooling (cls | mean), max_length, batch_size,
+    embedder (the model id and its config entry, recorded as the embedder's identity).
+    """
+    from tuneatlas.models.hub import load_encoder, load_tokenizer
+
+    data_dir, embedder_dir = Path(data_dir), Path(embedder_dir)
+    dev = resolve_device(device)
+    trust = bool(spec.get("trust_remote_code", False))
+    encoder = load_encoder(embedder_dir, trust_remote_code=trust).to(dev)
+    tokenizer = load_tokenizer(embedder_dir, trust_remote_code=trust)
+    frames, embedded = {}, {}
+    for split in SPLITS:
+        path = data_dir / f"{split}.parquet"
+        if not path.is_file():
+            continue
+        df = read_prepared(path)
+        text_b = df["text_b"].astype(str).tolist() if df["text_b"].notna().all() else None
+        frames[split] = df
+        embedded[split] = embed_texts(
+            encoder,
+            tokenizer,
+            df["text_a"].astype(str).tolist(),
+            text_b,
+            spec["pooling"],
+            int(spec["max_length"]),
+            int(spec["batch_size"]),
+            dev,
+        )
+        log.info("cluster: embedded %s %s", split, embedded[split].shape)
+    if "train" not in frames:
+        raise DataError(f"{data_dir}: no train.parquet to cluster; prepare the dataset first")
+    k = int(spec["k"])
+    centres, train_assign = fit_clusters(embedded["train"], k, spec["method"], int(spec["seed"]))
+    labels = cluster_labels(k)
+    rows = []
+    for split, df in frames.items():
+        d = distances(embedded[split], centres)
+        assign = train_assign if split == "train" else d.argmin(1)
+        table = pd.DataFrame(
+            {
+                "split": split,
+                "row": np.arange(len(df), dtype=np.int64),
+                "idx": df["idx"].to_numpy(np.int64),
+                "label": df["label"].to_numpy(),
+                "cluster": [labels[c] for c in assign],
+            }
+        )
+        for j, name in enumerate(labels):
+            table[f"d_{name}"] = d[:, j]
+        rows.append(table)
+    assignments = pd.concat(rows, ignore_index=True)
+    sizes = assignments[assignments["split"] == "train"]["cluster"].value_counts()
+    empty = [c for c in labels if c not in sizes.index]
+    if empty:
+        raise DataError(
+            f"studies.s5.k: cluster(s) {empty} of k = {k} received no training example; lower k"
+            " or use method: kmeans"
+        )
+    info = {
+        "embedder": spec.get("embedder"),
+        "embedder_dir": str(embedder_dir),
+        "embedder_fingerprint": _dir_fingerprint(embedder_dir),
+        "pooling": spec["pooling"],
+        "max_length": int(spec["max_length"]),
+        "method": spec["method"],
+        "k": k,
+        "seed": int(spec["seed"]),
+        "dims": int(centres.shape[1]),
+        "clusters": labels,
+        "train_sizes": {c: int(sizes[c]) for c in labels},
+        "data": str(data_dir),
+        "version": __version__,
+        "git_commit": git_commit(),
+    }
+    file_meta = {**(meta or {}), "clustering": json.dumps(info, sort_keys=True, default=str)}
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        save_tensors({"centres": centres}, tmp / CENTRES_FILE, metadata=file_meta)
+        write_parquet(assignments, tmp / ASSIGNMENTS_FILE, file_meta)
+        write_json(info, tmp / EMBEDDER_FILE)
+    log.info("cluster: k=%d train sizes %s -> %s", k, info["train_sizes"], out_dir)
+    return out_dir
+
+
+def read_assignments(clusters_dir: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, Any]]:
+    clusters_dir = Path(clusters_dir)
+    info = json.loads((clusters_dir / EMBEDDER_FILE).read_text())
+    return pd.read_parquet(clusters_dir / ASSIGNMENTS_FILE), info
+
+
+def derive_member_dataset(
+    data_dir: str | os.PathLike,
+    clusters_dir: str | os.PathLike,
+    clusters: Sequence[str],
+    out_dir: str | os.PathLike,
+    meta: Mapping[str, str] | None = None,
+) -> dict[str, int]:
+    """The member dataset of `clusters`: the train rows assigned to them; other splits copied.
+
+    Returns the row count per split written.
+    """
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    assignments, info = read_assignments(clusters_dir)
+    unknown = sorted(set(clusters) - set(info["clusters"]))
+    if unknown:
+        raise ValueError(f"clusters {unknown} are not in {clusters_dir} ({info['clusters']})")
+    train = read_prepared(data_dir / "train.parquet")
+    assigned = assignments[assignments["split"] == "train"]
+    if not np.array_equal(assigned["idx"].to_numpy(), train["idx"].to_numpy()):
+        raise DataError(
+            f"{clusters_dir} was clustered from another version of {data_dir}; re-run cluster"
+        )
+    keep = assigned["cluster"].isin(list(clusters)).to_numpy()
+    counts = {}
+    with atomic_dir(out_dir) as tmp:
+        for split in SPLITS:
+            src = data_dir / f"{split}.parquet"
+            if not src.is_file():
+                continue
+            if split == "train":
+                file_meta = {
+                    **read_parquet_meta(src),
+                    **(meta or {}),
+                    "clusters": ",".join(clusters),
+                    "rows": str(int(keep.sum())),
+                }
+                write_parquet(train[keep].reset_index(drop=True), tmp / src.name, file_meta)
+                counts[split] = int(keep.sum())
+            else:
+                shutil.copy2(src, tmp / src.name)
+                counts[split] = int(pd.read_parquet(src, columns=["idx"]).shape[0])
+    log.info("member data %s: clusters %s, rows %s", out_dir.name, list(clusters), counts)
+    return counts

@@ -1,0 +1,69 @@
+"""Per-example logits of a fine-tuned run on its evaluation splits (`predictions.parquet`).
+
+Ensembles (S5) combine members from these files alone: one row per example of each split, with
+the split, its row, the example's `idx`, its label, the logits `logit_0..logit_{C-1}` (fp32,
+eval mode) and the argmax prediction.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tuneatlas import __version__
+from tuneatlas.engine.loop import resolve_device
+from tuneatlas.engine.recipes.classify import predict, task_of_model, tokenize_splits
+from tuneatlas.io import git_commit, write_parquet
+from tuneatlas.models.classifier import SequenceClassifier
+
+PREDICTIONS_FILE = "predictions.parquet"
+
+
+def write_predictions(
+    model_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    splits: Sequence[str] = ("valid", "test"),
+    batch_size: int = 128,
+    device: str | None = None,
+    meta: dict[str, str] | None = None,
+) -> pd.DataFrame:
+    """Write the logits of the model in `model_dir` on each of `splits` present in `data_dir`."""
+    model_dir = Path(model_dir)
+    dev = resolve_device(device)
+    model = SequenceClassifier.load(model_dir, device=dev)
+    task = task_of_model(model, model_dir.name)
+    data = tokenize_splits(
+        data_dir, model.tokenizer, int(model.max_length or 512), task, splits, required=()
+    )
+    if not data:
+        raise FileNotFoundError(f"none of the splits {list(splits)} exists in {data_dir}")
+    frames = []
+    for name, split in data.items():
+        logits = predict(model, split, batch_size, dev)
+        frame = pd.DataFrame(
+            {
+                "split": name,
+                "row": np.arange(len(split), dtype=np.int64),
+                "idx": split.idx,
+                "label": split.labels.numpy(),
+            }
+        )
+        for c in range(logits.shape[1]):
+            frame[f"logit_{c}"] = logits[:, c]
+        frame["pred"] = logits[:, 0] if task.is_regression else logits.argmax(1)
+        frames.append(frame)
+    df = pd.concat(frames, ignore_index=True)
+    info = {"model_dir": str(model_dir), "task": task.name, "version": __version__}
+    write_parquet(df, out, {**info, "git_commit": git_commit(), **(meta or {})})
+    return df
+
+
+def logits_of(df: pd.DataFrame) -> np.ndarray:
+    """The [N, C] logits of a predictions table, in its row order."""
+    cols = sorted((c for c in df.columns if c.startswith("logit_")), key=lambda c: int(c[6:]))
+    return df[cols].to_numpy(np.float64)

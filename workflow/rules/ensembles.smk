@@ -1,0 +1,77 @@
+# S5: cluster a dataset, derive the member datasets, and the members' per-example logits.
+#   results/clusters/<id>/        centres, assignments + distances of every split, embedder
+#   results/data/<task>-<member>/ a member's training rows (the clusters it sees), other splits
+#   results/runs/<run>/predictions.parquet   logits on the evaluation splits (ensembles)
+
+
+rule cluster:
+    input:
+        data=lambda wc: f"{RESULTS}/data/{clustering_of(wc)['dataset']}",
+        embedder=lambda wc: f"{RESULTS}/models/{clustering_of(wc)['embedder']}",
+    output:
+        directory(f"{RESULTS}/clusters/{{clustering}}"),
+    log:
+        f"{RESULTS}/logs/cluster/{{clustering}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/cluster/{{clustering}}.tsv"
+    wildcard_constraints:
+        clustering=one_of(PLAN.clusterings),
+    conda:
+        "../../envs/tuneatlas.yaml"
+    threads: THREADS
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=60,
+    params:
+        spec=lambda wc: as_json(clustering_of(wc)),
+    shell:
+        "python -m tuneatlas --threads {threads} cluster --spec {params.spec:q} --data {input.data}"
+        " --embedder {input.embedder} --out {output} 2> {log}"
+
+
+rule cluster_data:
+    input:
+        data=lambda wc: f"{RESULTS}/data/{member_dataset_of(wc)['base']}",
+        clusters=lambda wc: f"{RESULTS}/clusters/{member_dataset_of(wc)['clustering']}",
+    output:
+        directory(f"{RESULTS}/data/{{dataset}}"),
+    log:
+        f"{RESULTS}/logs/cluster_data/{{dataset}}.log",
+    wildcard_constraints:
+        dataset=datasets_from("clusters"),
+    conda:
+        "../../envs/tuneatlas.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        keep=lambda wc: " ".join(member_dataset_of(wc)["clusters"]),
+    shell:
+        "python -m tuneatlas cluster-data --data {input.data} --clusters {input.clusters}"
+        " --keep {params.keep} --out {output} 2> {log}"
+
+
+rule predict:
+    input:
+        model=f"{RESULTS}/runs/{{run}}/model",
+        data=lambda wc: f"{RESULTS}/data/{run_of(wc).spec['dataset']}",
+    output:
+        f"{RESULTS}/runs/{{run}}/predictions.parquet",
+    log:
+        f"{RESULTS}/logs/predict/{{run}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/predict/{{run}}.tsv"
+    conda:
+        "../../envs/tuneatlas.yaml"
+    threads: THREADS
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=60,
+    params:
+        batch_size=lambda wc: run_of(wc).spec["eval_batch_size"],
+    shell:
+        "python -m tuneatlas --threads {threads} predict --model {input.model} --data {input.data}"
+        " --batch-size {params.batch_size} --out {output} 2> {log}"
