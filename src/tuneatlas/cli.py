@@ -34,11 +34,14 @@ def _spec(text: str) -> dict[str, Any]:
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
+    from tuneatlas.checks import preflight
     from tuneatlas.config import config_hash, load_config
     from tuneatlas.plan import make_plan
 
     config = load_config(args.config)
     plan = make_plan(config)
+    # paths, files, architecture, lengths, device: what the jobs would otherwise find late
+    preflight(config, plan, check_device=not args.no_device_check)
     kinds: dict[str, int] = {}
     for run in plan.runs.values():
         kinds[f"{run.study}/{run.kind}"] = kinds.get(f"{run.study}/{run.kind}", 0) + 1
@@ -137,6 +140,31 @@ def cmd_train(args: argparse.Namespace) -> None:
         device=args.device,
     )
     (Path(args.out) / "captures").mkdir(exist_ok=True)  # declared output, empty without capture
+    if args.predictions:
+        from tuneatlas.analysis.predict import write_predictions
+
+        # in this process: a separate job would pay the torch start-up again for a few seconds
+        write_predictions(
+            Path(args.out) / "model",
+            Path(args.data),
+            Path(args.predictions),
+            batch_size=spec.eval_batch_size,
+            device=args.device,
+            meta={"config_hash": os.environ.get("TUNEATLAS_CONFIG_HASH", "")},
+        )
+
+
+def cmd_simcse(args: argparse.Namespace) -> None:
+    from tuneatlas.engine.recipes.simcse import SimCSESpec, simcse
+
+    simcse(
+        SimCSESpec.from_dict(_spec(args.spec)),
+        Path(args.data),
+        Path(args.model),
+        Path(args.out),
+        Path(args.run_dir),
+        device=args.device,
+    )
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
@@ -303,6 +331,11 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("validate", help="validate a config and summarise its plan")
     p.add_argument("config")
+    p.add_argument(
+        "--no-device-check",
+        action="store_true",
+        help="skip the check that device: cuda has CUDA here (jobs run on other machines)",
+    )
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("prepare", help="prepare one dataset into normalised Parquet splits")
@@ -344,8 +377,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--init", default=None, help="model dir of the run this one continues from")
     p.add_argument("--out", required=True)
+    p.add_argument(
+        "--predictions", default=None, help="also write the per-example logits here (S5 members)"
+    )
     _add_device(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("simcse", help="SimCSE continued training of a base model (S2)")
+    p.add_argument("--spec", required=True, help="SimCSESpec as JSON")
+    p.add_argument("--data", required=True, help="prepared sentence corpus")
+    p.add_argument("--model", required=True, help="base model directory")
+    p.add_argument("--out", required=True, help="the new base model directory")
+    p.add_argument("--run-dir", required=True, help="checkpoint, metrics and held-out scores")
+    _add_device(p)
+    p.set_defaults(func=cmd_simcse)
 
     p = sub.add_parser("embed", help="extract per-layer CLS and max-norm vectors of a run")
     p.add_argument("--model", required=True)
@@ -416,12 +461,17 @@ def main(argv: list[str] | None = None) -> None:
     _setup(args.threads)
     if os.environ.get("TUNEATLAS_DETERMINISTIC", "1") == "1":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    from tuneatlas.checks import debug, error_lines
+
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
-        # researcher-facing errors (bad config, bad data) without a traceback wall
-        log.error("%s", exc)
-        raise SystemExit(1) from exc
+    except Exception as exc:
+        # one `ERROR tuneatlas: ...` line per error, no traceback wall (TUNEATLAS_DEBUG=1 shows it)
+        if debug():
+            raise
+        logging.shutdown()
+        print("\n".join(error_lines(exc)), file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -72,7 +72,10 @@ def validate_config(raw: Mapping[str, Any]) -> dict[str, Any]:
                 path = path + [extra[0]] if len(extra) == 1 else path
                 lines.append(f"config key '{_key(path)}': unknown key ({err.message})")
             else:
-                lines.append(f"config key '{_key(path)}': {err.message}")
+                from tuneatlas.checks import float_hint
+
+                hint = float_hint(err.instance) if err.validator in ("type", "oneOf") else ""
+                lines.append(f"config key '{_key(path)}': {err.message}{hint}")
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
     _check_references(config)
     return config
@@ -142,13 +145,10 @@ def _check_references(config: dict[str, Any]) -> None:
 
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Read a YAML config file, apply `overrides` (top-level keys), validate."""
+    from tuneatlas.checks import read_yaml  # duplicate keys are errors, with their line
+
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path}: expected a mapping at the top level")
     raw.update(overrides or {})

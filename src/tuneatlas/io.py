@@ -7,6 +7,7 @@ through a temporary file in the same directory followed by an atomic rename.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -36,6 +37,16 @@ def _temp_prefix(path: Path) -> str:
     return f".{path.name}."
 
 
+def disk_full(exc: BaseException) -> bool:
+    """Whether an exception means the disk (or quota) is full, whoever raised it."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return isinstance(exc, OSError | RuntimeError) and (
+        "No space left on device" in text or "unexpected pos" in text or "file write failed" in text
+    )
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
@@ -45,7 +56,14 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        try:
+            yield tmp_path
+        except (OSError, RuntimeError) as exc:
+            # writers report a full disk in their own words (torch: "unexpected pos ...",
+            # pyarrow: an OSError without errno): name it and the file that was being written
+            if disk_full(exc):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
+            raise
         os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for everyone
         os.replace(tmp_path, path)
     finally:
@@ -64,6 +82,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        follow_umask(tmp)
         old = None
         if path.exists():
             # os.replace cannot overwrite a non-empty directory: move the old one aside first.
@@ -75,6 +94,20 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def follow_umask(root: Path) -> None:
+    """Give `root` and everything under it the modes of a plain `mkdir`/`open` under the
+    user's umask: mkdtemp makes 0700 and some writers (safetensors via transformers) 0600,
+    which would hide model directories from collaborators on a shared cluster."""
+    os.chmod(root, 0o777 & ~_UMASK)
+    for base, dirs, files in os.walk(root):
+        for d in dirs:
+            os.chmod(os.path.join(base, d), 0o777 & ~_UMASK)
+        for f in files:
+            p = os.path.join(base, f)
+            executable = os.stat(p).st_mode & 0o100
+            os.chmod(p, (0o777 if executable else 0o666) & ~_UMASK)
 
 
 _OFFLINE_VALUES = frozenset({"1", "ON", "YES", "TRUE"})

@@ -52,7 +52,7 @@ class Target:
     embeddings: tuple[str, ...] = ()
     params: dict[str, Any] = field(default_factory=dict)
     subsets: tuple[str, ...] = ()
-    predictions: tuple[str, ...] = ()  # runs whose predictions.parquet it reads (rule predict)
+    predictions: tuple[str, ...] = ()  # runs whose predictions.parquet it reads
     clusterings: tuple[str, ...] = ()  # results/clusters/<id>/ it reads (rule cluster)
 
     @property
@@ -258,22 +258,41 @@ def _s1_scan_spec(
     }
 
 
-# --- S2 (planned: grid only, rules in a later issue) ----------------------------------------
+# --- S2 (SimCSE models built; the sweep and the tables are planned) --------------------------
+# global `train` keys a SimCSE run takes (execution settings, not the objective's recipe)
+_SIMCSE_TRAIN_KEYS = {"eval_batch_size", "checkpoint_every", "precision", "tf32", "grad_clip"}
+
 def _plan_s2(plan: Plan, config: dict[str, Any], s2: dict[str, Any]) -> None:
     layers = [config.get("train", {}), s2.get("train", {})]
     simcse = s2["simcse"]
     models = {"vanilla": s2["model"]}
+    if simcse["dropouts"] and not s2.get("corpus"):
+        raise ConfigError(
+            "config key 'studies.s2.corpus': the SimCSE models (studies.s2.simcse.dropouts)"
+            " need a sentence corpus; name a dataset of task simcse"
+        )
     for p in simcse["dropouts"]:
         model_id = f"s2-simcse-p{p:g}"
         models[f"simcse-p{p:g}"] = model_id
-        plan.models[model_id] = {
-            "source": "simcse",
-            "base": s2["model"],
-            "dropout": p,
-            "corpus": s2.get("corpus"),
-            **simcse,
-        }
-        plan.add(Run(model_id, "s2", "simcse", {"base": s2["model"], "dropout": p, **simcse}))
+        # a SimCSESpec (tuneatlas.engine.recipes.simcse): a TrainSpec + temperature; SimCSE's
+        # own schedule (linear decay, no warm-up) and no weight decay, whatever `train` says
+        spec = train_spec(
+            model_id,
+            "simcse",
+            s2["corpus"],
+            s2["model"],
+            [{k: v for k, v in config.get("train", {}).items() if k in _SIMCSE_TRAIN_KEYS}],
+            seed=config["seed"],
+            dropout=p,
+            lr=simcse["lr"],
+            batch_size=simcse["batch_size"],
+            epochs=simcse["epochs"],
+            max_length=simcse["max_length"],
+            schedule="linear",
+        ).to_dict()
+        spec["temperature"] = simcse["temperature"]
+        plan.models[model_id] = {"source": "simcse", "base": s2["model"], "corpus": s2["corpus"]}
+        plan.add(Run(model_id, "s2", "simcse", spec))
     for (label, model), lr, seed in itertools.product(
         models.items(), s2["lrs"], range(s2["n_seeds"])
     ):

@@ -123,14 +123,11 @@ def frames(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 def assert_same_run(a: Path, b: Path) -> None:
     for x, y in zip(frames(a), frames(b), strict=True):
         assert_frame_equal(x, y, check_exact=True)
-    wa = load_file(a / "model" / "model.safetensors")
-    wb = load_file(b / "model" / "model.safetensors")
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    ha, hb = (
-        load_file(a / "model" / "head.safetensors"),
-        load_file(b / "model" / "head.safetensors"),
-    )
-    assert all(torch.equal(ha[k], hb[k]) for k in ha)
+    names = sorted(p.name for p in (a / "model").glob("*.safetensors"))  # weights (+ head)
+    assert names and names == sorted(p.name for p in (b / "model").glob("*.safetensors"))
+    for name in names:
+        wa, wb = load_file(a / "model" / name), load_file(b / "model" / name)
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), name
 
 
 # --------------------------------------------------------------------------------------------
@@ -433,6 +430,17 @@ torch.set_num_threads(1)
 from tuneatlas.spec import TrainSpec
 from tuneatlas.engine.recipes.classify import finetune
 finetune(TrainSpec.from_dict(json.loads(sys.argv[1])), sys.argv[2], sys.argv[3], sys.argv[4])
+""",
+    # the classification data's sentences as the corpus; the encoder lands in <out>/model
+    "simcse": """
+import json, logging, sys
+from pathlib import Path
+import torch
+logging.basicConfig(level=logging.INFO)
+torch.set_num_threads(1)
+from tuneatlas.engine.recipes.simcse import SimCSESpec, simcse
+spec = SimCSESpec.from_dict({**json.loads(sys.argv[1]), "task": "simcse", "dropout": 0.1})
+simcse(spec, sys.argv[2], sys.argv[3], Path(sys.argv[4]) / "model", sys.argv[4])
 """,
 }
 

@@ -41,14 +41,30 @@ def test_sst2_minilm_example_is_s1_with_the_papers_recipe_on_local_files(example
     assert model["source"] == "local" and model["name"] == "./models/all-MiniLM-L6-v2"
 
 
-def test_sst2_minilm_example_passes_tuneatlas_validate(repo, example):
-    # `tuneatlas validate` checks the config, not the paths: it works before the model link
-    proc = subprocess.run(
-        [sys.executable, "-m", "tuneatlas", "validate", str(example)],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def test_sst2_minilm_example_passes_tuneatlas_validate(repo, example, tmp_path):
+    # `tuneatlas validate` checks the paths too: run it in a directory laid out as the example's
+    # comment says (the data file beside the checkout, the model link under models/)
+    work = tmp_path / "checkout"
+    data = tmp_path / "shared" / "data" / "sst2"
+    data.mkdir(parents=True)
+    (data / "dev.tsv").write_text("text\tlabel\n" + "".join(f"s{i}\t{i % 2}\n" for i in range(20)))
+
+    def validate() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "tuneatlas", "validate", str(example)],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    work.mkdir()
+    proc = validate()  # before the model link: refused, naming the key and the fix
+    assert proc.returncode == 1 and "models.minilm.name" in proc.stderr
+    assert "model directory not found" in proc.stderr
+    model = work / "models" / "all-MiniLM-L6-v2"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text('{"model_type": "bert", "max_position_embeddings": 512}')
+    proc = validate()
     assert proc.returncode == 0, proc.stderr
     assert "valid" in proc.stdout and "s1/finetune: 4" in proc.stdout

@@ -3,6 +3,7 @@ reproducibility, and resume after `kill -9` of a fine-tune job."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -128,6 +129,23 @@ def test_tiny_run_s5_members_and_ensembles(tiny_run):
     assert (t1["ci_low"] <= t1["value"]).all() and (t1["value"] <= t1["ci_high"]).all()
 
 
+def test_simcse_model_builds_alone_and_loads_as_a_base_model(tiny_run):
+    from tuneatlas.models.hub import BUILD_INFO, load_encoder
+
+    out = snakemake(
+        tiny_run, "--configfile", str(TINY), "--cores", "2", "results/models/s2-simcse-p0.1"
+    ).stdout
+    assert set(job_counts(out)) == {"prepare_data", "simcse"}  # the corpus, then SimCSE
+    model_dir = tiny_run / "results/models/s2-simcse-p0.1"
+    encoder = load_encoder(model_dir)
+    base = load_encoder(tiny_run / "results/models/bert-tiny")
+    assert encoder.state_dict().keys() == base.state_dict().keys()
+    info = json.loads((model_dir / BUILD_INFO).read_text())
+    assert info["source"] == "simcse" and info["spec"]["temperature"] == 0.05
+    ev = pd.read_parquet(tiny_run / "results/runs/s2-simcse-p0.1/eval.parquet")
+    assert set(ev["split"]) == {"heldout"}
+
+
 def test_report_builds(tiny_run):
     snakemake(tiny_run, "--configfile", str(TINY), "--report", "results/report.html")
     html = (tiny_run / "results/report.html").read_text(errors="replace")
@@ -152,20 +170,24 @@ def test_one_table_runs_only_what_it_needs(tmp_path):
 
 
 def stub_local_sources(workdir: Path, config_file: Path) -> None:
-    """Header-only stand-ins for a config's local data files (paper.yaml: the livedoor TSVs that
-    `tuneatlas livedoor-convert` writes), which the DAG needs to exist even in a dry-run."""
-    from tuneatlas.data.livedoor import write_tsv
+    """One-row stand-ins for a config's local data files (paper.yaml: the livedoor TSVs that
+    `tuneatlas livedoor-convert` writes), which the DAG needs to exist even in a dry-run (and
+    validation refuses a header-only split file)."""
+    from tuneatlas.data.livedoor import Article, write_tsv
+
+    row = Article("text/x/x-1.txt", "http://x", "2012-01-01", "title", "body", "x")
 
     for cfg in yaml.safe_load(config_file.read_text())["datasets"].values():
         for path in (cfg.get("files") or {}).values() if cfg["source"] == "file" else ():
             if not Path(path).is_absolute() and not (workdir / path).exists():
-                write_tsv([], workdir / path)
+                write_tsv([row], workdir / path)
 
 
 def test_paper_dry_run_builds_the_full_s1_s3_s5_grids(tmp_path):
     stub_local_sources(tmp_path, REPO / "paper.yaml")
     out = snakemake(tmp_path, "--configfile", str(REPO / "paper.yaml"), "-n").stdout
     counts = job_counts(out)
+    counts["train"] += counts.get("train_with_predictions", 0)
     # S3: the main run, and the preliminary run when paper.yaml's S3 section names its dataset
     paper = yaml.safe_load((REPO / "paper.yaml").read_text())
     s3 = paper["studies"]["s3"]
@@ -180,7 +202,8 @@ def test_paper_dry_run_builds_the_full_s1_s3_s5_grids(tmp_path):
     assert counts["subsets"] == 16  # one subset scan per embedded run
     assert counts["table"] == counts["figure"] + 1 == 18  # S3.F4's figure is the animation rule
     assert (s5["model"], s5["k"], s5["seeds"]) == ("roberta-base", 3, [0, 1, 2])
-    assert counts["cluster"] == 1 and counts["cluster_data"] == 3 and counts["predict"] == 6
+    assert counts["cluster"] == 1 and counts["cluster_data"] == 3
+    assert counts["train_with_predictions"] == 6  # the S5 members, in the train count
     # every hub dataset and model is fetched by a rule of its own, run on the submit host
     used = [*paper["studies"]["s1"]["tasks"], *s3_datasets, s5["task"]]
     hub = [d for d in used if paper["datasets"][d]["source"] == "hub"]
@@ -194,6 +217,7 @@ def test_only_the_hub_fetches_are_local_rules(tmp_path):
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import ConfigSettings, ResourceSettings
 
+    stub_local_sources(tmp_path, REPO / "paper.yaml")  # the workflow checks they exist
     with SnakemakeApi() as api:
         workflow = api.workflow(
             resource_settings=ResourceSettings(),

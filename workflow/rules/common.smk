@@ -9,13 +9,20 @@ from pathlib import Path
 SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 
+from tuneatlas.checks import preflight, read_yaml
 from tuneatlas.config import ConfigError, config_hash, validate_config
 from tuneatlas.io import stable_hash
 from tuneatlas.plan import make_plan
 
 try:
+    # snakemake's own YAML reader keeps the last of two equal keys: re-read strictly
+    for _configfile in workflow.configfiles:
+        read_yaml(_configfile)
     config = validate_config(config)
     PLAN = make_plan(config)
+    # the same checks as `tuneatlas validate`: files, model dirs, lengths, device; CUDA only
+    # where the jobs run on this machine (a cluster profile sends them to GPU nodes)
+    preflight(config, PLAN, check_device=getattr(workflow, "local_exec", True))
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
@@ -119,6 +126,16 @@ def train_inputs(wildcards):
 
 def init_arg(wildcards, input):
     return f"--init {input.init}" if "init" in input.keys() else ""
+
+
+# runs whose per-example logits a table reads (rule train_with_predictions)
+PREDICTED_RUNS = sorted({r for t in PLAN.targets.values() for r in t.predictions})
+
+
+def predictions_arg(wildcards, output):
+    return (
+        f"--predictions {output.predictions}" if "predictions" in output.keys() else ""
+    )
 
 
 def clustering_of(wildcards):

@@ -1,7 +1,7 @@
-# S5: cluster a dataset, derive the member datasets, and the members' per-example logits.
+# S5: cluster a dataset and derive the member datasets (the members' per-example logits come
+# from rule train_with_predictions, finetune.smk).
 #   results/clusters/<id>/        centres, assignments + distances of every split, embedder
 #   results/data/<task>-<member>/ a member's training rows (the clusters it sees), other splits
-#   results/runs/<run>/predictions.parquet   logits on the evaluation splits (ensembles)
 
 
 rule cluster:
@@ -51,27 +51,3 @@ rule cluster_data:
     shell:
         "python -m tuneatlas cluster-data --data {input.data} --clusters {input.clusters}"
         " --keep {params.keep} --out {output} 2> {log}"
-
-
-rule predict:
-    input:
-        model=f"{RESULTS}/runs/{{run}}/model",
-        data=lambda wc: f"{RESULTS}/data/{run_of(wc).spec['dataset']}",
-    output:
-        f"{RESULTS}/runs/{{run}}/predictions.parquet",
-    log:
-        f"{RESULTS}/logs/predict/{{run}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/predict/{{run}}.tsv"
-    conda:
-        "../../envs/tuneatlas.yaml"
-    threads: THREADS
-    resources:
-        gpu=1,
-        mem_mb=16000,
-        runtime=60,
-    params:
-        batch_size=lambda wc: run_of(wc).spec["eval_batch_size"],
-    shell:
-        "python -m tuneatlas --threads {threads} predict --model {input.model} --data {input.data}"
-        " --batch-size {params.batch_size} --out {output} 2> {log}"

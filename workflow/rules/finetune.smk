@@ -25,9 +25,27 @@ rule train:
         spec=lambda wc: as_json(run_of(wc).spec),
         init=init_arg,
         run_dir=lambda wc: f"{RESULTS}/runs/{wc.run}",
+        predictions=predictions_arg,
     shell:
         "python -m tuneatlas --threads {threads} train --spec {params.spec:q} --data {input.data}"
-        " --model {input.model} {params.init} --out {params.run_dir} 2> {log}"
+        " --model {input.model} {params.init} --out {params.run_dir} {params.predictions}"
+        " 2> {log}"
+
+
+# Runs an ensemble reads (S5's members) also write their per-example logits on valid/test.
+ruleorder: train_with_predictions > train
+
+
+use rule train as train_with_predictions with:
+    output:
+        model=directory(f"{RESULTS}/runs/{{run}}/model"),
+        captures=directory(f"{RESULTS}/runs/{{run}}/captures"),
+        eval=f"{RESULTS}/runs/{{run}}/eval.parquet",
+        metrics=f"{RESULTS}/runs/{{run}}/metrics.parquet",
+        spec=f"{RESULTS}/runs/{{run}}/spec.yaml",
+        predictions=f"{RESULTS}/runs/{{run}}/predictions.parquet",
+    wildcard_constraints:
+        run=one_of(PREDICTED_RUNS),
 
 
 rule embed:
@@ -54,3 +72,32 @@ rule embed:
     shell:
         "python -m tuneatlas --threads {threads} embed --model {input.model} --data {input.data}"
         " --batch-size {params.batch_size} --out {params.out_dir} 2> {log}"
+
+
+# S2: SimCSE continued training of a base model -> a new base model results/models/<id>/
+# (its checkpoint, metrics and held-out scores under results/runs/<id>/).
+rule simcse:
+    input:
+        data=lambda wc: f"{RESULTS}/data/{PLAN.models[wc.model]['corpus']}",
+        model=lambda wc: f"{RESULTS}/models/{PLAN.models[wc.model]['base']}",
+    output:
+        directory(f"{RESULTS}/models/{{model}}"),
+    log:
+        f"{RESULTS}/logs/simcse/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/simcse/{{model}}.tsv"
+    wildcard_constraints:
+        model=models_from("simcse"),
+    conda:
+        "../../envs/tuneatlas.yaml"
+    threads: THREADS
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=240,
+    params:
+        spec=lambda wc: as_json(PLAN.runs[wc.model].spec),
+        run_dir=lambda wc: f"{RESULTS}/runs/{wc.model}",
+    shell:
+        "python -m tuneatlas --threads {threads} simcse --spec {params.spec:q} --data {input.data}"
+        " --model {input.model} --out {output} --run-dir {params.run_dir} 2> {log}"

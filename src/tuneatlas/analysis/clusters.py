@@ -21,16 +21,14 @@ import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from tuneatlas import __version__
 from tuneatlas.data.prepare import DataError, read_prepared
 from tuneatlas.data.tasks import SPLITS
-from tuneatlas.engine.loop import resolve_device
 from tuneatlas.io import (
     atomic_dir,
     git_commit,
@@ -39,6 +37,9 @@ from tuneatlas.io import (
     write_json,
     write_parquet,
 )
+
+if TYPE_CHECKING:  # torch is imported where it is used: cluster_data jobs need none of it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,6 @@ def _pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tenso
     raise ValueError(f"unknown pooling {pooling!r}; use cls or mean")
 
 
-@torch.no_grad()
 def embed_texts(
     encoder: Any,
     tokenizer: Any,
@@ -95,20 +95,23 @@ def embed_texts(
     device: torch.device,
 ) -> np.ndarray:
     """Pooled last-layer embeddings [N, H] (float32) of the texts, in order."""
+    import torch
+
     encoder.eval()
     chunks = []
-    for start in range(0, len(text_a), batch_size):
-        stop = start + batch_size
-        enc = tokenizer(
-            list(text_a[start:stop]),
-            list(text_b[start:stop]) if text_b is not None else None,
-            truncation=True,
-            max_length=max_length,
-            padding=True,
-            return_tensors="pt",
-        ).to(device)
-        hidden = encoder(**enc).last_hidden_state
-        chunks.append(_pool(hidden, enc["attention_mask"], pooling).float().cpu())
+    with torch.no_grad():
+        for start in range(0, len(text_a), batch_size):
+            stop = start + batch_size
+            enc = tokenizer(
+                list(text_a[start:stop]),
+                list(text_b[start:stop]) if text_b is not None else None,
+                truncation=True,
+                max_length=max_length,
+                padding=True,
+                return_tensors="pt",
+            ).to(device)
+            hidden = encoder(**enc).last_hidden_state
+            chunks.append(_pool(hidden, enc["attention_mask"], pooling).float().cpu())
     return torch.cat(chunks).numpy()
 
 
@@ -164,6 +167,7 @@ def cluster_dataset(
     `spec`: k, method (kmeans | gmm), seed, pooling (cls | mean), max_length, batch_size,
     embedder (the model id and its config entry, recorded as the embedder's identity).
     """
+    from tuneatlas.engine.loop import resolve_device
     from tuneatlas.models.hub import load_encoder, load_tokenizer
 
     data_dir, embedder_dir = Path(data_dir), Path(embedder_dir)

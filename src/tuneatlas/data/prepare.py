@@ -15,6 +15,7 @@ Bad data fails with a `DataError` naming the file, the row and what to do.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -284,20 +285,67 @@ def _lines(text: str) -> list[str]:
     return [line.removesuffix("\r") for line in text.split("\n")]
 
 
+def _text(path: Path) -> str:
+    """A text file's content; a UTF-8 byte-order mark is dropped (every format accepts one)."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); re-save the file as UTF-8"
+        ) from None
+
+
+def _unique_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise ValueError(f"duplicate field(s) {dup} in one record; keep one")
+    return dict(pairs)
+
+
 def _read_file(path: Path, fmt: str) -> tuple[pd.DataFrame, np.ndarray | None]:
-    """Raw rows of a file as a frame, and for line-based formats each row's line number."""
+    """Raw rows of a file as a frame, and for line-based formats each row's line number.
+
+    Refused, naming the file: an empty file, a file without data rows, duplicate columns (CSV
+    readers rename one silently), text that is not UTF-8."""
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file; a split file needs rows (and a header for TSV/CSV)")
+    raw, lines = _read_rows(path, fmt)
+    header = list(raw.columns)
+    if fmt == "csv":  # pandas renamed a repeated name (label, label.1): read the header itself
+        first = _text(path).split("\n", 1)[0].removesuffix("\r")
+        header = next(csv.reader([first]), [])
+    dup = sorted({str(c) for c in header if header.count(c) > 1})
+    if dup:
+        raise DataError(
+            f"{path}: line 1: duplicate column(s) {dup} in the header; rename or drop one"
+        )
+    if len(raw) == 0:
+        raise DataError(
+            f"{path}: no data rows (a header alone, or only blank lines); add rows or remove the"
+            " file from the dataset's 'files'/'dir'"
+        )
+    return raw, lines
+
+
+def _read_rows(path: Path, fmt: str) -> tuple[pd.DataFrame, np.ndarray | None]:
     if not path.is_file():
         raise DataError(f"{path}: file not found; fix the path in the dataset's 'files'/'dir'")
     if fmt == "tsv":
         return _read_tsv(path)
     if fmt == "csv":
+        _text(path)  # not UTF-8: say so, naming the file
         try:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+            df = pd.read_csv(
+                path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig"
+            )
+        except pd.errors.EmptyDataError:
+            raise DataError(f"{path}: no header line; a CSV needs one") from None
         except (pd.errors.ParserError, UnicodeDecodeError) as err:
             raise DataError(f"{path}: cannot parse as CSV ({err})") from None
         return df, None  # quoted fields may span lines: report rows, not lines
     if fmt == "jsonl":
-        text = path.read_text(encoding="utf-8")
+        text = _text(path)
         if text.lstrip().startswith("["):
             try:
                 return pd.DataFrame(json.loads(text)), None
@@ -308,19 +356,25 @@ def _read_file(path: Path, fmt: str) -> tuple[pd.DataFrame, np.ndarray | None]:
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                rec = json.loads(line, object_pairs_hook=_unique_fields)
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}: line {n}: invalid JSON ({err.msg})") from None
+            except ValueError as err:
+                raise DataError(f"{path}: line {n}: {err}") from None
             if not isinstance(rec, dict):
                 raise DataError(f"{path}: line {n}: expected a JSON object per line")
             records.append(rec)
             lines.append(n)
         return pd.DataFrame.from_records(records), np.asarray(lines)
     if fmt == "parquet":
+        names = pq.read_schema(path).names
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise DataError(f"{path}: duplicate column(s) {dup}; rename or drop one")
         return pd.read_parquet(path), None
     if fmt == "txt":
         texts, lines = [], []
-        for n, line in enumerate(_lines(path.read_text(encoding="utf-8")), start=1):
+        for n, line in enumerate(_lines(_text(path)), start=1):
             if line.strip():  # blank lines separate records; they are not records
                 texts.append(line)
                 lines.append(n)

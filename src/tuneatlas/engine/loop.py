@@ -98,7 +98,14 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """None or "auto": CUDA when available, else CPU; anything else as torch names it."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {str(device)!r} asked for, but CUDA is not available on this machine"
+            f" (torch {torch.__version__}) (config key 'device', --device or TUNEATLAS_DEVICE):"
+            " use device: auto or cpu, or run the job on a GPU node"
+        )
+    return dev
 
 
 def seed_everything(seed: int) -> None:

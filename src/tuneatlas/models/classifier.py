@@ -162,6 +162,7 @@ class SequenceClassifier(nn.Module):
             raise ValueError(f"a regression head has num_labels 1, got {num_labels}")
         self.encoder = encoder
         self.tokenizer = tokenizer
+        self.trust_remote_code = False  # set when the encoder's own code was loaded
         self.num_labels = int(num_labels)
         self.pooling = pooling
         self.head_kind = head
@@ -224,6 +225,8 @@ class SequenceClassifier(nn.Module):
             "regression": self.regression,
             "head_dropout": self.dropout.p,
             "max_length": self.max_length,
+            # only when true, so that the info of every ordinary run stays as it was
+            **({"trust_remote_code": True} if self.trust_remote_code else {}),
             **extra,
         }
 
@@ -274,7 +277,8 @@ class SequenceClassifier(nn.Module):
                 f"{path} holds no weights: run {info.get('run')!r} was trained with "
                 "save_model: false; set save_model: true for runs whose model is used later"
             )
-        encoder = load_encoder(path)
+        trust = bool(info.get("trust_remote_code", False))
+        encoder = load_encoder(path, trust_remote_code=trust)
         model = cls(
             encoder,
             info["num_labels"],
@@ -283,10 +287,11 @@ class SequenceClassifier(nn.Module):
             dropout=None,
             regression=info["regression"],
             task=info.get("task"),
-            tokenizer=load_tokenizer(path),
+            tokenizer=load_tokenizer(path, trust_remote_code=trust),
             max_length=info.get("max_length"),
             head_init=info.get("head_init", "pytorch"),  # overwritten by the saved head below
         )
+        model.trust_remote_code = trust
         model.dropout.p = float(info.get("head_dropout", model.dropout.p))
         state = {k: torch.from_numpy(v) for k, v in load_tensors(Path(path) / HEAD_FILE).items()}
         model.head.load_state_dict(state)

@@ -101,6 +101,21 @@ def fetch_model(
     return out_dir
 
 
+def trusts_remote_code(path: str | os.PathLike) -> bool:
+    """Whether the model directory was fetched (or fine-tuned from one fetched) with the
+    config's `trust_remote_code: true`: the flag its own code needs to load again."""
+    import json
+
+    for name in (BUILD_INFO, "tuneatlas.json"):
+        info = Path(path) / name
+        if info.is_file():
+            try:
+                return bool(json.loads(info.read_text()).get("trust_remote_code", False))
+            except ValueError:
+                return False
+    return False
+
+
 def _require_model_dir(path: str | os.PathLike, what: str) -> Path:
     path = Path(path)
     if not (path / "config.json").is_file():

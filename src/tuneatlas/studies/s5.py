@@ -48,7 +48,7 @@ def _member_predictions(
         elif not np.array_equal(idx, df["idx"].to_numpy()):
             raise ValueError(
                 f"{path}: its {split} examples differ from {members[0]['run']}'s; every member"
-                " must be evaluated on the same split (re-run predict)"
+                " must be evaluated on the same split (re-run their training)"
             )
         logits.append(logits_of(df))
     return idx, labels, np.stack(logits)

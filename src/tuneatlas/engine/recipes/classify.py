@@ -26,7 +26,7 @@ from tuneatlas.engine.recipes import Recipe, model_files_fingerprint
 from tuneatlas.io import write_parquet
 from tuneatlas.metrics import predictions, score
 from tuneatlas.models.classifier import SequenceClassifier
-from tuneatlas.models.hub import load_encoder, load_tokenizer
+from tuneatlas.models.hub import load_encoder, load_tokenizer, trusts_remote_code
 from tuneatlas.spec import TrainSpec
 
 log = logging.getLogger(__name__)
@@ -221,7 +221,9 @@ def build_classifier(
     source = init_dir if init_dir is not None else model_dir
     if source is None:
         raise ValueError(f"run {spec.run}: pass model_dir (or init_dir for cross fine-tuning)")
-    encoder = load_encoder(source)
+    # the base model's own record of the config's trust_remote_code (fetch_model wrote it)
+    trust = trusts_remote_code(model_dir if model_dir is not None else source)
+    encoder = load_encoder(source, trust_remote_code=trust)
     model = SequenceClassifier(
         encoder,
         task.num_labels,
@@ -231,9 +233,10 @@ def build_classifier(
         dropout=spec.dropout,
         regression=task.is_regression,
         task=task.name,
-        tokenizer=load_tokenizer(source),
+        tokenizer=load_tokenizer(source, trust_remote_code=trust),
         max_length=spec.max_length,
     )
+    model.trust_remote_code = trust
     limit = getattr(encoder.config, "max_position_embeddings", None)
     if isinstance(limit, int) and spec.max_length > limit:
         raise ValueError(

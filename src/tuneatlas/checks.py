@@ -1,0 +1,428 @@
+"""Checks made before any job starts, from the config and the files and directories it names.
+
+`preflight(config, plan)` is the one entry point: `tuneatlas validate` and the workflow's
+common.smk both call it after schema validation and planning, so a bad path, a header-only
+split file, impossible architecture arithmetic or `device: cuda` without CUDA fail before
+snakemake schedules anything. Every message has the shape
+``<what> (<key or file:row>): <how to fix>``; `error_lines` turns any exception into such lines
+for the console (the traceback only with TUNEATLAS_DEBUG=1).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuneatlas.config import ConfigError
+from tuneatlas.io import disk_full
+
+DEBUG_ENV = "TUNEATLAS_DEBUG"  # 1: show the traceback of an error instead of one line
+PEEK_BYTES = 1 << 20  # what validation reads of a data file: the header and the first rows
+
+# YAML 1.1 (PyYAML) reads `1e-3` as a string: a float needs a dot and a signed exponent.
+_YAML_STRING_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML: duplicate keys are errors, with their line
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    loader.flatten_mapping(node)
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise ConfigError(
+                f"duplicate key {key!r} ({key_node.start_mark.name}:{line}, first at line"
+                f" {seen[key]}): YAML keeps only the last value; delete one of them"
+            )
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """Parse a YAML config file, refusing duplicate keys (ConfigError naming file and line)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found ({path}): check the path") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"config file is not UTF-8 text ({path}, byte {err.start}): save it as UTF-8"
+        ) from None
+    stream = io.StringIO(text)
+    stream.name = str(path)  # type: ignore[attr-defined] - PyYAML reads it for its marks
+    try:
+        return yaml.load(stream, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+
+
+def float_hint(value: Any) -> str:
+    """The fix for a number that YAML read as a string (`lr: 1e-3`), else ""."""
+    if isinstance(value, str) and _YAML_STRING_FLOAT.match(value.strip()):
+        mantissa, exponent = re.split("[eE]", value.strip())
+        if "." not in mantissa:
+            mantissa += ".0"
+        sign = "" if exponent.startswith(("-", "+")) else "+"
+        return (
+            f"; YAML reads {value} as a string (a float needs a dot and a signed exponent):"
+            f" write {mantissa}e{sign}{exponent}"
+        )
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Console output: one line per error
+
+
+def error_lines(exc: BaseException) -> list[str]:
+    """`ERROR tuneatlas: ...` lines for an exception that ends a command."""
+    if disk_full(exc):
+        where = getattr(exc, "filename", None) or "the output directory"
+        return [
+            f"ERROR tuneatlas: no space left on device: {where}; the previous checkpoint is"
+            " intact and no half-written output was left (writes are atomic): free space, then"
+            " rerun the same command (training resumes from that checkpoint)"
+        ]
+    text = str(exc).strip() or type(exc).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].rstrip(":") == "invalid config":
+        lines = lines[1:]  # one line per offending key
+    elif len(lines) > 1:
+        lines = [" ".join(lines)]
+    user = isinstance(exc, ValueError | FileNotFoundError)  # ConfigError, DataError too
+    suffix = "" if user else f" [{type(exc).__name__}; set {DEBUG_ENV}=1 for the traceback]"
+    return [f"ERROR tuneatlas: {line}{suffix}" for line in lines]
+
+
+# ---------------------------------------------------------------------------------------------
+# Data files: what can be seen from the head of each file
+
+
+def _duplicates(names: list[str]) -> list[str]:
+    seen: set[str] = set()
+    return sorted({n for n in names if n in seen or seen.add(n)})  # type: ignore[func-returns-value]
+
+
+def check_data_file(path: Path, fmt: str, key: str) -> str | None:
+    """The problem with the head of a local data file, or None: missing, empty, not UTF-8,
+    duplicate columns, a header without rows (what `prepare` would otherwise take silently)."""
+    where = f"{key} = {path}"
+    if not path.exists():
+        return (
+            f"file not found ({key}: {path} does not exist; relative paths are read from the"
+            f" working directory {Path.cwd()}): fix the path in the config"
+        )
+    if path.is_dir():
+        return f"a directory, not a file ({where}): name the split file itself, or use 'dir'"
+    if path.stat().st_size == 0:
+        return f"empty file ({where}): a split file needs a header line and rows; add them"
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            meta = pq.read_metadata(path)
+        except Exception as err:  # noqa: BLE001 - any unreadable file is reported by name
+            return f"not a Parquet file ({where}: {err}): rewrite it, or set 'format'"
+        names = meta.schema.to_arrow_schema().names
+        if _duplicates(names):
+            return f"duplicate column(s) {_duplicates(names)} ({where}): rename them"
+        if meta.num_rows == 0:
+            return f"no rows ({where}): add rows or remove the file from the config"
+        return None
+    with path.open("rb") as fh:
+        head = fh.read(PEEK_BYTES)
+        complete = not fh.read(1)
+    try:
+        text = head.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        if complete or err.start < len(head) - 4:  # not a character cut at the peek's end
+            return (
+                f"not UTF-8 text ({path}: byte {err.start}, {key}): re-save the file as UTF-8"
+                " (e.g. iconv -f latin1 -t utf-8)"
+            )
+        text = head[: err.start].decode("utf-8-sig")
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if not complete:
+        lines = lines[:-1]  # the peek may end inside a line
+    rows = [line for line in lines if line.strip()]
+    if fmt in ("tsv", "csv"):
+        if not rows:
+            return f"empty file ({where}): a {fmt.upper()} needs a header line and rows"
+        header = rows[0].split("\t") if fmt == "tsv" else next(csv.reader([rows[0]]))
+        dup = _duplicates([h.strip() for h in header])
+        if dup:
+            return (
+                f"duplicate column(s) {dup} in the header ({path}:1, {key}): rename or drop"
+                " one; the reader would keep one silently"
+            )
+        if len(rows) < 2:
+            return (
+                f"a header but no rows ({path}, {key}): add rows or remove the file from the config"
+            )
+        return None
+    if not rows:
+        return f"no records ({where}): only blank lines; add rows or remove the file"
+    if fmt == "jsonl" and not rows[0].lstrip().startswith("["):
+        try:
+            json.loads(rows[0], object_pairs_hook=_refuse_duplicate_fields)
+        except ValueError as err:
+            return f"{err} ({path}:{lines.index(rows[0]) + 1}, {key}): fix the record"
+    return None
+
+
+def _refuse_duplicate_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    dup = _duplicates([k for k, _ in pairs])
+    if dup:
+        raise ValueError(f"duplicate field(s) {dup} in one record")
+    return dict(pairs)
+
+
+# ---------------------------------------------------------------------------------------------
+# The config against the machine and the files it names
+
+
+def _model_config(name: str) -> dict[str, Any] | None:
+    path = Path(name).expanduser() / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _train_key(config: Mapping[str, Any], study: str, field: str, kind: str) -> str:
+    """The most specific config key that sets `field` for a run of `study`."""
+    sections = [f"studies.{study}.preliminary_train"] if kind == "preliminary" else []
+    sections += [f"studies.{study}.train", "train"]
+    for section in sections:
+        node: Any = config
+        for part in section.split("."):
+            node = node.get(part, {}) if isinstance(node, Mapping) else {}
+        if isinstance(node, Mapping) and field in node:
+            return f"{section}.{field}"
+    return f"train.{field} (default)"
+
+
+def _position_limit(model: Mapping[str, Any]) -> int | None:
+    if model["source"] == "build":
+        return int(model["max_position_embeddings"])
+    if model["source"] == "local":
+        found = _model_config(model["name"]) or {}
+        limit = found.get("max_position_embeddings")
+        return limit if isinstance(limit, int) else None
+    return None
+
+
+def _check_models(config: Mapping[str, Any], problems: list[str]) -> None:
+    offline = config.get("offline", False)
+    for name, model in config["models"].items():
+        key = f"models.{name}"
+        source = model["source"]
+        if source == "build":
+            hidden, heads = model["hidden_size"], model["num_heads"]
+            if hidden % heads:
+                fits = [d for d in range(heads, 0, -1) if hidden % d == 0][0]
+                problems.append(
+                    f"num_heads {heads} does not divide hidden_size {hidden} ({key}.num_heads):"
+                    f" use a divisor of {hidden}, e.g. num_heads: {fits}"
+                )
+            if not model.get("corpus"):
+                problems.append(
+                    f"a built model needs a tokenizer corpus ({key}.corpus is empty): list at"
+                    f" least one dataset id, e.g. corpus: [{next(iter(config['datasets']))}]"
+                )
+            if model.get("dropout", 0.1) >= 1:
+                problems.append(
+                    f"dropout {model['dropout']} drops every activation ({key}.dropout):"
+                    " use a value in [0, 1), e.g. 0.1"
+                )
+        elif source == "local":
+            directory = Path(model["name"]).expanduser()
+            found = _model_config(model["name"])
+            if not directory.is_dir():
+                problems.append(
+                    f"model directory not found ({key}.name = {directory}): fix the path; it"
+                    " must hold config.json, the weights and the tokenizer files"
+                )
+            elif found is None:
+                problems.append(
+                    f"not a model directory: no readable config.json ({key}.name = {directory}):"
+                    " point it at a directory that save_pretrained wrote"
+                )
+            elif found.get("auto_map") and not model.get("trust_remote_code"):
+                problems.append(
+                    f"the model needs its own code (auto_map in {directory}/config.json,"
+                    f" {key}.trust_remote_code): set trust_remote_code: true only if you trust"
+                    " the code files in that directory"
+                )
+        elif source == "hub" and offline:
+            if not (Path("results") / "models" / name / "config.json").is_file():
+                problems.append(
+                    f"hub model {model['name']!r} while offline: true ({key}.name): download it"
+                    f" elsewhere (`hf download {model['name']} --local-dir DIR`) and use"
+                    " source: local with name: DIR, or set offline: false"
+                )
+
+
+def _check_datasets(config: Mapping[str, Any], plan: Any, problems: list[str]) -> None:
+    from tuneatlas.data.prepare import (
+        DataError,
+        _format_of,
+        check_source,
+        local_source_files,
+        output_files,
+    )
+
+    offline = config.get("offline", False)
+    for name, ds in config["datasets"].items():
+        key = f"datasets.{name}"
+        try:
+            task = check_source(name, ds)
+            files = local_source_files(name, ds)
+        except ValueError as err:  # DataError too: a missing `dir`
+            problems.append(f"{err} ({key})" if key not in str(err) else str(err))
+            continue
+        if ds["source"] == "hub" and offline and not (Path("results") / "hub" / name).exists():
+            problems.append(
+                f"hub dataset while offline: true ({key}.source): point it at local files"
+                " (source: file with files: {train: ..., validation: ...} or dir: ...), or set"
+                " offline: false"
+            )
+        for where, path in files.items():
+            if where == "facts":
+                continue
+            sub = where.replace("/", ".") if where.startswith("files.") else "dir"
+            try:
+                fmt = _format_of(path, ds.get("format"))
+            except DataError as err:
+                problems.append(f"{err} ({key}.{sub})")
+                continue
+            problem = check_data_file(path, fmt, f"{key}.{sub}")
+            if problem and "resplit" in ds and "header but no rows" in problem:
+                problem += (
+                    "; with resplit the other splits' rows alone would be re-split into train,"
+                    " valid and test"
+                )
+            if problem:
+                problems.append(problem)
+        if "facts" in files and not files["facts"].is_file():
+            problems.append(f"file not found ({key}.facts = {files['facts']}): fix the path")
+        if ds["source"] == "synthetic" and "imbalance" in ds:
+            _check_imbalance_sizes(name, ds, task, problems)
+        try:
+            have = {f.removesuffix(".parquet") for f in output_files(name, ds)} - {"classes"}
+        except ValueError:
+            continue
+        for run in plan.runs.values():
+            spec = run.spec
+            if run.kind == "finetune" and spec.get("dataset") == name and spec.get("keep_best"):
+                if "valid" not in have:
+                    problems.append(
+                        f"keep_best needs a validation split, dataset {name!r} has"
+                        f" {sorted(have)} ({_train_key(config, run.study, 'keep_best', '')}):"
+                        " add a validation file, set resplit, or keep_best: false"
+                    )
+                    break
+
+
+def _check_imbalance_sizes(
+    name: str, ds: Mapping[str, Any], task: Any, problems: list[str]
+) -> None:
+    imb, sizes = ds["imbalance"], ds.get("sizes", {})
+    need = sum(imb["group_sizes"]) * imb["classes_per_group"]
+    if "train" in sizes and need > sizes["train"]:
+        problems.append(
+            f"the imbalanced training set needs {need} rows (sum of group_sizes x"
+            f" classes_per_group), the source has {sizes['train']}"
+            f" (datasets.{name}.imbalance.group_sizes): lower group_sizes or raise sizes.train"
+        )
+    per = imb.get("test_per_class")
+    if per is not None and "test" in sizes and per * task.num_labels > sizes["test"]:
+        problems.append(
+            f"test_per_class {per} x {task.num_labels} classes = {per * task.num_labels} test"
+            f" rows, the source has {sizes['test']} (datasets.{name}.imbalance.test_per_class):"
+            f" use at most {sizes['test'] // task.num_labels}"
+        )
+
+
+def _check_train(config: Mapping[str, Any], plan: Any, problems: list[str]) -> None:
+    sections = [("train", config.get("train") or {})]
+    for study, section in config["studies"].items():
+        for part in ("train", "preliminary_train"):
+            if isinstance(section.get(part), Mapping):
+                sections.append((f"studies.{study}.{part}", section[part]))
+    for where, section in sections:
+        dropout = section.get("dropout")
+        if dropout is not None and dropout >= 1:
+            problems.append(
+                f"dropout {dropout} drops every activation ({where}.dropout): use a value in"
+                " [0, 1), or null to keep the model's own"
+            )
+    reported: set[tuple[str, str]] = set()
+    for run in plan.runs.values():
+        spec = run.spec
+        if run.kind != "finetune" or spec.get("model") not in config["models"]:
+            continue
+        limit = _position_limit(config["models"][spec["model"]])
+        length = spec.get("max_length")
+        if limit is not None and isinstance(length, int) and length > limit:
+            kind = "preliminary" if "prelim" in run.id else ""
+            key = _train_key(config, run.study, "max_length", kind)
+            if (key, spec["model"]) not in reported:
+                reported.add((key, spec["model"]))
+                problems.append(
+                    f"max_length {length} exceeds the {limit} positions of model"
+                    f" {spec['model']!r} ({key}; run {run.id}): use max_length <= {limit}"
+                )
+
+
+def _check_device(config: Mapping[str, Any], problems: list[str]) -> None:
+    if config.get("device") != "cuda":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        why = "torch was built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+        problems.append(
+            f"device: cuda, but {why} on this machine (torch {torch.__version__}) (device):"
+            " set device: auto (CUDA when present, else CPU) or cpu, or run where a GPU is"
+        )
+
+
+def preflight(config: Mapping[str, Any], plan: Any, *, check_device: bool = True) -> None:
+    """Every check that the config and the files it names allow, before any job starts.
+
+    Raises one ConfigError listing every problem (one line each). `check_device=False` skips
+    the CUDA check where jobs run on other machines (a cluster profile).
+    """
+    problems: list[str] = []
+    if check_device:
+        _check_device(config, problems)
+    _check_models(config, problems)
+    _check_datasets(config, plan, problems)
+    _check_train(config, plan, problems)
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

@@ -1,0 +1,227 @@
+"""Unsupervised SimCSE continued training (S2): a contrastive recipe of the engine.
+
+Each sentence is encoded twice in one forward pass; dropout (probability `spec.dropout`) makes
+the two views differ, and nothing else does. The loss is InfoNCE over in-batch negatives:
+l_i = -log exp(cos(z_i, z'_i) / T) / sum_j exp(cos(z_i, z'_j) / T), z = MLP(CLS) with the MLP
+(Linear + Tanh, SimCSE's training-time pooler) used only during training: the saved model is the
+bare encoder, with the base model's own dropout settings, so fine-tuning starts from it as from
+any other base model. Defaults follow the SimCSE paper (batch 64, max length 32, T = 0.05,
+1 epoch, lr 3e-5 base / 1e-5 large). With `micro_batch_size` each micro-batch has its own
+negatives (fewer of them); under DDP, each rank's share.
+
+Scores during training: the same loss and the retrieval accuracy of the positive among the
+in-batch candidates on a held-out slice of the corpus, with dropout drawn from a fixed seed so
+that they are comparable across steps and never disturb the training RNG.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tuneatlas.data.prepare import read_prepared
+from tuneatlas.engine.recipes import Recipe, model_files_fingerprint
+from tuneatlas.engine.recipes.classify import EVAL_COLUMNS
+from tuneatlas.io import atomic_dir, write_json, write_parquet
+from tuneatlas.models.classifier import set_dropout
+from tuneatlas.models.hub import BUILD_INFO, load_encoder, load_tokenizer, quiet_hf_progress
+from tuneatlas.spec import TrainSpec
+
+HELDOUT = "heldout"
+
+
+@dataclass(frozen=True)
+class SimCSESpec(TrainSpec):
+    """A TrainSpec (task "simcse", dataset = the corpus, model = the base, dropout = p) plus
+    the contrastive temperature and the held-out slice scored during training."""
+
+    temperature: float = 0.05
+    heldout: int = 256  # sentences kept out of training (at most a tenth of the corpus)
+
+
+@dataclass
+class Sentences:
+    """Tokenised sentences; `batch` pads dynamically."""
+
+    input_ids: list[list[int]]
+    pad_id: int
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def subset(self, rows: Sequence[int]) -> Sentences:
+        return Sentences([self.input_ids[r] for r in rows], self.pad_id)
+
+    def batch(self, rows: Sequence[int], device: torch.device | str | None = None) -> dict:
+        seqs = [self.input_ids[r] for r in rows]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+class SimCSEModel(nn.Module):
+    """Encoder + the training-time MLP over the CLS vector."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        hidden = int(encoder.config.hidden_size)
+        self.mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh())
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        return self.mlp(out.last_hidden_state[:, 0])
+
+
+def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean InfoNCE of views z1[i] <-> z2[i] against the other z2[j] (cosine / temperature)."""
+    sim = F.cosine_similarity(z1.float().unsqueeze(1), z2.float().unsqueeze(0), dim=-1)
+    return F.cross_entropy(sim / temperature, torch.arange(len(z1), device=z1.device))
+
+
+def two_views(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """The batch encoded twice in one forward pass: the copies differ by dropout alone."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    z = model(torch.cat([ids, ids]), torch.cat([mask, mask]))
+    return z[: len(ids)], z[len(ids) :]
+
+
+class SimCSERecipe(Recipe):
+    """Continue training `model_dir`'s encoder with SimCSE on the corpus in `data_dir`; the
+    result is saved as a base model directory at `model_out`."""
+
+    name = "simcse"
+    metric = "accuracy"
+    final_splits = (HELDOUT,)
+
+    def __init__(
+        self,
+        spec: SimCSESpec,
+        data_dir: str | os.PathLike,
+        model_dir: str | os.PathLike,
+        model_out: str | os.PathLike,
+    ) -> None:
+        if spec.dropout is None or not 0.0 < spec.dropout < 1.0:
+            raise ValueError(
+                f"run {spec.run}: SimCSE needs a dropout in (0, 1), got {spec.dropout}: the two"
+                " views of a sentence differ by dropout alone"
+            )
+        super().__init__(spec)
+        self.data_dir, self.model_dir = Path(data_dir), Path(model_dir)
+        self.model_out = Path(model_out)
+        self.monitor = HELDOUT
+
+    def build(self) -> tuple[SimCSEModel, dict[str, Sentences]]:
+        spec = self.spec
+        encoder = load_encoder(self.model_dir)
+        self.tokenizer = load_tokenizer(self.model_dir)
+        if self.tokenizer.pad_token_id is None:
+            raise ValueError(f"{self.model_dir}: the tokenizer has no pad token")
+        set_dropout(encoder, spec.dropout)
+        model = SimCSEModel(encoder)
+        texts = read_prepared(self.data_dir / "train.parquet")
+        column = "text" if "text" in texts.columns else "text_a"
+        texts = texts[column].astype(str).tolist()
+        n_held = min(spec.heldout, len(texts) // 10)
+        if len(texts) - n_held < 2:
+            raise ValueError(f"{self.data_dir}: SimCSE needs at least 2 training sentences")
+        enc = self.tokenizer(texts, truncation=True, max_length=spec.max_length)["input_ids"]
+        pad = int(self.tokenizer.pad_token_id)
+        data = {"train": Sentences(enc[: len(enc) - n_held], pad)}
+        data[HELDOUT] = Sentences(enc[len(enc) - n_held :] or enc[:64], pad)
+        return model, data
+
+    def inputs_fingerprint(self) -> str:
+        return model_files_fingerprint(self.data_dir, self.model_dir)
+
+    def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with self.autocast(batch["input_ids"].device):
+            z1, z2 = two_views(model, batch)
+        return info_nce(z1, z2, self.spec.temperature)
+
+    def evaluate(
+        self,
+        model: Any,
+        data: dict[str, Sentences],
+        split: str,
+        device: torch.device,
+        with_loss: bool,
+    ) -> dict[str, float]:
+        part = data[split]
+        size = self.spec.batch_size
+        losses, hits, n = [], 0, 0
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            torch.manual_seed(self.spec.seed)
+            for start in range(0, len(part) - 1, size):
+                rows = list(range(start, min(start + size, len(part))))
+                if len(rows) < 2:
+                    break
+                z1, z2 = two_views(model, part.batch(rows, device))
+                losses.append(float(info_nce(z1, z2, self.spec.temperature)) * len(rows))
+                sim = F.cosine_similarity(z1.unsqueeze(1), z2.unsqueeze(0), dim=-1)
+                hits += int((sim.argmax(1) == torch.arange(len(rows), device=device)).sum())
+                n += len(rows)
+        return {"accuracy": hits / n, "loss": float(np.sum(losses) / n)}
+
+    def save(self, model: Any, out_dir: Path, final: dict[str, dict[str, float]], **info: Any):
+        """The bare encoder (no MLP) with the base model's dropout config and its tokenizer at
+        `model_out`; the held-out scores in the run's eval.parquet."""
+        from transformers import AutoConfig
+
+        base = AutoConfig.from_pretrained(str(self.model_dir))
+        encoder = model.encoder
+        for key, value in base.to_dict().items():
+            if "dropout" in key and isinstance(value, (int, float)):
+                setattr(encoder.config, key, value)
+        with atomic_dir(self.model_out) as tmp, quiet_hf_progress():
+            encoder.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            write_json(
+                {
+                    "source": "simcse",
+                    "base": str(self.model_dir),
+                    "spec": self.spec.to_dict(),
+                    "final": final,
+                    **info,
+                },
+                tmp / BUILD_INFO,
+            )
+        rows = [
+            {"run": self.spec.run, "task": "simcse", "split": s, "metric": m, "value": v}
+            for s, scores in final.items()
+            for m, v in scores.items()
+        ]
+        write_parquet(
+            pd.DataFrame(rows, columns=EVAL_COLUMNS).astype({"value": "float64"}),
+            out_dir / "eval.parquet",
+            self.meta(),
+        )
+
+
+def simcse(
+    spec: SimCSESpec,
+    data_dir: str | os.PathLike,
+    model_dir: str | os.PathLike,
+    model_out: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    hooks: Sequence[Any] = (),
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """SimCSE continued training through the engine (resumes from `run_dir`'s checkpoint)."""
+    from tuneatlas.engine.loop import fit
+
+    return fit(SimCSERecipe(spec, data_dir, model_dir, model_out), run_dir, hooks, device)

@@ -1,0 +1,133 @@
+"""SimCSE continued training (S2): the loss against a direct computation, the two views differ by
+dropout alone, and the saved model is a bare encoder that fine-tuning can start from."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoConfig
+
+from tuneatlas.engine.recipes.simcse import (
+    SimCSEModel,
+    SimCSERecipe,
+    SimCSESpec,
+    info_nce,
+    simcse,
+    two_views,
+)
+from tuneatlas.models.build import build_bert
+from tuneatlas.models.classifier import set_dropout
+from tuneatlas.models.hub import BUILD_INFO, load_encoder, load_tokenizer
+from tuneatlas.spec import OptimSpec
+
+WORDS = "the a film plot actor music song band good bad long short story scene".split()
+
+
+def test_info_nce_matches_a_direct_computation():
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
+    t = 0.05
+
+    def cos(a, b):
+        return float(a @ b) / (float(a.norm()) * float(b.norm()))
+
+    expected = 0.0
+    for i in range(4):
+        logits = [cos(z1[i], z2[j]) / t for j in range(4)]
+        expected -= logits[i] - math.log(sum(math.exp(x) for x in logits))
+    assert float(info_nce(z1, z2, t)) == pytest.approx(expected / 4, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("simcse")
+    g = torch.Generator().manual_seed(1)
+    texts = [
+        " ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (6,), generator=g))
+        for _ in range(120)
+    ]
+    (root / "corpus").mkdir()
+    pd.DataFrame({"idx": range(len(texts)), "text": texts}).to_parquet(
+        root / "corpus" / "train.parquet"
+    )
+    cfg = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, vocab_size=60)
+    base = build_bert({**cfg, "dropout": 0.1}, texts, root / "base", seed=0)
+    return {"root": root, "corpus": root / "corpus", "base": base}
+
+
+def _spec(**kw) -> SimCSESpec:
+    base = dict(
+        run="s2-simcse-p0.3",
+        task="simcse",
+        dataset="c",
+        model="b",
+        seed=3,
+        epochs=1,
+        batch_size=16,
+        max_length=16,
+        dropout=0.3,
+        optim=OptimSpec(lr=1e-3),
+        checkpoint_every=0,
+        heldout=20,
+    )
+    return SimCSESpec(**{**base, **kw})
+
+
+def test_the_two_views_differ_by_dropout_alone(world):
+    model = SimCSEModel(load_encoder(world["base"]))
+    tok = load_tokenizer(world["base"])
+    enc = tok(["the film was good", "a long story"], padding=True, return_tensors="pt")
+    batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    model.train()
+    set_dropout(model, 0.3)
+    z1, z2 = two_views(model, batch)
+    assert not torch.allclose(z1, z2)
+    set_dropout(model, 0.0)  # same forward pass, no dropout: identical views
+    z1, z2 = two_views(model, batch)
+    torch.testing.assert_close(z1, z2, rtol=0, atol=1e-6)
+    model.eval()
+    set_dropout(model, 0.3)
+    z1, z2 = two_views(model, batch)
+    torch.testing.assert_close(z1, z2, rtol=0, atol=1e-6)
+
+
+def test_simcse_saves_a_bare_encoder_with_the_base_dropout(world):
+    root = world["root"]
+    res = simcse(_spec(), world["corpus"], world["base"], root / "model", root / "run")
+    # 120 sentences; heldout 20, capped at a tenth of the corpus: 12 held out
+    assert res["steps"] == math.ceil(108 / 16)
+    weights = load_encoder(root / "model").state_dict()
+    assert not any(k.startswith("mlp") for k in weights)  # the MLP is training-time only
+    base = load_encoder(world["base"]).state_dict()
+    assert weights.keys() == base.keys()
+    assert any(not torch.equal(weights[k], base[k]) for k in base)  # it did train
+    saved = AutoConfig.from_pretrained(root / "model")
+    assert (
+        saved.hidden_dropout_prob == AutoConfig.from_pretrained(world["base"]).hidden_dropout_prob
+    )
+    info = json.loads((root / "model" / BUILD_INFO).read_text())
+    assert info["source"] == "simcse" and info["spec"]["dropout"] == 0.3
+    ev = pd.read_parquet(root / "run" / "eval.parquet")
+    assert set(ev["metric"]) == {"accuracy", "loss"} and set(ev["split"]) == {"heldout"}
+    assert 0.0 <= ev.set_index("metric").loc["accuracy", "value"] <= 1.0
+
+
+def test_heldout_scores_are_repeatable_and_leave_the_training_rng_alone(world):
+    recipe = SimCSERecipe(_spec(), world["corpus"], world["base"], world["root"] / "unused")
+    torch.manual_seed(0)
+    model, data = recipe.build()
+    model.train()
+    state = torch.get_rng_state()
+    first = recipe.evaluate(model, data, "heldout", torch.device("cpu"), with_loss=True)
+    assert torch.equal(state, torch.get_rng_state())
+    assert recipe.evaluate(model, data, "heldout", torch.device("cpu"), True) == first
+    assert len(data["train"]) == 108 and len(data["heldout"]) == 12
+
+
+def test_simcse_refuses_a_run_without_dropout(world):
+    with pytest.raises(ValueError, match=r"dropout in \(0, 1\)"):
+        SimCSERecipe(_spec(dropout=None), world["corpus"], world["base"], world["root"] / "x")
