@@ -262,6 +262,7 @@ def _s1_scan_spec(
 # global `train` keys a SimCSE run takes (execution settings, not the objective's recipe)
 _SIMCSE_TRAIN_KEYS = {"eval_batch_size", "checkpoint_every", "precision", "tf32", "grad_clip"}
 
+
 def _plan_s2(plan: Plan, config: dict[str, Any], s2: dict[str, Any]) -> None:
     layers = [config.get("train", {}), s2.get("train", {})]
     simcse = s2["simcse"]

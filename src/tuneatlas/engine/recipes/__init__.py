@@ -32,11 +32,14 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from tuneatlas import __version__
 from tuneatlas.data.tasks import SPLITS
-from tuneatlas.io import git_commit, stable_hash
+from tuneatlas.io import git_commit, stable_hash, write_parquet
+
+EVAL_COLUMNS = ["run", "task", "split", "metric", "value"]
 
 
 class Recipe(ABC):
@@ -87,6 +90,19 @@ class Recipe(ABC):
         if device.type == "cuda" and self.spec.precision == "bf16":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def write_eval(self, out_dir: Path, task: str, final: dict[str, dict[str, float]]) -> None:
+        """The final scores as `out_dir/eval.parquet` (run, task, split, metric, value)."""
+        rows = [
+            {"run": self.spec.run, "task": task, "split": s, "metric": m, "value": v}
+            for s, scores in final.items()
+            for m, v in scores.items()
+        ]
+        write_parquet(
+            pd.DataFrame(rows, columns=EVAL_COLUMNS).astype({"value": "float64"}),
+            out_dir / "eval.parquet",
+            self.meta(),
+        )
 
     def meta(self) -> dict[str, str]:
         """Provenance for the run's Parquet outputs."""

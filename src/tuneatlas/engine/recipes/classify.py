@@ -23,15 +23,12 @@ import torch.nn.functional as F
 
 from tuneatlas.data.tasks import SPLITS, Task, fine_tuning_task
 from tuneatlas.engine.recipes import Recipe, model_files_fingerprint
-from tuneatlas.io import write_parquet
 from tuneatlas.metrics import predictions, score
 from tuneatlas.models.classifier import SequenceClassifier
 from tuneatlas.models.hub import load_encoder, load_tokenizer, trusts_remote_code
 from tuneatlas.spec import TrainSpec
 
 log = logging.getLogger(__name__)
-
-EVAL_COLUMNS = ["run", "task", "split", "metric", "value"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,16 +357,7 @@ class ClassifyRecipe(Recipe):
             model.save(out_dir / "model", run=self.spec.run, **info)
         else:
             model.save_info_only(out_dir / "model", run=self.spec.run, **info)
-        rows = [
-            {"run": self.spec.run, "task": self.task.name, "split": s, "metric": m, "value": v}
-            for s, scores in final.items()
-            for m, v in scores.items()
-        ]
-        write_parquet(
-            pd.DataFrame(rows, columns=EVAL_COLUMNS).astype({"value": "float64"}),
-            out_dir / "eval.parquet",
-            self.meta(),
-        )
+        self.write_eval(out_dir, self.task.name, final)
 
 
 def finetune(

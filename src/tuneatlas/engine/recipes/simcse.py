@@ -23,15 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tuneatlas.data.prepare import read_prepared
 from tuneatlas.engine.recipes import Recipe, model_files_fingerprint
-from tuneatlas.engine.recipes.classify import EVAL_COLUMNS
-from tuneatlas.io import atomic_dir, write_json, write_parquet
+from tuneatlas.io import atomic_dir, write_json
 from tuneatlas.models.classifier import set_dropout
 from tuneatlas.models.hub import BUILD_INFO, load_encoder, load_tokenizer, quiet_hf_progress
 from tuneatlas.spec import TrainSpec
@@ -200,16 +198,7 @@ class SimCSERecipe(Recipe):
                 },
                 tmp / BUILD_INFO,
             )
-        rows = [
-            {"run": self.spec.run, "task": "simcse", "split": s, "metric": m, "value": v}
-            for s, scores in final.items()
-            for m, v in scores.items()
-        ]
-        write_parquet(
-            pd.DataFrame(rows, columns=EVAL_COLUMNS).astype({"value": "float64"}),
-            out_dir / "eval.parquet",
-            self.meta(),
-        )
+        self.write_eval(out_dir, "simcse", final)
 
 
 def simcse(
