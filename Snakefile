@@ -21,6 +21,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/subsets.smk"
 include: "workflow/rules/ensembles.smk"
+include: "workflow/rules/fisher.smk"
 include: "workflow/rules/tables.smk"
 
 

@@ -35,7 +35,7 @@ class Artifact:
 
 
 # studies whose rules exist; the others are planned (their runs are in the plan, not in `rule all`)
-BUILT_STUDIES = frozenset({"S1", "S3", "S5"})
+BUILT_STUDIES = frozenset({"S1", "S2", "S3", "S5"})
 
 
 def _a(id_: str, title: str, columns: str, extra: tuple[str, ...] = ()) -> Artifact:
@@ -91,26 +91,28 @@ ARTIFACTS: dict[str, Artifact] = {
         _a(
             "S2.T1",
             "Stability, mean, max and failures per (model, lr)",
-            "model lr metric stability mean max failures n_seeds",
+            "model lr metric split stability mean ci_low ci_high max failures n_seeds threshold",
         ),
         _a(
             "S2.F1",
             "Accuracy vs peak lr per model (95% CI), majority baseline",
-            "model lr seed metric value",
+            "model lr seed run metric split value majority threshold failed",
         ),
         _a(
-            "S2.F2", "Optimisation trajectory in polar coordinates", "model lr seed step r phi loss"
+            "S2.F2",
+            "Optimisation trajectory in polar coordinates",
+            "model lr seed run step epoch r phi loss failed",
         ),
         _a(
             "S2.F3",
             "Normalised erank of per-layer Fisher before fine-tuning",
-            "model layer trial value",
+            "model layer trial n erank value",
         ),
-        _a("S2.T2", "Whole-model Fisher effective rank", "model value"),
+        _a("S2.T2", "Whole-model Fisher effective rank", "model value ci_low ci_high trials"),
         _a(
             "S2.F4",
             "Per-layer Fisher erank during fine-tuning",
-            "model lr seed step layer value failed",
+            "model lr seed run step layer n erank value failed",
         ),
         _a(
             "S3.F4",

@@ -130,6 +130,11 @@ def cmd_train(args: argparse.Namespace) -> None:
         from tuneatlas.analysis.capture import EmbeddingCapture
 
         hooks.append(EmbeddingCapture(spec.capture))
+    if spec.fisher.every or spec.polar_every:
+        from tuneatlas.analysis.inloop import FisherTrace, PolarTrace
+
+        hooks += [FisherTrace(spec.fisher)] if spec.fisher.every else []
+        hooks += [PolarTrace(spec.polar_every)] if spec.polar_every else []
     finetune(
         spec,
         Path(args.data),
@@ -236,6 +241,19 @@ def cmd_cluster_data(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_fisher(args: argparse.Namespace) -> None:
+    from tuneatlas.analysis.fisher_trials import fisher_trial
+
+    fisher_trial(
+        _spec(args.spec),
+        Path(args.data),
+        Path(args.model),
+        Path(args.out),
+        device=args.device,
+        config_hash=args.config_hash,
+    )
+
+
 def input_spec_hashes(target: dict[str, Any], results: Path) -> dict[str, str]:
     """Run id -> spec hash of every run a table is built from (its runs, embeddings and
     subsets): the eval.parquet metadata's `spec_hash`, else the hash of the run's spec.yaml."""
@@ -304,6 +322,30 @@ def cmd_catalogue(args: argparse.Namespace) -> None:
     start, end = "<!-- catalogue:start -->\n", "<!-- catalogue:end -->"
     head, rest = text.split(start)
     readme.write_text(head + start + table + end + rest.split(end, 1)[1])
+
+
+def cmd_layouts(args: argparse.Namespace) -> None:
+    from tuneatlas.config import ConfigError, load_config
+    from tuneatlas.models.layouts import size_layouts
+
+    s4 = load_config(args.config)["studies"].get("s4")
+    if s4 is None:
+        raise ConfigError(f"config key 'studies.s4': {args.config} has no S4 section")
+    rows = [
+        {"size": size, **lay.to_dict()}
+        for size, arch in s4["sizes"].items()
+        for lay in size_layouts(arch, s4["ratios"], s4["positions"], s4["vocab_size"]).values()
+    ]
+    if args.json:
+        print(json.dumps(rows))
+        return
+    print(f"{'size':<6} {'variant':<10} {'params':>14} {'rel_diff':>10}  per-layer FFN widths")
+    for r in rows:
+        widths = " ".join(str(w) for w in r["ffn_widths"])
+        head = f"{r['size']:<6} {r['variant']:<10} {r['params']:>14,} {r['rel_diff']:>+10.2e}"
+        print(f"{head}  {widths}")
+    worst = max(rows, key=lambda r: abs(r["rel_diff"]))
+    print(f"largest |rel_diff|: {abs(worst['rel_diff']):.2e} ({worst['size']} {worst['variant']})")
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
@@ -439,6 +481,15 @@ def main(argv: list[str] | None = None) -> None:
     _add_config_hash(p)
     p.set_defaults(func=cmd_cluster_data)
 
+    p = sub.add_parser("fisher", help="per-layer Fisher spectra of a base model (S2)")
+    p.add_argument("--spec", required=True, help="Fisher trial spec as JSON (plan.fishers)")
+    p.add_argument("--data", required=True, help="the fine-tuning dataset (its train split)")
+    p.add_argument("--model", required=True, help="the base model directory")
+    p.add_argument("--out", required=True, help="the trial's Parquet file")
+    _add_device(p)
+    _add_config_hash(p)
+    p.set_defaults(func=cmd_fisher)
+
     p = sub.add_parser("table", help="build one artifact table")
     p.add_argument("artifact")
     p.add_argument("--spec", required=True, help="artifact target as JSON (runs, params)")
@@ -452,6 +503,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--table", required=True)
     p.add_argument("--out", required=True, nargs="+")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser(
+        "layouts", help="S4: per-layer FFN widths and parameter counts of every variant"
+    )
+    p.add_argument("config")
+    p.add_argument("--json", action="store_true", help="one JSON list instead of a table")
+    p.set_defaults(func=cmd_layouts)
 
     p = sub.add_parser("catalogue", help="print the artifact catalogue as a Markdown table")
     p.add_argument("--readme", help="rewrite the catalogue between the markers of this file")

@@ -14,7 +14,8 @@ from typing import Any
 
 from tuneatlas.catalogue import ARTIFACTS, Artifact
 from tuneatlas.config import ConfigError
-from tuneatlas.spec import CaptureSpec, OptimSpec, ScheduleSpec, TrainSpec
+from tuneatlas.models.layouts import size_layouts
+from tuneatlas.spec import CaptureSpec, FisherSpec, OptimSpec, ScheduleSpec, TrainSpec
 
 RESULTS = "results"
 
@@ -54,6 +55,8 @@ class Target:
     subsets: tuple[str, ...] = ()
     predictions: tuple[str, ...] = ()  # runs whose predictions.parquet it reads
     clusterings: tuple[str, ...] = ()  # results/clusters/<id>/ it reads (rule cluster)
+    fishers: tuple[str, ...] = ()  # results/fisher/<id>.parquet it reads (rule fisher)
+    datasets: tuple[str, ...] = ()  # prepared datasets it reads (results/data/<id>/)
 
     @property
     def built(self) -> bool:
@@ -70,6 +73,8 @@ class Plan:
     scans: dict[str, dict[str, Any]] = field(default_factory=dict)
     # clustering id -> spec of the `cluster` rule (S5)
     clusterings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Fisher trial id -> spec of the `fisher` rule (S2)
+    fishers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def final_outputs(self) -> list[str]:
         """Table and figure paths of every enabled, built artifact (what `rule all` asks for)."""
@@ -264,7 +269,8 @@ _SIMCSE_TRAIN_KEYS = {"eval_batch_size", "checkpoint_every", "precision", "tf32"
 
 
 def _plan_s2(plan: Plan, config: dict[str, Any], s2: dict[str, Any]) -> None:
-    layers = [config.get("train", {}), s2.get("train", {})]
+    # sweep runs keep no weights unless the study's own train section asks for them
+    layers = [config.get("train", {}), {"save_model": False}, s2.get("train", {})]
     simcse = s2["simcse"]
     models = {"vanilla": s2["model"]}
     if simcse["dropouts"] and not s2.get("corpus"):
@@ -294,15 +300,83 @@ def _plan_s2(plan: Plan, config: dict[str, Any], s2: dict[str, Any]) -> None:
         spec["temperature"] = simcse["temperature"]
         plan.models[model_id] = {"source": "simcse", "base": s2["model"], "corpus": s2["corpus"]}
         plan.add(Run(model_id, "s2", "simcse", spec))
+    task = task_of(config, s2["task"])
+    fisher, polar = s2["fisher"], s2["polar"]
+    inloop_cells = _inloop_cells(s2, models)
+    sweep, fisher_runs, polar_runs = [], [], []
     for (label, model), lr, seed in itertools.product(
         models.items(), s2["lrs"], range(s2["n_seeds"])
     ):
         run_id = f"s2-{label}-lr{_lr_tag(lr)}-s{seed}"
-        spec = train_spec(
-            run_id, task_of(config, s2["task"]), s2["task"], model, layers, seed=seed, lr=lr
+        inloop: dict[str, Any] = {}
+        if (label, lr) in inloop_cells:
+            keys = ("every", "batch_size", "energy")
+            inloop["fisher"] = FisherSpec(**{k: fisher[k] for k in keys})
+            fisher_runs.append(run_id)
+            if seed in polar["seeds"]:
+                inloop["polar_every"] = polar["every"]
+                polar_runs.append(run_id)
+        spec = train_spec(run_id, task, s2["task"], model, layers, seed=seed, lr=lr, **inloop)
+        extra = {"model_label": label, "lr": lr, "seed": seed}
+        sweep.append(plan.add(Run(run_id, "s2", "finetune", spec.to_dict(), extra)))
+    grid = {
+        "study": "s2",
+        "models": list(models),
+        "lrs": s2["lrs"],
+        "dataset": s2["task"],
+        "failure_threshold": s2["failure_threshold"],
+        "runs": {r: plan.runs[r].extra for r in sweep},
+    }
+    for artifact_id in ("S2.T1", "S2.F1"):
+        plan.targets[artifact_id] = Target(
+            ARTIFACTS[artifact_id], tuple(sweep), params=grid, datasets=(s2["task"],)
         )
-        plan.add(Run(run_id, "s2", "finetune", spec.to_dict(), {"model_label": label, "lr": lr}))
-    _planned_targets(plan, "S2", tuple(r for r, run in plan.runs.items() if run.study == "s2"))
+    fisher = s2["fisher"]
+    trials = {}
+    for (label, model), trial in itertools.product(models.items(), range(fisher["trials"])):
+        fisher_id = f"s2-{label}-t{trial}"
+        # the head a fine-tune of this model would get (pooling, head, dropout, max_length)
+        head = train_spec(fisher_id, task, s2["task"], model, layers, seed=trial)
+        plan.fishers[fisher_id] = {
+            "model": model,
+            "label": label,
+            "dataset": s2["task"],
+            "trial": trial,
+            "batch_size": fisher["batch_size"],
+            "energy": fisher["energy"],
+            "train": head.to_dict(),
+        }
+        trials[fisher_id] = {"model": label, "trial": trial}
+    for artifact_id in ("S2.F3", "S2.T2"):
+        plan.targets[artifact_id] = Target(
+            ARTIFACTS[artifact_id],
+            fishers=tuple(trials),
+            params={"study": "s2", "models": list(models), "trials": trials},
+        )
+    # in-loop: the polar trajectory (S2.F2) and the Fisher spectra during training (S2.F4),
+    # with each run's failure flag as in S2.F1
+    for artifact_id, runs in (("S2.F2", polar_runs), ("S2.F4", fisher_runs)):
+        if runs:
+            params = {**grid, "runs": {r: plan.runs[r].extra for r in runs}}
+            plan.targets[artifact_id] = Target(
+                ARTIFACTS[artifact_id], tuple(runs), params=params, datasets=(s2["task"],)
+            )
+
+
+def _inloop_cells(s2: dict[str, Any], models: dict[str, str]) -> set[tuple[str, float]]:
+    """The (model label, lr) cells whose sweep runs measure in the loop (S2.F2 / S2.F4)."""
+    fisher = s2["fisher"]
+    for key, values, known in (
+        ("models", fisher["models"], list(models)),
+        ("lrs", fisher["lrs"], s2["lrs"]),
+    ):
+        unknown = [v for v in values if v not in known]
+        if unknown:
+            raise ConfigError(
+                f"config key 'studies.s2.fisher.{key}': {unknown} not in the sweep;"
+                f" use values of {known}"
+            )
+    return set(itertools.product(fisher["models"], fisher["lrs"]))
 
 
 def _planned_targets(plan: Plan, study: str, runs: tuple[str, ...]) -> None:
@@ -369,53 +443,21 @@ S3_TARGET_PARAMS: dict[str, tuple[str, ...]] = {
 
 
 # --- S4 (planned: grid only) -----------------------------------------------------------------
-def s4_variants(num_layers: int, ratios: list[int], positions: list[str]) -> dict[str, list[str]]:
-    """Variant name -> per-layer kind ("expanded" | "inactive"), baseline = all "base".
-
-    floor(r L / 100) layers are FFN-expanded, placed first (from layer 1), middle (symmetric
-    around L/2) or final (ending at the last layer); the others lose their FFN.
-    """
-    variants = {"baseline": ["base"] * num_layers}
-    for position, ratio in itertools.product(positions, ratios):
-        if ratio == 100:
-            continue  # 100% expanded is the baseline itself
-        n = ratio * num_layers // 100
-        if position == "first":
-            start = 0
-        elif position == "final":
-            start = num_layers - n
-        else:
-            start = (num_layers - n) // 2
-        variants[f"{position}_{ratio}"] = [
-            "expanded" if start <= i < start + n else "inactive" for i in range(num_layers)
-        ]
-    return variants
-
-
 def _plan_s4(plan: Plan, config: dict[str, Any], s4: dict[str, Any]) -> None:
+    keys = ("seq_len", "steps", "lr", "betas", "weight_decay", "warmup_steps", "tokenizer")
     for size, arch in s4["sizes"].items():
-        variants = s4_variants(arch["num_layers"], s4["ratios"], s4["positions"])
+        variants = size_layouts(arch, s4["ratios"], s4["positions"], s4["vocab_size"])
         wanted = arch.get("variants")
-        for name, layout in variants.items():
+        for name, lay in variants.items():
             if wanted is not None and name != "baseline" and name not in wanted:
                 continue
             spec = {
                 "size": size,
                 "variant": name,
-                "layout": layout,
+                "ffn_widths": lay.ffn_widths,
+                "params": lay.params,
                 **arch,
-                **{
-                    k: s4[k]
-                    for k in (
-                        "seq_len",
-                        "steps",
-                        "lr",
-                        "betas",
-                        "weight_decay",
-                        "warmup_steps",
-                        "tokenizer",
-                    )
-                },
+                **{k: s4[k] for k in keys},
             }
             plan.add(Run(f"s4-{size.lower()}-{name}", "s4", "pretrain", spec))
     _planned_targets(plan, "S4", tuple(r for r, run in plan.runs.items() if run.study == "s4"))

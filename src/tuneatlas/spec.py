@@ -48,6 +48,16 @@ class CaptureSpec:
 
 
 @dataclass(frozen=True)
+class FisherSpec:
+    """In-loop empirical-Fisher spectra (S2.F4): every `every` steps, per layer, on a fixed
+    training mini-batch of `batch_size` rows drawn with the run's seed."""
+
+    every: int = 0  # 0 = off
+    batch_size: int = 16
+    energy: float = 0.99  # eigenvalue mass of the effective rank
+
+
+@dataclass(frozen=True)
 class TrainSpec:
     run: str  # short readable id, also the directory name under results/runs/
     task: str  # task registry name (metric, label count, regression or not)
@@ -80,10 +90,18 @@ class TrainSpec:
     keep_best: bool = False  # end with the weights of the best validation evaluation (S1)
     capture: CaptureSpec = field(default_factory=CaptureSpec)
     save_model: bool = True  # False: runs read only for their scores keep no weights (S2 sweep)
+    fisher: FisherSpec = field(default_factory=FisherSpec)  # S2.F4
+    polar_every: int = 0  # S2.F2: steps between weight snapshots of the polar trajectory; 0 = off
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["optim"]["betas"] = list(self.optim.betas)
+        # the in-loop S2 keys only where they are on, so that every other run's spec (its
+        # hash and snakemake's params trigger) is what it was before they existed
+        if not self.fisher.every:
+            del d["fisher"]
+        if not self.polar_every:
+            del d["polar_every"]
         return d
 
     @classmethod
@@ -102,4 +120,6 @@ class TrainSpec:
             d["schedule"] = ScheduleSpec(**d["schedule"])
         if "capture" in d:
             d["capture"] = CaptureSpec(**d["capture"])
+        if "fisher" in d:
+            d["fisher"] = FisherSpec(**d["fisher"])
         return cls(**d)

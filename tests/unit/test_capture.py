@@ -21,9 +21,10 @@ from tuneatlas.analysis.capture import (
     write_captures,
 )
 from tuneatlas.catalogue import ARTIFACTS
-from tuneatlas.data import synthetic
 from tuneatlas.spec import CaptureSpec, TrainSpec
 from tuneatlas.studies import s3
+
+from .conftest import tiny_livedoor
 
 TINY_BERT = {
     "hidden_size": 16,
@@ -40,17 +41,7 @@ TINY_BERT = {
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A prepared 9-class dataset (train/valid/test parquet) and a tiny BERT built offline."""
-    from tuneatlas.models.build import build_bert
-
-    root = tmp_path_factory.mktemp("tiny")
-    df = synthetic.generate("livedoor", 150, seed=0)
-    data = root / "data"
-    data.mkdir()
-    df.iloc[:80].to_parquet(data / "train.parquet")
-    df.iloc[80:110].to_parquet(data / "valid.parquet")
-    df.iloc[110:].to_parquet(data / "test.parquet")
-    build_bert(TINY_BERT, df["text_a"].tolist(), root / "model", seed=0)
-    return {"root": root, "data": data, "model": root / "model"}
+    return tiny_livedoor(tmp_path_factory.mktemp("tiny"), TINY_BERT)
 
 
 def _spec(**kw) -> TrainSpec:

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from tuneatlas.catalogue import ARTIFACTS
-from tuneatlas.config import load_config, validate_config
-from tuneatlas.plan import make_plan, s4_variants
+from tuneatlas.config import ConfigError, load_config, validate_config
+from tuneatlas.plan import make_plan
 from tuneatlas.spec import TrainSpec
 
 GLUE = ["cola", "sst2", "mrpc", "qqp", "mnli", "qnli", "rte", "stsb"]
@@ -67,7 +67,34 @@ def test_s2_grid(paper):
     spec = TrainSpec.from_dict(runs["s2-vanilla-lr2e-5-s0"].spec)
     assert spec.optim.correct_bias is False and spec.optim.eps == 1e-6
     assert (spec.batch_size, spec.epochs, spec.schedule.warmup_epochs) == (16, 3, 0.3)
+    assert spec.save_model is False  # a sweep keeps no weights
     assert len(runs_of(paper, "s2", "simcse")) == 5
+    # 30 Fisher trials per model, each with its own seed for the head and the mini-batch
+    assert len(paper.fishers) == 6 * 30
+    trial = paper.fishers["s2-simcse-p0.1-t7"]
+    assert (trial["model"], trial["trial"], trial["batch_size"]) == ("s2-simcse-p0.1", 7, 16)
+    assert trial["dataset"] == "rte-glue"
+    assert len(paper.targets["S2.T2"].fishers) == 180 and paper.targets["S2.T2"].built
+    assert paper.targets["S2.T1"].datasets == ("rte-glue",)
+    # in the loop: Fisher on SimCSE(0.1) and vanilla x 1e-5/2e-5/3e-5, every seed; polar: seed 0
+    f4, f2 = paper.targets["S2.F4"].runs, paper.targets["S2.F2"].runs
+    assert len(f4) == 2 * 3 * 30 and len(f2) == 2 * 3 and set(f2) < set(f4)
+    inloop = TrainSpec.from_dict(runs["s2-simcse-p0.1-lr2e-5-s0"].spec)
+    assert (inloop.fisher.every, inloop.fisher.batch_size, inloop.polar_every) == (47, 16, 47)
+    seed1 = TrainSpec.from_dict(runs["s2-vanilla-lr1e-5-s1"].spec)
+    assert seed1.fisher.every == 47 and seed1.polar_every == 0
+    assert "fisher" not in runs["s2-vanilla-lr5e-6-s0"].spec  # outside the in-loop cells
+
+
+def test_in_loop_cells_outside_the_sweep_name_the_key(repo):
+    import copy
+
+    raw = yaml.safe_load((repo / "config.yaml").read_text())
+    for key, value in (("lrs", [7.0e-3]), ("models", ["simcse-p0.2"])):
+        cfg = copy.deepcopy(raw)
+        cfg["studies"]["s2"]["fisher"][key] = value
+        with pytest.raises(ConfigError, match=f"studies.s2.fisher.{key}"):
+            make_plan(validate_config(cfg))
 
 
 def test_s3_runs(paper):
@@ -94,22 +121,6 @@ def test_s4_grid(paper):
         "final_90",
         "middle_70",
     }
-
-
-@pytest.mark.parametrize(
-    ("layers", "ratio", "position", "expanded"),
-    [
-        (12, 10, "first", [0]),
-        (12, 50, "final", [6, 7, 8, 9, 10, 11]),
-        (12, 70, "middle", [2, 3, 4, 5, 6, 7, 8, 9]),  # floor(8.4) = 8 layers around L/2
-        (24, 30, "middle", list(range(8, 15))),  # floor(7.2) = 7
-        (24, 90, "final", list(range(3, 24))),  # floor(21.6) = 21
-    ],
-)
-def test_s4_layouts(layers, ratio, position, expanded):
-    layout = s4_variants(layers, [ratio], [position])[f"{position}_{ratio}"]
-    assert [i for i, kind in enumerate(layout) if kind == "expanded"] == expanded
-    assert layout.count("inactive") == layers - len(expanded)
 
 
 def test_s5_grid(paper):
@@ -152,7 +163,10 @@ def test_plan_is_pure(repo):
 def test_train_section_reaches_every_run_spec(repo):
     config = yaml.safe_load((repo / "config.yaml").read_text())
     config["train"]["precision"] = "bf16"
-    specs = [TrainSpec.from_dict(r.spec) for r in make_plan(validate_config(config)).runs.values()]
+    from tuneatlas.engine.recipes.simcse import SimCSESpec
+
+    runs = make_plan(validate_config(config)).runs.values()
+    specs = [(SimCSESpec if r.kind == "simcse" else TrainSpec).from_dict(r.spec) for r in runs]
     assert specs and {s.precision for s in specs} == {"bf16"}
 
 

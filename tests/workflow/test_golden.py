@@ -1,5 +1,11 @@
 """Refactors keep results: the tiny DAG reproduces, value for value, the tables recorded with the
-code before the engine + recipes refactor (commit 17c5f47; `golden/`)."""
+code before the engine + recipes refactor (commit 17c5f47; `golden/`).
+
+Values agree to float32 rounding, not bit for bit: the recorded tables came from another machine,
+and torch's CPU kernels sum in an order that depends on the processor (on this machine kind the
+tiny DAG, even at the commit that added this test, differs from them by at most 2e-5 in a
+correlation and not at all in an accuracy). Bit-identical reruns on one machine are tested
+elsewhere (test_workflow's reruns, the engine's kill -9 resume)."""
 
 from __future__ import annotations
 
@@ -13,6 +19,9 @@ from .conftest import snakemake
 pytestmark = pytest.mark.workflow
 
 GOLDEN = Path(__file__).with_name("golden")
+# Five times the largest difference seen across machines; a changed prediction moves an
+# accuracy by 1/150 at least.
+FLOAT32_DRIFT = 1e-4
 
 
 def test_tiny_tables_equal_those_recorded_before_the_refactor(tmp_path):
@@ -31,7 +40,9 @@ def test_tiny_tables_equal_those_recorded_before_the_refactor(tmp_path):
         pd.testing.assert_frame_equal(
             now.reset_index(drop=True),
             before.reset_index(drop=True),
-            check_exact=True,
+            check_exact=False,
+            rtol=0,
+            atol=FLOAT32_DRIFT,
             obj=path.stem,
         )
 

@@ -145,10 +145,10 @@ def test_a_missing_data_file_fails_at_dag_time_naming_the_key(tmp_path):
 # --- guards ----------------------------------------------------------------------------------
 def test_an_artifact_of_an_unbuilt_study_fails_before_any_job(tmp_path):
     proc = snakemake(
-        tmp_path, "--configfile", str(TINY), "-n", "results/tables/s2_t1.parquet", check=False
+        tmp_path, "--configfile", str(TINY), "-n", "results/tables/s4_t1.parquet", check=False
     )
     assert proc.returncode != 0
-    assert "S2.T1 is not built yet: study S2 has no rules in this workflow" in proc.stdout
+    assert "S4.T1 is not built yet: study S4 has no rules in this workflow" in proc.stdout
     assert "Job stats:" not in proc.stdout
 
 

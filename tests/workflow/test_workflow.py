@@ -94,11 +94,11 @@ def test_tiny_run_s1_tables_carry_real_signal(tiny_run):
     assert sorted(fl["layer"].unique()) == [0, 1, 2]  # embeddings + 2 layers of the tiny BERT
 
 
-REBUILT_SLUGS = [a.slug for a in ARTIFACTS.values() if a.study in ("S3", "S5")]
+REBUILT_SLUGS = [a.slug for a in ARTIFACTS.values() if a.built and a.study != "S1"]
 
 
 @pytest.mark.parametrize("slug", REBUILT_SLUGS)
-def test_each_s3_s5_artifact_rebuilds_alone(tiny_run, slug):
+def test_each_s2_s3_s5_artifact_rebuilds_alone(tiny_run, slug):
     artifact = next(a for a in ARTIFACTS.values() if a.slug == slug)
     table = tiny_run / artifact.table
     before = pd.read_parquet(table)
@@ -183,7 +183,7 @@ def stub_local_sources(workdir: Path, config_file: Path) -> None:
                 write_tsv([row], workdir / path)
 
 
-def test_paper_dry_run_builds_the_full_s1_s3_s5_grids(tmp_path):
+def test_paper_dry_run_builds_the_full_s1_s2_s3_s5_grids(tmp_path):
     stub_local_sources(tmp_path, REPO / "paper.yaml")
     out = snakemake(tmp_path, "--configfile", str(REPO / "paper.yaml"), "-n").stdout
     counts = job_counts(out)
@@ -192,24 +192,27 @@ def test_paper_dry_run_builds_the_full_s1_s3_s5_grids(tmp_path):
     paper = yaml.safe_load((REPO / "paper.yaml").read_text())
     s3 = paper["studies"]["s3"]
     s3_datasets = {s3["dataset"], s3.get("preliminary_dataset")} - {None}
-    s5 = paper["studies"]["s5"]
+    s2, s5 = paper["studies"]["s2"], paper["studies"]["s5"]
     # S1: 40 (8 tasks x 5 seeds) + 8 max-norm + 8 frozen + 8 no-dropout + 56 cross;
-    # S5: 3 seed members + 3 cluster members (k = 3)
-    assert counts["train"] == 120 + 1 + bool(s3.get("preliminary_dataset")) + 6
-    # GLUE + livedoor (+ imbalanced) + S5's SST-2 train/validation
-    assert counts["prepare_data"] == 8 + len(s3_datasets) + 1
+    # S2: (vanilla + 5 SimCSE models) x 6 lrs x 30 seeds; S5: 3 seed + 3 cluster members (k = 3)
+    assert counts["train"] == 120 + 1 + bool(s3.get("preliminary_dataset")) + 1080 + 6
+    assert counts["simcse"] == 5 and counts["fisher"] == 6 * 30  # 30 trials per model
+    assert (s2["model"], len(s2["lrs"]), s2["n_seeds"]) == ("bert-large", 6, 30)
+    # GLUE + livedoor (+ imbalanced) + S2's RTE (public validation) and wiki1m + S5's SST-2
+    assert counts["prepare_data"] == 8 + len(s3_datasets) + 2 + 1
     assert counts["embed"] == 16  # main + no-dropout run per task
     assert counts["subsets"] == 16  # one subset scan per embedded run
-    assert counts["table"] == counts["figure"] + 1 == 18  # S3.F4's figure is the animation rule
+    # S1 9 + S2 4 + S3 8 + S5 1; S3.F4's figure is the animation rule
+    assert counts["table"] == counts["figure"] + 1 == 22
     assert (s5["model"], s5["k"], s5["seeds"]) == ("roberta-base", 3, [0, 1, 2])
     assert counts["cluster"] == 1 and counts["cluster_data"] == 3
     assert counts["train_with_predictions"] == 6  # the S5 members, in the train count
     # every hub dataset and model is fetched by a rule of its own, run on the submit host
-    used = [*paper["studies"]["s1"]["tasks"], *s3_datasets, s5["task"]]
+    used = [*paper["studies"]["s1"]["tasks"], *s3_datasets, s2["task"], s2["corpus"], s5["task"]]
     hub = [d for d in used if paper["datasets"][d]["source"] == "hub"]
     assert counts["fetch_hub_data"] == len(hub)  # livedoor: a local file (livedoor-convert)
-    # bert-base, bert-ja, roberta-base
-    assert counts["fetch_model"] == 3 and "build_model" not in counts
+    # bert-base, bert-large, bert-ja, roberta-base
+    assert counts["fetch_model"] == 4 and "build_model" not in counts
 
 
 def test_only_the_hub_fetches_are_local_rules(tmp_path):

@@ -148,6 +148,11 @@ def member_dataset_of(wildcards):
     return PLAN.datasets[wildcards.dataset]
 
 
+def fisher_of(wildcards):
+    """S2's Fisher trial spec, the param of the `fisher` job."""
+    return PLAN.fishers[wildcards.fisher]
+
+
 def artifact_of(wildcards):
     from tuneatlas.catalogue import ARTIFACTS
 
@@ -193,6 +198,8 @@ def table_inputs(wildcards):
         files.append(f"{RESULTS}/runs/{run}/spec.yaml")
     files += [f"{RESULTS}/runs/{run}/predictions.parquet" for run in target.predictions]
     files += [f"{RESULTS}/clusters/{c}" for c in target.clusterings]
+    files += [f"{RESULTS}/fisher/{f}.parquet" for f in target.fishers]
+    files += [f"{RESULTS}/data/{d}" for d in target.datasets]
     return files
 
 

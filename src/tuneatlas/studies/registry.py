@@ -20,11 +20,11 @@ Plotter = Callable[[pd.DataFrame, list[Path]], None]
 
 
 def _registry() -> tuple[dict[str, Builder], dict[str, Plotter]]:
-    from tuneatlas.studies import s1, s3, s5
+    from tuneatlas.studies import s1, s2, s3, s5
 
     builders: dict[str, Builder] = {}
     plotters: dict[str, Plotter] = {}
-    for module in (s1, s3, s5):
+    for module in (s1, s2, s3, s5):
         builders.update(module.TABLES)
         plotters.update(module.FIGURES)
     return builders, plotters

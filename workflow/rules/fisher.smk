@@ -1,0 +1,28 @@
+# S2: per-layer empirical-Fisher spectra of a base model before fine-tuning, one job per
+# (model, trial): a fresh head and a training mini-batch drawn with the trial's seed.
+
+
+rule fisher:
+    input:
+        data=lambda wc: f"{RESULTS}/data/{fisher_of(wc)['dataset']}",
+        model=lambda wc: f"{RESULTS}/models/{fisher_of(wc)['model']}",
+    output:
+        f"{RESULTS}/fisher/{{fisher}}.parquet",
+    log:
+        f"{RESULTS}/logs/fisher/{{fisher}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/fisher/{{fisher}}.tsv"
+    wildcard_constraints:
+        fisher=one_of(PLAN.fishers),
+    conda:
+        "../../envs/tuneatlas.yaml"
+    threads: THREADS
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=30,
+    params:
+        spec=lambda wc: as_json(fisher_of(wc)),
+    shell:
+        "python -m tuneatlas --threads {threads} fisher --spec {params.spec:q} --data {input.data}"
+        " --model {input.model} --out {output} 2> {log}"
