@@ -22,6 +22,7 @@ include: "workflow/rules/finetune.smk"
 include: "workflow/rules/subsets.smk"
 include: "workflow/rules/ensembles.smk"
 include: "workflow/rules/fisher.smk"
+include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/tables.smk"
 
 

@@ -18,7 +18,6 @@ class Artifact:
     study: str
     title: str
     columns: tuple[str, ...]
-    built: bool
     extra_figures: tuple[str, ...] = ()  # file suffixes beyond the PNG, e.g. (".gif",)
 
     @property
@@ -34,13 +33,9 @@ class Artifact:
         return tuple(f"{RESULTS}/figures/{self.slug}{s}" for s in (".png", *self.extra_figures))
 
 
-# studies whose rules exist; the others are planned (their runs are in the plan, not in `rule all`)
-BUILT_STUDIES = frozenset({"S1", "S2", "S3", "S5"})
-
-
 def _a(id_: str, title: str, columns: str, extra: tuple[str, ...] = ()) -> Artifact:
     study = id_.split(".")[0]
-    return Artifact(id_, study, title, tuple(columns.split()), study in BUILT_STUDIES, extra)
+    return Artifact(id_, study, title, tuple(columns.split()), extra)
 
 
 ARTIFACTS: dict[str, Artifact] = {
@@ -142,13 +137,13 @@ ARTIFACTS: dict[str, Artifact] = {
         _a(
             "S4.F3",
             "Relative improvement vs ratio per position, task and size",
-            "size task metric position ratio score ri",
+            "size task metric variant position ratio score ri params rel_diff",
         ),
         _a("S4.T1", "Top-5 mean relative improvement per size", "size rank variant mean_ri"),
         _a(
             "S4.T2",
-            "2B model: relative improvement per task (also the paper's T3)",
-            "variant task metric score ri",
+            "Largest size (2B): relative improvement per task (also the paper's T3)",
+            "size variant task metric score ri",
         ),
         _a(
             "S5.T1",

@@ -7,6 +7,7 @@ holds everything that determines its result.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -49,11 +50,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
     print(f"  datasets {len(plan.datasets)}, models {len(plan.models)}, runs {len(plan.runs)}")
     for kind, n in sorted(kinds.items()):
         print(f"    {kind}: {n}")
-    built = [t for t in plan.targets.values() if t.built]
-    print(
-        f"  artifacts {len(plan.targets)} planned, {len(built)} with rules: "
-        + ", ".join(t.artifact.id for t in built)
-    )
+    print(f"  artifacts {len(plan.targets)}: " + ", ".join(plan.targets))
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -254,6 +251,58 @@ def cmd_fisher(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_tokenize(args: argparse.Namespace) -> None:
+    from tuneatlas.data.tokens import prepare_tokens
+
+    prepare_tokens(Path(args.data), Path(args.out), args.tokenizer, args.vocab_size)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from tuneatlas.engine.recipes.causal_lm import pretrain
+    from tuneatlas.spec import PretrainSpec
+
+    spec = PretrainSpec.from_dict(_spec(args.spec))
+    with _torchrun_group(args.device) as device:
+        pretrain(spec, Path(args.tokens), Path(args.out), device=device)
+
+
+@contextlib.contextmanager
+def _torchrun_group(device: str | None):
+    """Under torchrun (WORLD_SIZE > 1): join the process group (NCCL on CUDA, gloo on CPU) and
+    train on this rank's GPU; otherwise one process on `device`."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        yield device
+        return
+    from tuneatlas.engine.loop import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    try:
+        yield dev
+    finally:
+        dist.destroy_process_group()
+
+
+def cmd_lm_eval(args: argparse.Namespace) -> None:
+    from tuneatlas.analysis.lmeval import evaluate_run
+
+    evaluate_run(
+        _spec(args.spec),
+        Path(args.model),
+        Path(args.data),
+        Path(args.out),
+        device=args.device,
+        config_hash=args.config_hash,
+    )
+
+
 def input_spec_hashes(target: dict[str, Any], results: Path) -> dict[str, str]:
     """Run id -> spec hash of every run a table is built from (its runs, embeddings and
     subsets): the eval.parquet metadata's `spec_hash`, else the hash of the run's spec.yaml."""
@@ -299,15 +348,13 @@ def catalogue_markdown() -> str:
     from tuneatlas.catalogue import ARTIFACTS
 
     lines = [
-        "| ID | reproduces | table | figure | columns | status |",
-        "|---|---|---|---|---|---|",
+        "| ID | reproduces | table | figure | columns |",
+        "|---|---|---|---|---|",
     ]
     for a in ARTIFACTS.values():
-        status = "built" if a.built else "planned: study not built yet (later issue)"
         figures = "<br>".join(f"`{f}`" for f in a.figures)
         lines.append(
-            f"| {a.id} | {a.study}: {a.title} | `{a.table}` | {figures} "
-            f"| {', '.join(a.columns)} | {status} |"
+            f"| {a.id} | {a.study}: {a.title} | `{a.table}` | {figures} | {', '.join(a.columns)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -334,7 +381,9 @@ def cmd_layouts(args: argparse.Namespace) -> None:
     rows = [
         {"size": size, **lay.to_dict()}
         for size, arch in s4["sizes"].items()
-        for lay in size_layouts(arch, s4["ratios"], s4["positions"], s4["vocab_size"]).values()
+        for lay in size_layouts(
+            arch, s4["ratios"], s4["positions"], s4["vocab_size"], s4["width_multiple"]
+        ).values()
     ]
     if args.json:
         print(json.dumps(rows))
@@ -489,6 +538,29 @@ def main(argv: list[str] | None = None) -> None:
     _add_device(p)
     _add_config_hash(p)
     p.set_defaults(func=cmd_fisher)
+
+    p = sub.add_parser("tokenize", help="tokenise a corpus into packed token files (S4)")
+    p.add_argument("--data", required=True, help="the prepared corpus (its train split)")
+    p.add_argument("--tokenizer", required=True, help="'build' (BPE) or a model directory")
+    p.add_argument("--vocab-size", type=int, default=None, help="entries of a built BPE")
+    p.add_argument("--out", required=True, help="the tokens directory")
+    p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser("pretrain", help="pre-train one FFN-layout causal LM (S4)")
+    p.add_argument("--spec", required=True, help="PretrainSpec as JSON")
+    p.add_argument("--tokens", required=True, help="the tokens directory")
+    p.add_argument("--out", required=True, help="the run directory")
+    _add_device(p)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("lm-eval", help="lm-evaluation-harness + zsRE probe of a model (S4)")
+    p.add_argument("--spec", required=True, help="evaluation spec as JSON (plan.lm_evals)")
+    p.add_argument("--model", required=True, help="the pre-trained model directory")
+    p.add_argument("--data", required=True, help="the prepared corpus (documents and facts)")
+    p.add_argument("--out", required=True, help="the evaluation's Parquet file")
+    _add_device(p)
+    _add_config_hash(p)
+    p.set_defaults(func=cmd_lm_eval)
 
     p = sub.add_parser("table", help="build one artifact table")
     p.add_argument("artifact")

@@ -15,7 +15,14 @@ from typing import Any
 from tuneatlas.catalogue import ARTIFACTS, Artifact
 from tuneatlas.config import ConfigError
 from tuneatlas.models.layouts import size_layouts
-from tuneatlas.spec import CaptureSpec, FisherSpec, OptimSpec, ScheduleSpec, TrainSpec
+from tuneatlas.spec import (
+    CaptureSpec,
+    FisherSpec,
+    OptimSpec,
+    PretrainSpec,
+    ScheduleSpec,
+    TrainSpec,
+)
 
 RESULTS = "results"
 
@@ -57,10 +64,7 @@ class Target:
     clusterings: tuple[str, ...] = ()  # results/clusters/<id>/ it reads (rule cluster)
     fishers: tuple[str, ...] = ()  # results/fisher/<id>.parquet it reads (rule fisher)
     datasets: tuple[str, ...] = ()  # prepared datasets it reads (results/data/<id>/)
-
-    @property
-    def built(self) -> bool:
-        return self.artifact.built
+    lm_evals: tuple[str, ...] = ()  # results/lm_eval/<run>.parquet it reads (rule lm_eval)
 
 
 @dataclass
@@ -75,15 +79,13 @@ class Plan:
     clusterings: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Fisher trial id -> spec of the `fisher` rule (S2)
     fishers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # tokens id -> spec of the `tokenize` rule; pre-training run -> its `lm_eval` spec (S4)
+    tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
+    lm_evals: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def final_outputs(self) -> list[str]:
-        """Table and figure paths of every enabled, built artifact (what `rule all` asks for)."""
-        out: list[str] = []
-        for target in self.targets.values():
-            if target.built:
-                out.append(target.artifact.table)
-                out.extend(target.artifact.figures)
-        return out
+        """Table and figure paths of every artifact of the enabled studies (`rule all`)."""
+        return [p for t in self.targets.values() for p in (t.artifact.table, *t.artifact.figures)]
 
     def scan_spec(self, run_id: str) -> dict[str, Any]:
         """Spec of the subset scan of `run_id` (the `subsets` rule's params)."""
@@ -263,7 +265,7 @@ def _s1_scan_spec(
     }
 
 
-# --- S2 (SimCSE models built; the sweep and the tables are planned) --------------------------
+# --- S2 ---------------------------------------------------------------------------------------
 # global `train` keys a SimCSE run takes (execution settings, not the objective's recipe)
 _SIMCSE_TRAIN_KEYS = {"eval_batch_size", "checkpoint_every", "precision", "tf32", "grad_clip"}
 
@@ -379,13 +381,6 @@ def _inloop_cells(s2: dict[str, Any], models: dict[str, str]) -> set[tuple[str, 
     return set(itertools.product(fisher["models"], fisher["lrs"]))
 
 
-def _planned_targets(plan: Plan, study: str, runs: tuple[str, ...]) -> None:
-    """Targets of a study whose rules come in a later issue: in the plan, not in `rule all`."""
-    for artifact_id, artifact in ARTIFACTS.items():
-        if artifact.study == study:
-            plan.targets[artifact_id] = Target(artifact, runs, (), {"study": study.lower()})
-
-
 # --- S3 --------------------------------------------------------------------------------------
 def _plan_s3(plan: Plan, config: dict[str, Any], s3: dict[str, Any]) -> None:
     capture = CaptureSpec(
@@ -442,25 +437,93 @@ S3_TARGET_PARAMS: dict[str, tuple[str, ...]] = {
 }
 
 
-# --- S4 (planned: grid only) -----------------------------------------------------------------
+# --- S4 ---------------------------------------------------------------------------------------
+S4_TOKENS = "s4"  # results/tokens/s4/: the corpus tokenised once for every variant
+
+
 def _plan_s4(plan: Plan, config: dict[str, Any], s4: dict[str, Any]) -> None:
-    keys = ("seq_len", "steps", "lr", "betas", "weight_decay", "warmup_steps", "tokenizer")
+    """Every (size, variant) pre-trains on the packed tokens (rule `pretrain`) and is evaluated
+    (rule `lm_eval`); S4.F3/T1/T2 read the evaluations."""
+    if not s4.get("corpus"):
+        raise ConfigError(
+            "config key 'studies.s4.corpus': name the pre-training corpus (a dataset of task"
+            " pretrain)"
+        )
+    plan.tokens[S4_TOKENS] = {k: s4[k] for k in ("corpus", "tokenizer", "vocab_size")}
+    evals, variants_info = [], {}
     for size, arch in s4["sizes"].items():
-        variants = size_layouts(arch, s4["ratios"], s4["positions"], s4["vocab_size"])
+        layouts = size_layouts(
+            arch, s4["ratios"], s4["positions"], s4["vocab_size"], s4["width_multiple"]
+        )
         wanted = arch.get("variants")
-        for name, lay in variants.items():
+        unknown = sorted(set(wanted or ()) - set(layouts))
+        if unknown:
+            raise ConfigError(
+                f"config key 'studies.s4.sizes.{size}.variants': {unknown} are not variants of"
+                f" the grid; use names of {sorted(layouts)}"
+            )
+        batch = s4["batch_size"]
+        if batch is None:
+            if "tokens" not in arch:
+                raise ConfigError(
+                    f"config key 'studies.s4.sizes.{size}.tokens': the token budget sets the"
+                    " batch (tokens / (steps x seq_len)); set it, or studies.s4.batch_size"
+                )
+            batch = max(1, round(arch["tokens"] / (s4["steps"] * s4["seq_len"])))
+        for name, lay in layouts.items():
             if wanted is not None and name != "baseline" and name not in wanted:
                 continue
-            spec = {
+            run_id = f"s4-{size.lower()}-{name}"
+            spec = PretrainSpec(
+                run=run_id,
+                task="pretrain",
+                dataset=s4["corpus"],
+                model=S4_TOKENS,
+                seed=config["seed"],
+                epochs=1e9,  # the step budget decides; the corpus repeats when it is smaller
+                max_steps=s4["steps"],
+                batch_size=batch,
+                micro_batch_size=s4["micro_batch_size"],
+                eval_batch_size=s4["eval_batch_size"],
+                seq_len=s4["seq_len"],
+                hidden_size=arch["hidden_size"],
+                num_layers=arch["num_layers"],
+                num_heads=arch["num_heads"],
+                ffn_widths=lay.ffn_widths,
+                grad_clip=1.0,
+                precision=config.get("train", {}).get("precision", "fp32"),
+                checkpoint_every=s4["checkpoint_every"],
+                optim=OptimSpec(
+                    lr=s4["lr"], betas=tuple(s4["betas"]), weight_decay=s4["weight_decay"]
+                ),
+                schedule=ScheduleSpec(name="cosine", warmup_steps=s4["warmup_steps"]),
+            )
+            position, _, ratio = name.partition("_")
+            info = {
                 "size": size,
                 "variant": name,
-                "ffn_widths": lay.ffn_widths,
+                "position": position if ratio else None,
+                "ratio": int(ratio) if ratio else 100,
                 "params": lay.params,
-                **arch,
-                **{k: s4[k] for k in keys},
+                "rel_diff": lay.rel_diff,
             }
-            plan.add(Run(f"s4-{size.lower()}-{name}", "s4", "pretrain", spec))
-    _planned_targets(plan, "S4", tuple(r for r, run in plan.runs.items() if run.study == "s4"))
+            plan.add(Run(run_id, "s4", "pretrain", spec.to_dict(), info))
+            plan.lm_evals[run_id] = {
+                "run": run_id,
+                "tasks": s4["eval_tasks"],
+                "corpus": s4["corpus"],
+                "max_length": s4["seq_len"],
+            }
+            evals.append(run_id)
+            variants_info[run_id] = info
+    corpus = config["datasets"][s4["corpus"]]
+    probe = corpus.get("facts") or corpus.get("source") == "synthetic"  # facts for the zsRE probe
+    tasks = [*s4["eval_tasks"], *(["zsre"] if probe else [])]
+    params = {"study": "s4", "runs": variants_info, "tasks": tasks}
+    for artifact_id in ("S4.F3", "S4.T1", "S4.T2"):
+        plan.targets[artifact_id] = Target(
+            ARTIFACTS[artifact_id], lm_evals=tuple(evals), params=params
+        )
 
 
 # --- S5 -------------------------------------------------------------------------------------

@@ -123,3 +123,15 @@ class TrainSpec:
         if "fisher" in d:
             d["fisher"] = FisherSpec(**d["fisher"])
         return cls(**d)
+
+
+@dataclass(frozen=True)
+class PretrainSpec(TrainSpec):
+    """A TrainSpec (task "pretrain", dataset = the corpus, model = the tokens id) plus the
+    architecture of the LLaMA-style model."""
+
+    seq_len: int = 1024
+    hidden_size: int = 1280
+    num_layers: int = 12
+    num_heads: int = 20
+    ffn_widths: list[int] = field(default_factory=list)

@@ -442,6 +442,26 @@ from tuneatlas.engine.recipes.simcse import SimCSESpec, simcse
 spec = SimCSESpec.from_dict({**json.loads(sys.argv[1]), "task": "simcse", "dropout": 0.1})
 simcse(spec, sys.argv[2], sys.argv[3], Path(sys.argv[4]) / "model", sys.argv[4])
 """,
+    # the sentences packed into tokens beside <out> (a BPE trained on them, deterministic), then
+    # a 2-layer FFN-layout LLaMA pre-trained from scratch for 100 steps
+    "causal_lm": """
+import json, logging, sys
+from pathlib import Path
+import pandas as pd
+import torch
+logging.basicConfig(level=logging.INFO)
+torch.set_num_threads(1)
+from tuneatlas.data.tokens import pack, train_bpe
+from tuneatlas.engine.recipes.causal_lm import pretrain
+from tuneatlas.spec import PretrainSpec
+texts = pd.read_parquet(Path(sys.argv[2]) / "train.parquet")["text_a"].tolist()
+tokens = Path(sys.argv[4] + "-tokens")
+pack(texts, train_bpe(texts, 200, tokens), tokens)
+arch = {"seq_len": 8, "hidden_size": 16, "num_layers": 2, "num_heads": 2, "ffn_widths": [48, 0]}
+spec = PretrainSpec.from_dict({**json.loads(sys.argv[1]), "task": "pretrain", **arch,
+                               "epochs": 1000, "max_steps": 100})
+pretrain(spec, tokens, sys.argv[4])
+""",
 }
 
 

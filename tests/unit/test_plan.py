@@ -11,7 +11,7 @@ import yaml
 from tuneatlas.catalogue import ARTIFACTS
 from tuneatlas.config import ConfigError, load_config, validate_config
 from tuneatlas.plan import make_plan
-from tuneatlas.spec import TrainSpec
+from tuneatlas.spec import PretrainSpec, TrainSpec
 
 GLUE = ["cola", "sst2", "mrpc", "qqp", "mnli", "qnli", "rte", "stsb"]
 
@@ -74,7 +74,7 @@ def test_s2_grid(paper):
     trial = paper.fishers["s2-simcse-p0.1-t7"]
     assert (trial["model"], trial["trial"], trial["batch_size"]) == ("s2-simcse-p0.1", 7, 16)
     assert trial["dataset"] == "rte-glue"
-    assert len(paper.targets["S2.T2"].fishers) == 180 and paper.targets["S2.T2"].built
+    assert len(paper.targets["S2.T2"].fishers) == 180
     assert paper.targets["S2.T1"].datasets == ("rte-glue",)
     # in the loop: Fisher on SimCSE(0.1) and vanilla x 1e-5/2e-5/3e-5, every seed; polar: seed 0
     f4, f2 = paper.targets["S2.F4"].runs, paper.targets["S2.F2"].runs
@@ -114,13 +114,23 @@ def test_s3_runs(paper):
 
 def test_s4_grid(paper):
     runs = runs_of(paper, "s4", "pretrain")
-    per_size = Counter(r.spec["size"] for r in runs.values())
+    per_size = Counter(r.extra["size"] for r in runs.values())
     assert per_size == {"285M": 16, "570M": 16, "2B": 3}
-    assert {r.spec["variant"] for r in runs.values() if r.spec["size"] == "2B"} == {
+    assert {r.extra["variant"] for r in runs.values() if r.extra["size"] == "2B"} == {
         "baseline",
         "final_90",
         "middle_70",
     }
+    spec = PretrainSpec.from_dict(runs["s4-285m-final_90"].spec)
+    # the token budget over 20,000 steps of 1,024 tokens: 5.7e9 / 2.048e7 = 278 sequences
+    assert (spec.max_steps, spec.seq_len, spec.batch_size) == (20000, 1024, 278)
+    assert spec.ffn_widths == [0, 0] + [5376] * 10 and spec.model == "s4"
+    assert spec.optim.betas == (0.9, 0.95) and spec.optim.weight_decay == 0.1
+    assert (spec.schedule.name, spec.schedule.warmup_steps, spec.optim.lr) == ("cosine", 1000, 3e-4)
+    assert paper.tokens["s4"] == {"corpus": "fineweb-edu", "tokenizer": "gpt2", "vocab_size": 50257}
+    assert set(paper.lm_evals) == set(runs)
+    assert paper.targets["S4.T1"].lm_evals == tuple(runs)
+    assert "wikitext" in paper.lm_evals["s4-2b-baseline"]["tasks"]
 
 
 def test_s5_grid(paper):
@@ -166,7 +176,8 @@ def test_train_section_reaches_every_run_spec(repo):
     from tuneatlas.engine.recipes.simcse import SimCSESpec
 
     runs = make_plan(validate_config(config)).runs.values()
-    specs = [(SimCSESpec if r.kind == "simcse" else TrainSpec).from_dict(r.spec) for r in runs]
+    kinds = {"simcse": SimCSESpec, "pretrain": PretrainSpec}
+    specs = [kinds.get(r.kind, TrainSpec).from_dict(r.spec) for r in runs]
     assert specs and {s.precision for s in specs} == {"bf16"}
 
 
@@ -184,7 +195,9 @@ def test_a_run_without_saved_weights_cannot_feed_embeddings(repo):
 @pytest.mark.parametrize("config_file", ["config.yaml", "paper.yaml"])
 def test_every_planned_run_is_consumed_and_specs_are_distinct(repo, config_file):
     plan = make_plan(load_config(repo / config_file))
-    consumed = {r for t in plan.targets.values() for r in (*t.runs, *t.embeddings, *t.subsets)}
+    consumed = {
+        r for t in plan.targets.values() for r in (*t.runs, *t.embeddings, *t.subsets, *t.lm_evals)
+    }
     # a consumed run consumes its init_from run and the run producing its base model
     # (S2's SimCSE models); follow those edges to a fixed point
     frontier = set(consumed)

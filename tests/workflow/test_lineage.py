@@ -143,12 +143,16 @@ def test_a_missing_data_file_fails_at_dag_time_naming_the_key(tmp_path):
 
 
 # --- guards ----------------------------------------------------------------------------------
-def test_an_artifact_of_an_unbuilt_study_fails_before_any_job(tmp_path):
+def test_an_artifact_of_a_study_the_config_lacks_fails_before_any_job(tmp_path):
+    no_s4 = tmp_path / "no_s4.yaml"
+    config = yaml.safe_load(TINY.read_text())
+    del config["studies"]["s4"]
+    no_s4.write_text(yaml.safe_dump(config))
     proc = snakemake(
-        tmp_path, "--configfile", str(TINY), "-n", "results/tables/s4_t1.parquet", check=False
+        tmp_path, "--configfile", str(no_s4), "-n", "results/tables/s4_t1.parquet", check=False
     )
     assert proc.returncode != 0
-    assert "S4.T1 is not built yet: study S4 has no rules in this workflow" in proc.stdout
+    assert "S4.T1 is not planned: this config has no section studies.s4" in proc.stdout
     assert "Job stats:" not in proc.stdout
 
 

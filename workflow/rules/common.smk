@@ -168,18 +168,12 @@ def artifact_of(wildcards):
 
 def target_of(wildcards):
     """The plan's target of a requested table; raises before any run of it joins the DAG."""
-    from tuneatlas.catalogue import BUILT_STUDIES
-
     artifact = artifact_of(wildcards)
-    if not artifact.built:
-        raise WorkflowError(
-            f"{artifact.id} is not built yet: study {artifact.study} has no rules in this"
-            f" workflow (a later issue); built studies: {', '.join(sorted(BUILT_STUDIES))}"
-        )
     if artifact.id not in PLAN.targets:
+        key = f"studies.{artifact.study.lower()}"
         raise WorkflowError(
-            f"{artifact.id} is not planned: its study is disabled in this config"
-            f" (studies.{artifact.study.lower()}.enabled)"
+            f"{artifact.id} is not planned: this config has no section {key}, or it sets"
+            f" {key}.enabled: false"
         )
     return PLAN.targets[artifact.id]
 
@@ -200,6 +194,7 @@ def table_inputs(wildcards):
     files += [f"{RESULTS}/clusters/{c}" for c in target.clusterings]
     files += [f"{RESULTS}/fisher/{f}.parquet" for f in target.fishers]
     files += [f"{RESULTS}/data/{d}" for d in target.datasets]
+    files += [f"{RESULTS}/lm_eval/{r}.parquet" for r in target.lm_evals]
     return files
 
 
@@ -246,3 +241,16 @@ def hub_fetch_spec_of(wildcards):
     from tuneatlas.data.prepare import hub_fetch_spec
 
     return as_json(hub_fetch_spec(PLAN.datasets[wildcards.dataset]))
+
+
+# S4 (pretrain.smk): the pre-training runs, GPUs per pre-training job, tokenize's inputs
+PRETRAIN_RUNS = sorted(r for r, run in PLAN.runs.items() if run.kind == "pretrain")
+GPUS_PER_PRETRAIN = config["studies"].get("s4", {}).get("gpus", 1)
+
+
+def tokens_inputs(wildcards):
+    spec = PLAN.tokens[wildcards.tokens]
+    inputs = {"data": f"{RESULTS}/data/{spec['corpus']}"}
+    if spec["tokenizer"] != "build":
+        inputs["tokenizer"] = f"{RESULTS}/models/{spec['tokenizer']}"
+    return inputs

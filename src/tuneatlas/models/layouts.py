@@ -11,8 +11,9 @@ attention, makes floor(r L / 100) layers *FFN-expanded* (width d'_f > d_f) and t
 d'_f is chosen so that the total parameter count matches the baseline's: the FFN parameters
 (3 d d_f + d per layer, SwiGLU's gate/up/down projections and the RMSNorm before them) that the
 inactive layers give up are spread over the expanded ones, and d'_f is rounded to a multiple of
-64 (GPU-friendly matmul shapes). `rel_diff` is the residual of that rounding. r = 100 is the
-baseline itself.
+64 (GPU-friendly matmul shapes; `multiple` = 1 for a toy model, whose parameter count is too
+small for 64 to land within 0.1%). `rel_diff` is the residual of that rounding. r = 100 is
+the baseline itself.
 
 Parameter count (transformers' LlamaForCausalLM, no biases, as many key/value heads as query
 heads): embeddings V d, per layer 4 d^2 (q, k, v, o) + d (input RMSNorm) [+ d + 3 d w for an
@@ -73,6 +74,7 @@ def layout(
     vocab_size: int,
     ratio: int = 100,
     position: str = "first",
+    multiple: int = WIDTH_MULTIPLE,
 ) -> Layout:
     """The per-layer FFN widths of variant (position, ratio); ratio 100 = the baseline."""
     baseline = [intermediate_size] * num_layers
@@ -83,7 +85,7 @@ def layout(
     d, n = hidden_size, len(expanded)
     # the FFN budget of the baseline, over n expanded layers (each pays its own RMSNorm d)
     budget = num_layers * (3 * d * intermediate_size + d) - n * d
-    width = max(WIDTH_MULTIPLE, round(budget / (3 * d * n) / WIDTH_MULTIPLE) * WIDTH_MULTIPLE)
+    width = max(multiple, round(budget / (3 * d * n) / multiple) * multiple)
     widths = [width if i in expanded else 0 for i in range(num_layers)]
     params = llama_params(hidden_size, widths, vocab_size)
     rel = (params - base_params) / base_params
@@ -91,7 +93,11 @@ def layout(
 
 
 def size_layouts(
-    arch: dict[str, Any], ratios: list[int], positions: list[str], vocab_size: int
+    arch: dict[str, Any],
+    ratios: list[int],
+    positions: list[str],
+    vocab_size: int,
+    multiple: int = WIDTH_MULTIPLE,
 ) -> dict[str, Layout]:
     """Baseline + every (position, ratio) variant of one size (`studies.s4.sizes.<size>`)."""
     dims = (arch["num_layers"], arch["hidden_size"], arch["intermediate_size"], vocab_size)
@@ -99,6 +105,6 @@ def size_layouts(
     for position in positions:
         for ratio in ratios:
             if ratio != 100:
-                lay = layout(*dims, ratio=ratio, position=position)
+                lay = layout(*dims, ratio=ratio, position=position, multiple=multiple)
                 out[lay.variant] = lay
     return out

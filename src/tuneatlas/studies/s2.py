@@ -26,8 +26,6 @@ import seaborn as sns
 from matplotlib import cm, colormaps, colors, ticker
 from scipy import stats
 
-from tuneatlas.analysis.capture import CAPTURES_DIR
-from tuneatlas.analysis.inloop import FISHER_FILE, POLAR_FILE
 from tuneatlas.studies import plots
 
 METRIC = "accuracy"
@@ -227,6 +225,8 @@ def plot_t2(df: pd.DataFrame, outputs: list[Path]) -> None:
 # --- S2.F2 / S2.F4: in the loop ----------------------------------------------------------------
 def _inloop(spec: dict[str, Any], results: Path, file: str, columns: list[str]) -> pd.DataFrame:
     """What each in-loop run wrote to `captures/<file>`, with its model, lr, seed and failure."""
+    from tuneatlas.analysis.capture import CAPTURES_DIR
+
     runs = table_f1(spec, results)[["model", "lr", "seed", "run", "failed"]]
     frames = []
     for run in runs["run"]:
@@ -243,11 +243,15 @@ def _inloop(spec: dict[str, Any], results: Path, file: str, columns: list[str]) 
 
 def table_f2(spec: dict[str, Any], results: Path) -> pd.DataFrame:
     """Per run and measured step: r, phi (radians) and the training loss."""
+    from tuneatlas.analysis.inloop import POLAR_FILE
+
     return _inloop(spec, results, POLAR_FILE, ["step", "epoch", "r", "phi", "loss"])
 
 
 def table_f4(spec: dict[str, Any], results: Path) -> pd.DataFrame:
     """Per run, measured step and layer: erank and erank / N (`value`) of the layer's Fisher."""
+    from tuneatlas.analysis.inloop import FISHER_FILE
+
     df = _inloop(spec, results, FISHER_FILE, ["step", "layer", "n", "erank", "normalised_erank"])
     return df.rename(columns={"normalised_erank": "value"})
 

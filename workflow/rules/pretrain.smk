@@ -1,0 +1,91 @@
+# S4: the corpus tokenised once, one pre-training run per (size, FFN layout), each evaluated with
+# lm-evaluation-harness and the zsRE probe.
+
+
+rule tokenize:
+    input:
+        unpack(tokens_inputs),
+    output:
+        directory(f"{RESULTS}/tokens/{{tokens}}"),
+    log:
+        f"{RESULTS}/logs/tokenize/{{tokens}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tokenize/{{tokens}}.tsv"
+    wildcard_constraints:
+        tokens=one_of(PLAN.tokens),
+    conda:
+        "../../envs/tuneatlas.yaml"
+    threads: THREADS
+    resources:
+        mem_mb=16000,
+        runtime=240,
+    params:
+        tokenizer=lambda wc, input: input.get("tokenizer", "build"),
+        vocab=lambda wc: PLAN.tokens[wc.tokens]["vocab_size"],
+    shell:
+        "python -m tuneatlas --threads {threads} tokenize --data {input.data}"
+        " --tokenizer {params.tokenizer} --vocab-size {params.vocab} --out {output} 2> {log}"
+
+
+ruleorder: pretrain > train
+
+
+rule pretrain:
+    input:
+        tokens=lambda wc: f"{RESULTS}/tokens/{run_of(wc).spec['model']}",
+    output:
+        model=directory(f"{RESULTS}/runs/{{run}}/model"),
+        eval=f"{RESULTS}/runs/{{run}}/eval.parquet",
+        metrics=f"{RESULTS}/runs/{{run}}/metrics.parquet",
+        spec=f"{RESULTS}/runs/{{run}}/spec.yaml",
+    log:
+        f"{RESULTS}/logs/pretrain/{{run}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pretrain/{{run}}.tsv"
+    wildcard_constraints:
+        run=one_of(PRETRAIN_RUNS),
+    conda:
+        "../../envs/tuneatlas.yaml"
+    threads: THREADS
+    resources:
+        gpu=GPUS_PER_PRETRAIN,
+        mem_mb=32000,
+        runtime=1440,
+    params:
+        spec=lambda wc: as_json(run_of(wc).spec),
+        run_dir=lambda wc: f"{RESULTS}/runs/{wc.run}",
+        # several GPUs: one DDP process per GPU, each on its share of every global batch
+        launcher=(
+            f"torchrun --standalone --nproc_per_node {GPUS_PER_PRETRAIN}"
+            if GPUS_PER_PRETRAIN > 1
+            else "python"
+        ),
+    shell:
+        "{params.launcher} -m tuneatlas --threads {threads} pretrain --spec {params.spec:q}"
+        " --tokens {input.tokens} --out {params.run_dir} 2> {log}"
+
+
+rule lm_eval:
+    input:
+        model=f"{RESULTS}/runs/{{run}}/model",
+        data=lambda wc: f"{RESULTS}/data/{PLAN.lm_evals[wc.run]['corpus']}",
+    output:
+        f"{RESULTS}/lm_eval/{{run}}.parquet",
+    log:
+        f"{RESULTS}/logs/lm_eval/{{run}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/lm_eval/{{run}}.tsv"
+    wildcard_constraints:
+        run=one_of(PLAN.lm_evals),
+    conda:
+        "../../envs/tuneatlas.yaml"
+    threads: THREADS
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=240,
+    params:
+        spec=lambda wc: as_json(PLAN.lm_evals[wc.run]),
+    shell:
+        "python -m tuneatlas --threads {threads} lm-eval --spec {params.spec:q}"
+        " --model {input.model} --data {input.data} --out {output} 2> {log}"
