@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from tuneatlas.catalogue import ARTIFACTS
@@ -132,12 +134,16 @@ def test_tiny_run_s5_members_and_ensembles(tiny_run):
 def test_simcse_model_builds_alone_and_loads_as_a_base_model(tiny_run):
     from tuneatlas.models.hub import BUILD_INFO, load_encoder
 
+    model_dir = tiny_run / "results/models/s2-simcse-p0.1"
+    before = {k: v.clone() for k, v in load_encoder(model_dir).state_dict().items()}
+    shutil.rmtree(model_dir)
+    shutil.rmtree(tiny_run / "results/runs/s2-simcse-p0.1")
     out = snakemake(
         tiny_run, "--configfile", str(TINY), "--cores", "2", "results/models/s2-simcse-p0.1"
     ).stdout
-    assert set(job_counts(out)) == {"prepare_data", "simcse"}  # the corpus, then SimCSE
-    model_dir = tiny_run / "results/models/s2-simcse-p0.1"
+    assert job_counts(out) == {"simcse": 1}  # the corpus and the base model are there
     encoder = load_encoder(model_dir)
+    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
     base = load_encoder(tiny_run / "results/models/bert-tiny")
     assert encoder.state_dict().keys() == base.state_dict().keys()
     info = json.loads((model_dir / BUILD_INFO).read_text())
@@ -183,7 +189,7 @@ def stub_local_sources(workdir: Path, config_file: Path) -> None:
                 write_tsv([row], workdir / path)
 
 
-def test_paper_dry_run_builds_the_full_s1_s2_s3_s5_grids(tmp_path):
+def test_paper_dry_run_builds_every_studys_full_grid(tmp_path):
     stub_local_sources(tmp_path, REPO / "paper.yaml")
     out = snakemake(tmp_path, "--configfile", str(REPO / "paper.yaml"), "-n").stdout
     counts = job_counts(out)
@@ -192,27 +198,31 @@ def test_paper_dry_run_builds_the_full_s1_s2_s3_s5_grids(tmp_path):
     paper = yaml.safe_load((REPO / "paper.yaml").read_text())
     s3 = paper["studies"]["s3"]
     s3_datasets = {s3["dataset"], s3.get("preliminary_dataset")} - {None}
-    s2, s5 = paper["studies"]["s2"], paper["studies"]["s5"]
+    s2, s4, s5 = (paper["studies"][s] for s in ("s2", "s4", "s5"))
     # S1: 40 (8 tasks x 5 seeds) + 8 max-norm + 8 frozen + 8 no-dropout + 56 cross;
     # S2: (vanilla + 5 SimCSE models) x 6 lrs x 30 seeds; S5: 3 seed + 3 cluster members (k = 3)
     assert counts["train"] == 120 + 1 + bool(s3.get("preliminary_dataset")) + 1080 + 6
     assert counts["simcse"] == 5 and counts["fisher"] == 6 * 30  # 30 trials per model
     assert (s2["model"], len(s2["lrs"]), s2["n_seeds"]) == ("bert-large", 6, 30)
-    # GLUE + livedoor (+ imbalanced) + S2's RTE (public validation) and wiki1m + S5's SST-2
-    assert counts["prepare_data"] == 8 + len(s3_datasets) + 2 + 1
+    # GLUE + livedoor (+ imbalanced) + S2's RTE (public validation) and wiki1m + S4's
+    # FineWeb-Edu + S5's SST-2
+    assert counts["prepare_data"] == 8 + len(s3_datasets) + 2 + 1 + 1
+    # S4: 285M and 570M (15 variants + baseline each), the 2B check (2 variants + baseline)
+    assert counts["pretrain"] == counts["lm_eval"] == 16 + 16 + 3 and counts["tokenize"] == 1
     assert counts["embed"] == 16  # main + no-dropout run per task
     assert counts["subsets"] == 16  # one subset scan per embedded run
-    # S1 9 + S2 6 + S3 8 + S5 1; S3.F4's figure is the animation rule
-    assert counts["table"] == counts["figure"] + 1 == 24
+    # S1 9 + S2 6 + S3 8 + S4 3 + S5 1; S3.F4's figure is the animation rule
+    assert counts["table"] == counts["figure"] + 1 == 27
     assert (s5["model"], s5["k"], s5["seeds"]) == ("roberta-base", 3, [0, 1, 2])
     assert counts["cluster"] == 1 and counts["cluster_data"] == 3
     assert counts["train_with_predictions"] == 6  # the S5 members, in the train count
     # every hub dataset and model is fetched by a rule of its own, run on the submit host
-    used = [*paper["studies"]["s1"]["tasks"], *s3_datasets, s2["task"], s2["corpus"], s5["task"]]
+    s1_tasks = paper["studies"]["s1"]["tasks"]
+    used = [*s1_tasks, *s3_datasets, s2["task"], s2["corpus"], s4["corpus"], s5["task"]]
     hub = [d for d in used if paper["datasets"][d]["source"] == "hub"]
     assert counts["fetch_hub_data"] == len(hub)  # livedoor: a local file (livedoor-convert)
-    # bert-base, bert-large, bert-ja, roberta-base
-    assert counts["fetch_model"] == 4 and "build_model" not in counts
+    # bert-base, bert-large, bert-ja, roberta-base, gpt2 (S4's tokenizer)
+    assert counts["fetch_model"] == 5 and "build_model" not in counts
 
 
 def test_only_the_hub_fetches_are_local_rules(tmp_path):
