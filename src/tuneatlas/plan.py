@@ -491,7 +491,7 @@ def _plan_s4(plan: Plan, config: dict[str, Any], s4: dict[str, Any]) -> None:
                 num_heads=arch["num_heads"],
                 ffn_widths=lay.ffn_widths,
                 grad_clip=1.0,
-                precision=config.get("train", {}).get("precision", "fp32"),
+                precision=s4["precision"],
                 checkpoint_every=s4["checkpoint_every"],
                 optim=OptimSpec(
                     lr=s4["lr"], betas=tuple(s4["betas"]), weight_decay=s4["weight_decay"]
