@@ -37,8 +37,8 @@ _SCHEDULE_KEYS = {
 
 @dataclass(frozen=True)
 class Run:
-    """One job that trains something: a fine-tune (`spec` is a TrainSpec dict) or a planned
-    model-producing run of a later study (SimCSE continued training, LLaMA pre-training)."""
+    """One job that trains something: a fine-tune (`spec` is a TrainSpec dict), a SimCSE
+    continued training (SimCSESpec) or a LLaMA pre-training (PretrainSpec)."""
 
     id: str
     study: str
