@@ -373,17 +373,15 @@ def cmd_catalogue(args: argparse.Namespace) -> None:
 
 def cmd_layouts(args: argparse.Namespace) -> None:
     from tuneatlas.config import ConfigError, load_config
-    from tuneatlas.models.layouts import size_layouts
+    from tuneatlas.models.layouts import s4_layouts
 
     s4 = load_config(args.config)["studies"].get("s4")
     if s4 is None:
         raise ConfigError(f"config key 'studies.s4': {args.config} has no S4 section")
     rows = [
         {"size": size, **lay.to_dict()}
-        for size, arch in s4["sizes"].items()
-        for lay in size_layouts(
-            arch, s4["ratios"], s4["positions"], s4["vocab_size"], s4["width_multiple"]
-        ).values()
+        for size, layouts in s4_layouts(s4).items()
+        for lay in layouts.values()
     ]
     if args.json:
         print(json.dumps(rows))

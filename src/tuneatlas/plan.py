@@ -14,7 +14,7 @@ from typing import Any
 
 from tuneatlas.catalogue import ARTIFACTS, Artifact
 from tuneatlas.config import ConfigError
-from tuneatlas.models.layouts import size_layouts
+from tuneatlas.models.layouts import s4_layouts
 from tuneatlas.spec import (
     CaptureSpec,
     FisherSpec,
@@ -333,7 +333,6 @@ def _plan_s2(plan: Plan, config: dict[str, Any], s2: dict[str, Any]) -> None:
         plan.targets[artifact_id] = Target(
             ARTIFACTS[artifact_id], tuple(sweep), params=grid, datasets=(s2["task"],)
         )
-    fisher = s2["fisher"]
     trials = {}
     for (label, model), trial in itertools.product(models.items(), range(fisher["trials"])):
         fisher_id = f"s2-{label}-t{trial}"
@@ -451,10 +450,8 @@ def _plan_s4(plan: Plan, config: dict[str, Any], s4: dict[str, Any]) -> None:
         )
     plan.tokens[S4_TOKENS] = {k: s4[k] for k in ("corpus", "tokenizer", "vocab_size")}
     evals, variants_info = [], {}
-    for size, arch in s4["sizes"].items():
-        layouts = size_layouts(
-            arch, s4["ratios"], s4["positions"], s4["vocab_size"], s4["width_multiple"]
-        )
+    for size, layouts in s4_layouts(s4).items():
+        arch = s4["sizes"][size]
         wanted = arch.get("variants")
         unknown = sorted(set(wanted or ()) - set(layouts))
         if unknown:
@@ -498,12 +495,11 @@ def _plan_s4(plan: Plan, config: dict[str, Any], s4: dict[str, Any]) -> None:
                 ),
                 schedule=ScheduleSpec(name="cosine", warmup_steps=s4["warmup_steps"]),
             )
-            position, _, ratio = name.partition("_")
             info = {
                 "size": size,
                 "variant": name,
-                "position": position if ratio else None,
-                "ratio": int(ratio) if ratio else 100,
+                "position": lay.position,
+                "ratio": lay.ratio,
                 "params": lay.params,
                 "rel_diff": lay.rel_diff,
             }

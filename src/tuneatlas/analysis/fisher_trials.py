@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from tuneatlas.analysis.fisher import layer_grams
+from tuneatlas.analysis.fisher import FisherSpectrum, layer_grams
 from tuneatlas.data.tasks import fine_tuning_task
 from tuneatlas.engine.loop import resolve_device, seed_everything
 from tuneatlas.engine.recipes.classify import build_classifier, tokenize_splits
@@ -47,6 +47,20 @@ def trial_rows(n_rows: int, batch_size: int, trial: int) -> np.ndarray:
     return np.sort(np.random.default_rng(trial).choice(n_rows, size=batch_size, replace=False))
 
 
+def spectrum_rows(spectrum: FisherSpectrum, n: int) -> list[dict[str, Any]]:
+    """One row per layer: layer, n, erank, normalised_erank, eigenvalues (descending)."""
+    return [
+        {
+            "layer": layer,
+            "n": n,
+            "erank": int(spectrum.erank[layer]),
+            "normalised_erank": float(spectrum.normalised_erank[layer]),
+            "eigenvalues": spectrum.eigenvalues[layer].double().tolist(),
+        }
+        for layer in range(len(spectrum.erank))
+    ]
+
+
 def fisher_trial(
     spec: dict[str, Any],
     data_dir: Path,
@@ -72,15 +86,7 @@ def fisher_trial(
     grams = layer_grams(model, lambda m: log_probs(m, batch))
     spectrum = grams.spectrum(spec["energy"])
     df = pd.DataFrame(
-        {
-            "model": label,
-            "trial": trial,
-            "layer": np.arange(len(spectrum.erank)),
-            "n": batch_size,
-            "erank": spectrum.erank.numpy().astype(np.int64),
-            "normalised_erank": spectrum.normalised_erank.numpy(),
-            "eigenvalues": [ev.tolist() for ev in spectrum.eigenvalues.double()],
-        },
+        [{"model": label, "trial": trial, **row} for row in spectrum_rows(spectrum, batch_size)],
         columns=FISHER_COLUMNS,
     )
     info = {"model": label, "trial": trial, "rows": rows.tolist()}

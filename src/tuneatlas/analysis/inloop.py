@@ -36,7 +36,7 @@ import torch
 
 from tuneatlas.analysis.capture import CAPTURES_DIR, preserved_rng
 from tuneatlas.analysis.fisher import layer_grams
-from tuneatlas.analysis.fisher_trials import log_probs, trial_rows
+from tuneatlas.analysis.fisher_trials import log_probs, spectrum_rows, trial_rows
 from tuneatlas.io import load_tensors, save_tensors, write_parquet
 from tuneatlas.spec import FisherSpec
 
@@ -67,13 +67,11 @@ class _StepHook(ABC):
         self.records = [r for r in self.records if r["step"] <= step]
         return any(r["step"] == step for r in self.records)
 
-    def on_train_start(self, state: Any) -> None:
-        if _due(state, self.every) and not self._measured(state.step):
-            self.measure(state)
-
     def on_step_end(self, state: Any) -> None:
         if _due(state, self.every) and not self._measured(state.step):
             self.measure(state)
+
+    on_train_start = on_step_end  # step 0 of a fresh run; a resumed run's step when it is due
 
     @abstractmethod
     def measure(self, state: Any) -> None:
@@ -114,17 +112,7 @@ class FisherTrace(_StepHook):
             finally:
                 model.train(was_training)
         base = self._base(state)
-        for layer in range(len(spectrum.erank)):
-            self.records.append(
-                {
-                    **base,
-                    "layer": layer,
-                    "n": self.fisher.batch_size,
-                    "erank": int(spectrum.erank[layer]),
-                    "normalised_erank": float(spectrum.normalised_erank[layer]),
-                    "eigenvalues": spectrum.eigenvalues[layer].double().tolist(),
-                }
-            )
+        self.records += [{**base, **row} for row in spectrum_rows(spectrum, self.fisher.batch_size)]
 
     def on_train_end(self, state: Any) -> None:
         self._batch = None

@@ -253,7 +253,7 @@ def evaluate_run(
         )
     rows = [
         {"model": spec["run"], "task": task, "metric": metric,
-         "value": value, "higher_is_better": _higher_is_better(task, metric)}
+         "value": value, "higher_is_better": _higher_is_better(metric)}
         for task, metrics in scores.items()
         for metric, value in metrics.items()
     ]  # fmt: skip
@@ -268,5 +268,5 @@ def evaluate_run(
     return df
 
 
-def _higher_is_better(task: str, metric: str) -> bool:
+def _higher_is_better(metric: str) -> bool:
     return not ("perplexity" in metric or metric in ("bits_per_byte",))

@@ -57,14 +57,20 @@ def llama_params(
 
 @dataclass(frozen=True)
 class Layout:
-    variant: str  # "baseline" or "<position>_<ratio>"
+    position: str | None  # first / middle / final; None for the baseline
+    ratio: int  # percent of FFN-expanded layers; 100 = the baseline
     ffn_widths: list[int]  # per layer, 0 = FFN-inactive
     params: int
     baseline_params: int
     rel_diff: float  # (params - baseline_params) / baseline_params
 
+    @property
+    def variant(self) -> str:
+        """ "baseline" or "<position>_<ratio>"."""
+        return "baseline" if self.position is None else f"{self.position}_{self.ratio}"
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"variant": self.variant, **asdict(self)}
 
 
 def layout(
@@ -80,7 +86,7 @@ def layout(
     baseline = [intermediate_size] * num_layers
     base_params = llama_params(hidden_size, baseline, vocab_size)
     if ratio == 100:
-        return Layout("baseline", baseline, base_params, base_params, 0.0)
+        return Layout(None, 100, baseline, base_params, base_params, 0.0)
     expanded = expanded_layers(num_layers, ratio, position)
     d, n = hidden_size, len(expanded)
     # the FFN budget of the baseline, over n expanded layers (each pays its own RMSNorm d)
@@ -89,7 +95,7 @@ def layout(
     widths = [width if i in expanded else 0 for i in range(num_layers)]
     params = llama_params(hidden_size, widths, vocab_size)
     rel = (params - base_params) / base_params
-    return Layout(f"{position}_{ratio}", widths, params, base_params, rel)
+    return Layout(position, ratio, widths, params, base_params, rel)
 
 
 def size_layouts(
@@ -108,3 +114,13 @@ def size_layouts(
                 lay = layout(*dims, ratio=ratio, position=position, multiple=multiple)
                 out[lay.variant] = lay
     return out
+
+
+def s4_layouts(s4: dict[str, Any]) -> dict[str, dict[str, Layout]]:
+    """Size -> its layouts, for a validated `studies.s4` section."""
+    return {
+        size: size_layouts(
+            arch, s4["ratios"], s4["positions"], s4["vocab_size"], s4["width_multiple"]
+        )
+        for size, arch in s4["sizes"].items()
+    }
