@@ -69,22 +69,23 @@ def time_triple_blocks(scorer, seconds: float, edges, device) -> dict:
     import numpy as np
     import torch
 
-    from tuneatlas.analysis import subsets as ss
+    from tuneatlas.analysis.subsets.kernels import add_histogram, histogram_bins
+    from tuneatlas.analysis.subsets.ranking import RunningTopK
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    top = ss._RunningTopK(10, 3)
+    top = RunningTopK(10, 3)
     counts = np.zeros(len(edges) - 1, dtype=np.int64)
-    key_bins = None if scorer._table is None else ss._histogram_bins(scorer._table, edges)
+    key_bins = None if scorer._table is None else histogram_bins(scorer._table, edges)
     triples, blocks, t0, secs = 0, 0, None, 0.0
     for j, block, keys in scorer._triple_blocks():  # the scan's own generator (private)
         if keys is not None and key_bins is not None:
             hist = torch.bincount(key_bins[keys.reshape(-1)], minlength=len(edges))
             counts += hist[: len(edges) - 1].cpu().numpy()
         else:
-            ss._add_histogram(counts, block, edges)
+            add_histogram(counts, block, edges)
         top.update_block(block, j)
         sync()
         if t0 is None:  # warm-up block done; time from here
@@ -107,7 +108,9 @@ def multiclass_case(args, k_dims: int) -> tuple[list[str], dict]:
     import numpy as np
     import torch
 
-    from tuneatlas.analysis import subsets as ss
+    from tuneatlas.analysis.subsets.combinatorics import n_combinations
+    from tuneatlas.analysis.subsets.kernels import compile_error, histogram_edges
+    from tuneatlas.analysis.subsets.scorer import SubsetScorer
 
     n, c = args.mc_n, args.mc_classes
     rng = np.random.default_rng(args.seed + 1)
@@ -115,10 +118,10 @@ def multiclass_case(args, k_dims: int) -> tuple[list[str], dict]:
     weight = (0.05 * rng.normal(size=(c, k_dims))).astype(np.float32)
     bias = np.zeros(c, dtype=np.float32)
     labels = (hidden[:, :c] + 2 * rng.normal(size=(n, c))).argmax(1).astype(np.int64)
-    total = ss.n_combinations(k_dims, 3)
-    paper_total = ss.n_combinations(768, 3)
+    total = n_combinations(k_dims, 3)
+    paper_total = n_combinations(768, 3)
     paper_n = 40_000
-    edges = ss.histogram_edges("accuracy", 100)
+    edges = histogram_edges("accuracy", 100)
     lines = [
         f"3-class paper-size case: K={k_dims} N={n:,} C={c} accuracy, "
         f"{total:,} triples x {n:,} examples = {total * n:.3e} combination-examples"
@@ -126,20 +129,20 @@ def multiclass_case(args, k_dims: int) -> tuple[list[str], dict]:
     out: dict = {"mc_k": k_dims, "mc_n": n, "mc_classes": c}
 
     def one(device: torch.device, backend: str, label: str) -> dict:
-        scorer = ss.SubsetScorer(
+        scorer = SubsetScorer(
             hidden, labels, weight, bias, "accuracy", device=device, backend=backend
         )
         compiled = scorer.will_compile(3)
         compile_s = 0.0
         if compiled:  # compile on a tiny problem first, so that compile and scan time apart
-            tiny = ss.SubsetScorer(
+            tiny = SubsetScorer(
                 hidden[:64, :8], labels[:64], weight[:, :8], bias, "accuracy",
                 device=device, backend="compile",
             )  # fmt: skip
             t0 = time.perf_counter()
             tiny.scan_triples(k=1)
             compile_s = time.perf_counter() - t0
-            compiled = ss.compile_error() is None
+            compiled = compile_error() is None
         res = time_triple_blocks(scorer, args.mc_seconds, edges, device)
         res.update(compiled=compiled, compile_s=compile_s)
         proj = paper_total * paper_n / res["rate"]
@@ -197,7 +200,13 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from tuneatlas.analysis import subsets as ss
+    from tuneatlas.analysis.subsets.combinatorics import (
+        n_combinations,
+        paper_sample_size,
+        sample_combinations,
+    )
+    from tuneatlas.analysis.subsets.kernels import compile_error, histogram_edges
+    from tuneatlas.analysis.subsets.scorer import SubsetScorer
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -216,7 +225,7 @@ def main() -> int:
         head.weight.copy_(torch.as_tensor(weight))
         head.bias.copy_(torch.as_tensor(bias))
     ht, yt = torch.as_tensor(hidden), torch.as_tensor(labels)
-    combos = ss.sample_combinations(k_dims, 3, args.naive, seed=args.seed)
+    combos = sample_combinations(k_dims, 3, args.naive, seed=args.seed)
     naive_scores = np.empty(len(combos))
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -230,7 +239,7 @@ def main() -> int:
 
     # ---- engine
     t0 = time.perf_counter()
-    scorer = ss.SubsetScorer(hidden, labels, weight, bias, "accuracy", backend=args.backend)
+    scorer = SubsetScorer(hidden, labels, weight, bias, "accuracy", backend=args.backend)
     setup_s = time.perf_counter() - t0
     agree = bool(np.allclose(scorer.score(combos), naive_scores, rtol=0, atol=1e-12))
 
@@ -246,23 +255,23 @@ def main() -> int:
     compile_s = 0.0
     compiled = scorer.will_compile(3)
     if compiled:
-        tiny = ss.SubsetScorer(
+        tiny = SubsetScorer(
             hidden[:64, :8], labels[:64], weight[:, :8], bias, "accuracy", backend="compile"
         )
         t0 = time.perf_counter()
         tiny.scan_triples(k=1)
         compile_s = time.perf_counter() - t0
-        compiled = ss.compile_error() is None
+        compiled = compile_error() is None
 
-    edges = ss.histogram_edges("accuracy", 100)
+    edges = histogram_edges("accuracy", 100)
     t0 = time.perf_counter()
     top, top_scores, counts = scorer.scan_triples(k=10, edges=edges)
     triples_s = time.perf_counter() - t0
-    n_triples = ss.n_combinations(k_dims, 3)
+    n_triples = n_combinations(k_dims, 3)
     assert counts.sum() == n_triples
 
-    n_sample = ss.paper_sample_size(k_dims, 3, 1e-3) or 1
-    sample = ss.sample_combinations(k_dims, 3, n_sample, seed=args.seed)
+    n_sample = paper_sample_size(k_dims, 3, 1e-3) or 1
+    sample = sample_combinations(k_dims, 3, n_sample, seed=args.seed)
     t0 = time.perf_counter()
     scorer.score(sample)
     sample_s = time.perf_counter() - t0

@@ -176,7 +176,8 @@ def table_differences(a: Path, b: Path) -> dict[str, float]:
 def compare_scans(workdir: Path, device: str) -> list[dict[str, Any]]:
     import pandas as pd
 
-    from tuneatlas.analysis.subset_scan import SCAN_FILES, scan_run
+    from tuneatlas.analysis.subsets.scan import scan_run
+    from tuneatlas.analysis.subsets.scan_files import SCAN_FILES
     from tuneatlas.data.tasks import get_task
     from tuneatlas.io import read_parquet_meta
 
@@ -261,7 +262,12 @@ def _same(a, b, exact: bool) -> tuple[bool, float]:
 
 
 def compare_scorers(device: str, quick: bool) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    from tuneatlas.analysis import subsets as ss
+    from tuneatlas.analysis.subsets.combinatorics import (
+        n_combinations,
+        paper_sample_size,
+        sample_combinations,
+    )
+    from tuneatlas.analysis.subsets.scorer import SubsetScorer
 
     k_big, k_scan = (96, 48) if quick else (768, 384)
     cases = [
@@ -273,9 +279,9 @@ def compare_scorers(device: str, quick: bool) -> tuple[list[dict[str, Any]], dic
     for kind, n, k in cases:
         p = problem(kind, n, k, seed=len(rows))
         exact = p["metric"] in COUNT_METRICS
-        scorers = {d: ss.SubsetScorer(**p, device=d) for d in ("cpu", device)}
-        n_tri = max(ss.paper_sample_size(k, 3, 1e-3), 1000)
-        tri = ss.sample_combinations(k, 3, n_tri, seed=0)
+        scorers = {d: SubsetScorer(**p, device=d) for d in ("cpu", device)}
+        n_tri = max(paper_sample_size(k, 3, 1e-3), 1000)
+        tri = sample_combinations(k, 3, n_tri, seed=0)
         res = {}
         for d, s in scorers.items():
             pairs, tp = _timed(s.pair_scores)
@@ -291,18 +297,18 @@ def compare_scorers(device: str, quick: bool) -> tuple[list[dict[str, Any]], dic
     p = problem("binary", 872, k_scan, seed=7)
     scans = {}
     for d in ("cpu", device):
-        s = ss.SubsetScorer(**p, device=d)
+        s = SubsetScorer(**p, device=d)
         scans[d], t = _timed(lambda s=s: s.scan_triples(k=10, edges=50))
-        timings[f"binary K={k_scan}: all {ss.n_combinations(k_scan, 3)} triples on {d}"] = t
+        timings[f"binary K={k_scan}: all {n_combinations(k_scan, 3)} triples on {d}"] = t
     (dc, sc, hc), (dg, sg, hg) = scans["cpu"], scans[device]
     ok = bool(np.array_equal(dc, dg) and np.array_equal(sc, sg) and np.array_equal(hc, hg))
     rows.append({"case": f"binary K={k_scan} N=872 accuracy", "what": "all triples: top-10 + "
-                 "histogram", "n": ss.n_combinations(k_scan, 3), "equal": ok,
+                 "histogram", "n": n_combinations(k_scan, 3), "equal": ok,
                  "max_diff": float(np.max(np.abs(sc - sg)))})  # fmt: skip
     if device == "cuda":  # the paper-scale scan, timed on the GPU only
-        s = ss.SubsetScorer(**problem("binary", 872, k_big, seed=8), device=device)
+        s = SubsetScorer(**problem("binary", 872, k_big, seed=8), device=device)
         _, t = _timed(lambda: s.scan_triples(k=10, edges=100))
-        timings[f"binary K={k_big}: all {ss.n_combinations(k_big, 3)} triples on cuda"] = t
+        timings[f"binary K={k_big}: all {n_combinations(k_big, 3)} triples on cuda"] = t
     for r in rows:
         say(f"scorer {r['case']}, {r['what']}: {'equal' if r['equal'] else 'DIFFERENT'}"
             f" (max diff {r['max_diff']:.3g})")  # fmt: skip

@@ -184,7 +184,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 
 def cmd_subsets(args: argparse.Namespace) -> None:
-    from tuneatlas.analysis.subset_scan import scan_run
+    from tuneatlas.analysis.subsets.scan import scan_run
 
     frames = scan_run(
         Path(args.embeddings),

@@ -23,8 +23,11 @@ import numpy as np
 import pytest
 import torch
 
-from tuneatlas.analysis.embed import EMBEDDINGS_FILE, extract
-from tuneatlas.analysis.subsets import SubsetScorer, all_combinations, layer_redundancy
+from tuneatlas.analysis.capture import EMBEDDINGS_FILE
+from tuneatlas.analysis.embed import extract
+from tuneatlas.analysis.subsets.combinatorics import all_combinations
+from tuneatlas.analysis.subsets.effective import layer_redundancy
+from tuneatlas.analysis.subsets.scorer import SubsetScorer
 from tuneatlas.config import load_config, validate_config
 from tuneatlas.data.prepare import prepare_dataset
 from tuneatlas.engine.recipes.classify import finetune

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tuneatlas.analysis.subset_scan import scan_run
+from tuneatlas.analysis.subsets.scan import scan_run
 from tuneatlas.catalogue import ARTIFACTS
 from tuneatlas.io import save_tensors, write_yaml
 from tuneatlas.plan import _s1_scan_spec

@@ -11,9 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tuneatlas.analysis import subset_scan as scan_mod
-from tuneatlas.analysis import subsets as ss
-from tuneatlas.analysis.subset_scan import SCAN_FILES, read_scan, scan_run
+from tuneatlas.analysis.subsets.effective import (
+    DEGENERATE_STD,
+    effective_dimensions,
+    layer_redundancy,
+)
+from tuneatlas.analysis.subsets.kernels import histogram_edges, score_histogram
+from tuneatlas.analysis.subsets.scan import scan_run, validate_spec
+from tuneatlas.analysis.subsets.scan_files import SCAN_FILES, read_scan
+from tuneatlas.analysis.subsets.scorer import SubsetScorer
+from tuneatlas.analysis.subsets.search import search_subsets
 from tuneatlas.io import read_parquet_meta, save_tensors, write_yaml
 from tuneatlas.spec import TrainSpec
 
@@ -73,7 +80,7 @@ def scorers(tensors, task, layer=-1):
     n_classes, regression = CASES[task]
     metric = "pearson" if regression else "accuracy"
     return [
-        ss.SubsetScorer(
+        SubsetScorer(
             tensors[f"{split}.cls"][layer],
             tensors[f"{split}.labels"],
             tensors["head.weight"],
@@ -116,12 +123,12 @@ def test_scan_files_equal_direct_searches(tmp_path, task):
 
     top = frames["top"]
     expected = [
-        ss.search_subsets(valid, 2, k=k, test=test, bins=bins),
-        ss.search_subsets(valid, 2, k=k, test=test, n_samples=18, seed=seed, bins=bins),
-        ss.search_subsets(valid, 3, k=k, test=test, bins=bins),
-        ss.search_subsets(valid, 3, k=k, test=test, n_samples=30, seed=seed, bins=bins),
-        ss.search_subsets(valid, 3, k=k, test=test, n_samples=84, seed=seed, bins=bins),
-        ss.search_subsets(valid, 3, k=k, test=test, n_samples=7, seed=seed, bins=bins),
+        search_subsets(valid, 2, k=k, test=test, bins=bins),
+        search_subsets(valid, 2, k=k, test=test, n_samples=18, seed=seed, bins=bins),
+        search_subsets(valid, 3, k=k, test=test, bins=bins),
+        search_subsets(valid, 3, k=k, test=test, n_samples=30, seed=seed, bins=bins),
+        search_subsets(valid, 3, k=k, test=test, n_samples=84, seed=seed, bins=bins),
+        search_subsets(valid, 3, k=k, test=test, n_samples=7, seed=seed, bins=bins),
     ]
     assert sorted(top["search"].unique()) == list(range(len(expected)))
     for sid, found in enumerate(expected):
@@ -140,12 +147,12 @@ def test_scan_files_equal_direct_searches(tmp_path, task):
     # all pairs on test, for S1.FA3
     hist = frames["histograms"]
     h = hist[(hist["search"] == 0) & (hist["split"] == "test")]
-    edges = ss.histogram_edges(valid.metric, bins)
-    np.testing.assert_array_equal(h["count"], ss.score_histogram(test.pair_scores(), edges))
+    edges = histogram_edges(valid.metric, bins)
+    np.testing.assert_array_equal(h["count"], score_histogram(test.pair_scores(), edges))
     assert h["count"].sum() == math.comb(K, 2)
 
     # S1.T3 from the exhaustive triples
-    eff = ss.effective_dimensions(valid, expected[2].dims[:4], test=test)
+    eff = effective_dimensions(valid, expected[2].dims[:4], test=test)
     got = frames["effective"]
     assert set(got["search"]) == {2}
     ablation = got[got["kind"] == "ablation"]
@@ -159,7 +166,7 @@ def test_scan_files_equal_direct_searches(tmp_path, task):
     assert best.loc["test", "effective_dims"] == ",".join(map(str, eff.effective))
 
     # S1.FL on every layer
-    direct = ss.layer_redundancy(
+    direct = layer_redundancy(
         tensors["valid.cls"],
         tensors["valid.labels"],
         tensors["head.weight"],
@@ -267,8 +274,8 @@ def test_t3_takes_the_largest_sample_without_exhaustive_triples(tmp_path):
     assert set(top[top["search"] == source]["sample_size"]) == {30}
 
     valid, test = scorers(tensors, "sst2")
-    sample = ss.search_subsets(valid, 3, k=4, test=test, n_samples=30, seed=3)
-    eff = ss.effective_dimensions(valid, sample.dims, test=test)
+    sample = search_subsets(valid, 3, k=4, test=test, n_samples=30, seed=3)
+    eff = effective_dimensions(valid, sample.dims, test=test)
     subsets_cfg = {
         "top_k": 3,
         "effective_top": 4,
@@ -289,7 +296,7 @@ def test_t3_takes_the_largest_sample_without_exhaustive_triples(tmp_path):
     assert best.loc["valid", "dims"] == ",".join(map(str, eff.best_pair))
     assert best.loc["test", "value"] == eff.best_test
     # not the exhaustive top triples (today's bug: T3 scanned all triples regardless)
-    exhaustive = ss.search_subsets(valid, 3, k=4)
+    exhaustive = search_subsets(valid, 3, k=4)
     assert list(got["dims"]) != [",".join(map(str, d)) for d in exhaustive.dims]
     assert got["value"].iloc[0] <= exhaustive.valid[0]
     ta1 = build_table("S1.TA1", table_spec, results)
@@ -353,7 +360,7 @@ def test_degenerate_layer_has_no_best_pair(tmp_path):
     frames = scan_run(path, spec_for("sst2", triples=None), results / "subsets" / "r")
     layers = frames["layers"].set_index("layer")
     assert layers["degenerate"].tolist() == [False, True, False]
-    assert layers.loc[1, "std"] <= ss.DEGENERATE_STD
+    assert layers.loc[1, "std"] <= DEGENERATE_STD
     assert np.isnan(layers.loc[1, ["max", "best_valid", "best_test"]].astype(float)).all()
     assert pd.isna(layers.loc[1, "best_dims"])
     assert not np.isnan(layers.loc[2, ["max", "best_valid", "best_test"]].astype(float)).any()
@@ -400,4 +407,4 @@ def test_plan_scans_every_s1_run_a_subset_table_reads(repo):
     assert some["seed"] == plan.runs[sorted(main)[0]].spec["seed"]
     with pytest.raises(KeyError, match="no subset scan"):
         plan.scan_spec("s1-sst2-maxnorm-s0")
-    assert scan_mod.validate_spec(some)["effective_top"] == 10
+    assert validate_spec(some)["effective_top"] == 10

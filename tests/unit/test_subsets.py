@@ -19,7 +19,27 @@ import numpy as np
 import pytest
 import torch
 
-from tuneatlas.analysis import subsets as ss
+from tuneatlas.analysis.subsets import kernels
+from tuneatlas.analysis.subsets import scorer as scorer_module
+from tuneatlas.analysis.subsets.combinatorics import (
+    PAPER_PAIR_RATES,
+    PAPER_TRIPLE_RATES,
+    all_combinations,
+    n_combinations,
+    paper_sample_size,
+    rank_combinations,
+    sample_combinations,
+    unrank_combinations,
+)
+from tuneatlas.analysis.subsets.effective import effective_dimensions, layer_redundancy
+from tuneatlas.analysis.subsets.kernels import (
+    compile_error,
+    histogram_edges,
+    metric_from_confusion,
+    score_histogram,
+)
+from tuneatlas.analysis.subsets.scorer import SubsetScorer
+from tuneatlas.analysis.subsets.search import search_subsets
 from tuneatlas.metrics import predictions, score
 
 K, N = 10, 200
@@ -88,8 +108,8 @@ CASES = [
 def _reference(n_classes: int, metric: str, regression: bool, dyadic: bool):
     """Problem + brute-force scores of all pairs and triples (shared by several tests)."""
     h, y, w, b = _problem(n_classes, regression, seed=n_classes * 7 + len(metric), dyadic=dyadic)
-    pairs = ss.all_combinations(K, 2)
-    triples = ss.all_combinations(K, 3)
+    pairs = all_combinations(K, 2)
+    triples = all_combinations(K, 3)
     return (
         (h, y, w, b),
         pairs,
@@ -111,7 +131,7 @@ def _reference(n_classes: int, metric: str, regression: bool, dyadic: bool):
 )
 def test_all_pairs_and_triples_match_masked_head(n_classes, metric, regression, dyadic):
     (h, y, w, b), pairs, ref2, triples, ref3 = _reference(n_classes, metric, regression, dyadic)
-    scorer = ss.SubsetScorer(h, y, w, b, metric, regression=regression, backend="eager")
+    scorer = SubsetScorer(h, y, w, b, metric, regression=regression, backend="eager")
     if not regression:
         assert np.ptp(ref2) > 0 and np.ptp(ref3) > 0  # the data does discriminate subsets
 
@@ -119,13 +139,13 @@ def test_all_pairs_and_triples_match_masked_head(n_classes, metric, regression, 
     np.testing.assert_allclose(scorer.score(pairs), ref2, rtol=0, atol=1e-6)
     np.testing.assert_allclose(scorer.score(triples), ref3, rtol=0, atol=1e-6)
 
-    top, top_scores, counts = scorer.scan_triples(k=15, edges=ss.histogram_edges(metric, 20))
+    top, top_scores, counts = scorer.scan_triples(k=15, edges=histogram_edges(metric, 20))
     np.testing.assert_array_equal(top, _full_order(triples, ref3)[:15])
     np.testing.assert_allclose(top_scores, np.sort(ref3)[::-1][:15], rtol=0, atol=1e-6)
-    np.testing.assert_array_equal(counts, np.histogram(ref3, ss.histogram_edges(metric, 20))[0])
-    assert counts.sum() == ss.n_combinations(K, 3)
+    np.testing.assert_array_equal(counts, np.histogram(ref3, histogram_edges(metric, 20))[0])
+    assert counts.sum() == n_combinations(K, 3)
 
-    res = ss.search_subsets(scorer, 2, k=7, bins=10)
+    res = search_subsets(scorer, 2, k=7, bins=10)
     np.testing.assert_array_equal(res.dims, _full_order(pairs, ref2)[:7])
     assert res.counts.sum() == len(pairs) and res.n_evaluated == len(pairs)
 
@@ -145,16 +165,16 @@ def test_binary_tie_is_class_zero_like_argmax():
     h = np.zeros((4, 3), dtype=np.float32)
     w = np.array([[1, 2, 3], [3, 2, 1]], dtype=np.float32)
     b = np.zeros(2, dtype=np.float32)
-    scorer = ss.SubsetScorer(h, np.array([0, 0, 1, 1]), w, b, "accuracy")
+    scorer = SubsetScorer(h, np.array([0, 0, 1, 1]), w, b, "accuracy")
     np.testing.assert_allclose(scorer.pair_scores(), 0.5)
-    scorer = ss.SubsetScorer(h, np.array([0, 0, 0, 0]), w, b, "accuracy")
+    scorer = SubsetScorer(h, np.array([0, 0, 0, 0]), w, b, "accuracy")
     np.testing.assert_allclose(scorer.score([[0, 1, 2]]), 1.0)
 
 
 def _skip_unless_compiled() -> None:
     """Skip, saying why, once torch.compile has failed in this process (then all runs eager)."""
-    if ss.compile_error() is not None:
-        pytest.skip(f"torch.compile cannot build the subset kernel here: {ss.compile_error()}")
+    if compile_error() is not None:
+        pytest.skip(f"torch.compile cannot build the subset kernel here: {compile_error()}")
 
 
 @pytest.mark.parametrize(("n_classes", "metric"), [(2, "f1"), (3, "mcc")])
@@ -165,8 +185,8 @@ def test_compiled_kernels_equal_eager(n_classes, metric):
     # and otherwise asserts (kernel_runs) that compiled code really scored the blocks.
     (h, y, w, b), pairs, ref2, triples, ref3 = _reference(n_classes, metric, False, True)
     _skip_unless_compiled()
-    eager = ss.SubsetScorer(h, y, w, b, metric, backend="eager")
-    fused = ss.SubsetScorer(h, y, w, b, metric, backend="compile")
+    eager = SubsetScorer(h, y, w, b, metric, backend="eager")
+    fused = SubsetScorer(h, y, w, b, metric, backend="compile")
     assert fused.will_compile(2) and fused.will_compile(3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # "compile failed, using eager"
@@ -175,7 +195,7 @@ def test_compiled_kernels_equal_eager(n_classes, metric):
     compiled_pairs = fused.kernel_runs["compiled"]
     assert compiled_pairs > 0, f"no pair block ran compiled: {fused.kernel_runs}"
     np.testing.assert_array_equal(fused_pairs, eager.pair_scores())
-    edges = ss.histogram_edges(metric, 10)
+    edges = histogram_edges(metric, 10)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         got = fused.scan_triples(k=10, edges=edges)
@@ -194,19 +214,19 @@ def test_binary_score_table_equals_direct_metric(metric, monkeypatch):
     # the metric directly (accuracy's table is 1-d and always used). Both must agree bit for
     # bit, or rankings would depend on N.
     (h, y, w, b), pairs, ref2, triples, ref3 = _reference(2, "accuracy", False, True)
-    tabled = ss.SubsetScorer(h, y, w, b, metric)
-    monkeypatch.setattr(ss, "_MAX_TABLE", 0)
-    direct = ss.SubsetScorer(h, y, w, b, metric)
+    tabled = SubsetScorer(h, y, w, b, metric)
+    monkeypatch.setattr(scorer_module, "_MAX_TABLE", 0)
+    direct = SubsetScorer(h, y, w, b, metric)
     assert tabled._table is not None and direct._table is None
     np.testing.assert_array_equal(tabled.pair_scores(), direct.pair_scores())
-    edges = ss.histogram_edges(metric, 13)
+    edges = histogram_edges(metric, 13)
     for got, want in zip(tabled.scan_triples(9, edges), direct.scan_triples(9, edges), strict=True):
         np.testing.assert_array_equal(got, want)
 
 
 def test_regression_closed_form_equals_direct_pearson():
     h, y, w, b = _problem(1, True, seed=3, n=500)
-    scorer = ss.SubsetScorer(h, y, w, b, "pearson", regression=True)
+    scorer = SubsetScorer(h, y, w, b, "pearson", regression=True)
     rng = np.random.default_rng(0)
     subsets = np.stack([rng.choice(K, size=5, replace=False) for _ in range(20)])
     direct = []
@@ -221,7 +241,7 @@ def test_regression_closed_form_equals_direct_pearson():
 def test_regression_constant_prediction_scores_zero_like_metrics():
     h, y, w, b = _problem(1, True, seed=4)
     h[:, [2, 5]] = 0.75  # constant dimensions: their pair predicts a constant
-    scorer = ss.SubsetScorer(h, y, w, b, "pearson", regression=True)
+    scorer = SubsetScorer(h, y, w, b, "pearson", regression=True)
     assert scorer.score([[2, 5]])[0] == 0.0
     assert _brute(h, y, w, b, "pearson", True, [(2, 5)])[0] == 0.0
     assert scorer.score([[2, 3]])[0] != 0.0
@@ -239,58 +259,58 @@ def test_metric_from_confusion_matches_sklearn():
             np.add.at(conf, (yt, yp), 1)
             metrics = ["accuracy", "mcc", "macro_f1"] + (["f1"] if n_classes == 2 else [])
             for metric in metrics:
-                got = float(ss.metric_from_confusion(torch.as_tensor(conf), metric))
+                got = float(metric_from_confusion(torch.as_tensor(conf), metric))
                 assert got == pytest.approx(score(metric, yt, yp), abs=1e-12), (metric, conf)
 
 
 def test_sampling_is_seeded_distinct_and_within_all_combinations():
-    a = ss.sample_combinations(50, 3, 500, seed=7)
-    b = ss.sample_combinations(50, 3, 500, seed=7)
-    c = ss.sample_combinations(50, 3, 500, seed=8)
+    a = sample_combinations(50, 3, 500, seed=7)
+    b = sample_combinations(50, 3, 500, seed=7)
+    c = sample_combinations(50, 3, 500, seed=8)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     assert a.shape == (500, 3)
     assert len({tuple(r) for r in a.tolist()}) == 500
     assert np.all(a[:, 0] < a[:, 1]) and np.all(a[:, 1] < a[:, 2])
     assert a.min() >= 0 and a.max() < 50
-    ranks = ss.rank_combinations(a, 50)
+    ranks = rank_combinations(a, 50)
     assert np.all(np.diff(ranks) > 0)  # returned in lexicographic order
-    everything = {tuple(r) for r in ss.all_combinations(50, 3).tolist()}
+    everything = {tuple(r) for r in all_combinations(50, 3).tolist()}
     assert {tuple(r) for r in a.tolist()} <= everything
     # the whole population can be drawn, and no more
-    assert len(ss.sample_combinations(10, 2, 45, seed=0)) == 45
+    assert len(sample_combinations(10, 2, 45, seed=0)) == 45
     with pytest.raises(ValueError, match="n must be"):
-        ss.sample_combinations(10, 2, 46, seed=0)
+        sample_combinations(10, 2, 46, seed=0)
 
 
 def test_paper_sample_sizes():
-    assert ss.n_combinations(768, 2) == 294_528
-    assert ss.n_combinations(768, 3) == 75_202_816
-    assert [ss.paper_sample_size(768, 2, r) for r in ss.PAPER_PAIR_RATES] == [2_945, 14_726]
-    sizes = [ss.paper_sample_size(768, 3, r) for r in ss.PAPER_TRIPLE_RATES]
+    assert n_combinations(768, 2) == 294_528
+    assert n_combinations(768, 3) == 75_202_816
+    assert [paper_sample_size(768, 2, r) for r in PAPER_PAIR_RATES] == [2_945, 14_726]
+    sizes = [paper_sample_size(768, 3, r) for r in PAPER_TRIPLE_RATES]
     assert sizes == [75_202, 7_520, 752, 75]
 
 
 def test_rank_unrank_roundtrip_and_lexicographic_order():
     for n_dims, size in [(7, 1), (9, 2), (10, 3), (8, 4)]:
-        combos = ss.all_combinations(n_dims, size)
+        combos = all_combinations(n_dims, size)
         np.testing.assert_array_equal(combos, list(itertools.combinations(range(n_dims), size)))
-        np.testing.assert_array_equal(ss.rank_combinations(combos, n_dims), np.arange(len(combos)))
+        np.testing.assert_array_equal(rank_combinations(combos, n_dims), np.arange(len(combos)))
     big = np.array([[0, 1, 2], [100, 400, 767], [765, 766, 767]])
-    ranks = ss.rank_combinations(big, 768)
-    assert ranks[0] == 0 and ranks[-1] == ss.n_combinations(768, 3) - 1
-    np.testing.assert_array_equal(ss.unrank_combinations(ranks, 768, 3), big)
+    ranks = rank_combinations(big, 768)
+    assert ranks[0] == 0 and ranks[-1] == n_combinations(768, 3) - 1
+    np.testing.assert_array_equal(unrank_combinations(ranks, 768, 3), big)
 
 
 def test_sampled_search_ranks_the_sample_and_looks_up_test():
     (h, y, w, b), pairs, ref2, triples, ref3 = _reference(2, "accuracy", False, False)
     ht, yt, _, _ = _problem(2, False, seed=99)
-    valid = ss.SubsetScorer(h, y, w, b, "accuracy")
-    test = ss.SubsetScorer(ht, yt, w, b, "accuracy")
-    res = ss.search_subsets(valid, 3, k=5, test=test, n_samples=60, seed=3, bins=10)
-    sample = ss.sample_combinations(K, 3, 60, seed=3)
+    valid = SubsetScorer(h, y, w, b, "accuracy")
+    test = SubsetScorer(ht, yt, w, b, "accuracy")
+    res = search_subsets(valid, 3, k=5, test=test, n_samples=60, seed=3, bins=10)
+    sample = sample_combinations(K, 3, 60, seed=3)
     np.testing.assert_array_equal(res.combos, sample)
-    ref_sample = ref3[ss.rank_combinations(sample, K)]
+    ref_sample = ref3[rank_combinations(sample, K)]
     np.testing.assert_allclose(res.scores, ref_sample, atol=1e-6)
     np.testing.assert_array_equal(res.dims, _full_order(sample, ref_sample)[:5])
     np.testing.assert_allclose(res.test, _brute(ht, yt, w, b, "accuracy", False, res.dims))
@@ -309,11 +329,11 @@ def test_effective_dimensions_find_the_informative_pair():
     w[1] = 0.3 * rng.normal(size=K)
     w[1, [3, 8]] = 2.0
     b = np.zeros(2, dtype=np.float32)
-    valid = ss.SubsetScorer(h, y, w, b, "accuracy")
+    valid = SubsetScorer(h, y, w, b, "accuracy")
     ht = rng.normal(size=(300, K)).astype(np.float32)
-    test = ss.SubsetScorer(ht, (ht[:, 3] + ht[:, 8] > 0).astype(np.int64), w, b, "accuracy")
-    top = ss.search_subsets(valid, 3, k=10)
-    eff = ss.effective_dimensions(valid, top.dims, test=test)
+    test = SubsetScorer(ht, (ht[:, 3] + ht[:, 8] > 0).astype(np.int64), w, b, "accuracy")
+    top = search_subsets(valid, 3, k=10)
+    eff = effective_dimensions(valid, top.dims, test=test)
     assert {3, 8} <= set(eff.effective.tolist())
     assert eff.best_pair == (3, 8)
     assert eff.best_valid == pytest.approx(valid.score([[3, 8]])[0])
@@ -328,10 +348,10 @@ def test_effective_dimensions_find_the_informative_pair():
     other = ab[~ab["removed"].isin([3, 8])]["drop"].max()
     assert informative > other + 0.1
     # the threshold rule sees the same two dimensions here
-    eff_t = ss.effective_dimensions(valid, top.dims, rule="threshold", min_drop=0.1)
+    eff_t = effective_dimensions(valid, top.dims, rule="threshold", min_drop=0.1)
     assert eff_t.effective.tolist() == [3, 8]
     # pairs table: every pair of effective dimensions, valid-ranked
-    assert len(eff.pairs) == ss.n_combinations(len(eff.effective), 2)
+    assert len(eff.pairs) == n_combinations(len(eff.effective), 2)
     assert eff.pairs["valid"].is_monotonic_decreasing
 
 
@@ -342,49 +362,49 @@ def test_layer_redundancy_per_layer_summary():
     w = rng.normal(size=(2, K)).astype(np.float32)
     b = np.zeros(2, dtype=np.float32)
     y = (layers[-1] @ (w[1] - w[0]) > 0).astype(np.int64)  # only the last layer matches the head
-    frame = ss.layer_redundancy(layers, y, w, b, "accuracy", layers_test=layers, labels_test=y)
+    frame = layer_redundancy(layers, y, w, b, "accuracy", layers_test=layers, labels_test=y)
     assert frame["layer"].tolist() == [0, 1, 2]
     assert frame["all_dims"].iloc[-1] == 1.0
     assert frame["best_valid"].iloc[-1] > frame["best_valid"].iloc[0]
-    last = ss.SubsetScorer(layers[-1], y, w, b, "accuracy").pair_scores()
+    last = SubsetScorer(layers[-1], y, w, b, "accuracy").pair_scores()
     assert frame["mean"].iloc[-1] == pytest.approx(last.mean())
     assert frame["q0.5"].iloc[-1] == pytest.approx(np.median(last))
     assert frame["best_valid"].iloc[-1] == pytest.approx(last.max())
     assert frame["best_test"].iloc[-1] == pytest.approx(frame["best_valid"].iloc[-1])
-    sampled = ss.layer_redundancy(layers, y, w, b, "accuracy", n_pairs=20, seed=1)
+    sampled = layer_redundancy(layers, y, w, b, "accuracy", n_pairs=20, seed=1)
     assert (sampled["n_pairs"] == 20).all()
-    combos = ss.sample_combinations(K, 2, 20, seed=1)
-    first = ss.SubsetScorer(layers[0], y, w, b, "accuracy").score(combos)
+    combos = sample_combinations(K, 2, 20, seed=1)
+    first = SubsetScorer(layers[0], y, w, b, "accuracy").score(combos)
     assert sampled["max"].iloc[0] == pytest.approx(first.max())
 
 
 def test_histogram_matches_numpy_including_edges():
     rng = np.random.default_rng(2)
-    for edges in (ss.histogram_edges("accuracy", 100), ss.histogram_edges("mcc", 7)):
+    for edges in (histogram_edges("accuracy", 100), histogram_edges("mcc", 7)):
         x = np.concatenate([rng.uniform(-1.5, 1.5, 5000), edges, np.arange(873) / 872])
-        np.testing.assert_array_equal(ss.score_histogram(x, edges), np.histogram(x, edges)[0])
+        np.testing.assert_array_equal(score_histogram(x, edges), np.histogram(x, edges)[0])
     uneven = np.array([-0.5, 0.0, 0.1, 0.7, 0.9])
     x = np.concatenate([rng.uniform(-1, 1, 1000), uneven])
-    np.testing.assert_array_equal(ss.score_histogram(x, uneven), np.histogram(x, uneven)[0])
+    np.testing.assert_array_equal(score_histogram(x, uneven), np.histogram(x, uneven)[0])
 
 
 def test_clear_errors():
     h, y, w, b = _problem(3, False, seed=0)
     with pytest.raises(ValueError, match="binary"):
-        ss.SubsetScorer(h, y, w, b, "f1")
+        SubsetScorer(h, y, w, b, "f1")
     with pytest.raises(ValueError, match="transposed"):
-        ss.SubsetScorer(h, y, w.T, b, "accuracy")
+        SubsetScorer(h, y, w.T, b, "accuracy")
     with pytest.raises(ValueError, match="labels must be in"):
-        ss.SubsetScorer(h, y + 3, w, b, "accuracy")
+        SubsetScorer(h, y + 3, w, b, "accuracy")
     with pytest.raises(ValueError, match="regression"):
-        ss.SubsetScorer(h, y, w[:1], b[:1], "accuracy", regression=True)
-    scorer = ss.SubsetScorer(h, y, w, b, "accuracy")
+        SubsetScorer(h, y, w[:1], b[:1], "accuracy", regression=True)
+    scorer = SubsetScorer(h, y, w, b, "accuracy")
     with pytest.raises(ValueError, match="repeats"):
         scorer.score([[1, 1]])
     with pytest.raises(ValueError, match="must be in 0"):
         scorer.score([[0, K]])
     with pytest.raises(ValueError, match="size 2 or 3"):
-        ss.search_subsets(scorer, 4)
+        search_subsets(scorer, 4)
 
 
 # ------------------------------------------------- large K, small chunks: the tiling at scale
@@ -466,15 +486,15 @@ def _big_reference(n_classes: int, metric: str, regression: bool, n: int):
     h, y, w, b = _problem(
         n_classes, regression, seed=40 + n_classes, dyadic=not regression, n=n, k=KB
     )
-    pairs, triples = ss.all_combinations(KB, 2), ss.all_combinations(KB, 3)
+    pairs, triples = all_combinations(KB, 2), all_combinations(KB, 3)
     ref = lambda combos: _masked_head_scores(h, y, w, b, metric, regression, combos)  # noqa: E731
     return (h, y, w, b), pairs, ref(pairs), triples, ref(triples)
 
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    monkeypatch.setattr(ss, "_EAGER_CHUNK_ELEMENTS", SMALL_CHUNK)
-    monkeypatch.setattr(ss, "_EAGER_CHUNK_ELEMENTS_MULTICLASS", SMALL_CHUNK_MULTICLASS)
+    monkeypatch.setattr(kernels, "EAGER_CHUNK_ELEMENTS", SMALL_CHUNK)
+    monkeypatch.setattr(kernels, "EAGER_CHUNK_ELEMENTS_MULTICLASS", SMALL_CHUNK_MULTICLASS)
 
 
 @pytest.mark.parametrize(
@@ -506,8 +526,8 @@ def test_large_k_small_chunks_match_brute_force(
     # ties across blocks, histogram and score() must all agree with brute force.
     (h, y, w, b), pairs, ref2, triples, ref3 = _big_reference(n_classes, metric, regression, n)
     if not table:
-        monkeypatch.setattr(ss, "_MAX_TABLE", 0)
-    scorer = ss.SubsetScorer(h, y, w, b, metric, regression=regression, backend="eager")
+        monkeypatch.setattr(scorer_module, "_MAX_TABLE", 0)
+    scorer = SubsetScorer(h, y, w, b, metric, regression=regression, backend="eager")
     if n_classes == 2:
         assert (scorer._table is not None) == table
     if not regression:
@@ -530,7 +550,7 @@ def test_large_k_small_chunks_match_brute_force(
     np.testing.assert_allclose(scorer.score(triples[sample]), ref3[sample], rtol=0, atol=tol)
 
     k = 40
-    edges = ss.histogram_edges(metric, 20)
+    edges = histogram_edges(metric, 20)
     top, top_scores, counts = scorer.scan_triples(k=k, edges=edges)
     np.testing.assert_array_equal(top, _full_order(triples, rounded3)[:k])
     np.testing.assert_allclose(top_scores, np.sort(ref3)[::-1][:k], rtol=0, atol=tol)
@@ -541,12 +561,12 @@ def test_large_k_small_chunks_match_brute_force(
     if metric == "accuracy":
         # the top-k's cut-off splits a group of tied triples spread over several blocks: the
         # id order among ties decided which got in
-        cut = rounded3[ss.rank_combinations(top[-1:], KB)[0]]
+        cut = rounded3[rank_combinations(top[-1:], KB)[0]]
         tied = triples[rounded3 == cut]
         inside = int((np.round(top_scores, 10) == cut).sum())
         assert len(tied) > inside and len(np.unique(tied[:, 1])) > 1
 
-    res = ss.search_subsets(scorer, 2, k=15, bins=10)
+    res = search_subsets(scorer, 2, k=15, bins=10)
     np.testing.assert_array_equal(res.dims, _full_order(pairs, rounded2)[:15])
     assert res.counts.sum() == len(pairs)
 
@@ -558,10 +578,10 @@ def test_large_k_top_k_among_mass_ties_keeps_lowest_ids(n_classes, small_chunks)
     # keep the lowest ids among them, inside a block and across blocks.
     h, y, w, b = _problem(n_classes, False, seed=5, dyadic=True, n=60, k=KB)
     h[:, np.setdiff1d(np.arange(KB), [3, 30, 31, 70])] = 0.0
-    triples = ss.all_combinations(KB, 3)
+    triples = all_combinations(KB, 3)
     ref3 = _masked_head_scores(h, y, w, b, "accuracy", False, triples)
     want = _full_order(triples, ref3)
-    scorer = ss.SubsetScorer(h, y, w, b, "accuracy", backend="eager")
+    scorer = SubsetScorer(h, y, w, b, "accuracy", backend="eager")
     for k in (1, 7, 100):
         top, top_scores, _ = scorer.scan_triples(k=k)
         np.testing.assert_array_equal(top, want[:k])

@@ -1,6 +1,6 @@
 # S1 dimension-subset search: one scan per fine-tuned run (the plan's `scans`), aggregated by
 # the S1 table builders (tables.smk lists these files as inputs of S1.T2/TA1/T3/FA3/FL).
-from tuneatlas.analysis.subset_scan import SCAN_FILES
+from tuneatlas.analysis.subsets.scan_files import SCAN_FILES
 
 
 rule subsets:

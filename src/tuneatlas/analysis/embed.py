@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from tuneatlas import __version__
+from tuneatlas.analysis.capture import EMBEDDINGS_FILE
 from tuneatlas.data.tasks import SPLITS
 from tuneatlas.engine.loop import resolve_device
 from tuneatlas.engine.recipes.classify import task_of_model, tokenize_splits
@@ -29,7 +30,6 @@ from tuneatlas.models.classifier import SequenceClassifier, maxnorm_pool
 
 log = logging.getLogger(__name__)
 
-EMBEDDINGS_FILE = "embeddings.safetensors"
 INDEX_FILE = "index.parquet"
 
 

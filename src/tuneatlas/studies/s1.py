@@ -149,13 +149,13 @@ def plot_t5(df: pd.DataFrame, outputs: list[Path]) -> None:
 
 
 # --- dimension subsets (S1.T2, S1.TA1, S1.T3, S1.FA3, S1.FL) ------------------------------------
-# The searches run once per run in the `subsets` rule (tuneatlas.analysis.subset_scan); these
+# The searches run once per run in the `subsets` rule (tuneatlas.analysis.subsets.scan); these
 # builders only aggregate results/subsets/<run>/*.parquet.
 class Scanned:
     """One run's subset scan with the fields of its spec the tables report."""
 
     def __init__(self, results: Path, run: str) -> None:
-        from tuneatlas.analysis.subset_scan import read_scan
+        from tuneatlas.analysis.subsets.scan_files import read_scan
 
         spec = run_spec(results, run)
         self.run, self.task = run, spec["dataset"]
