@@ -140,7 +140,7 @@ def logprob_fn(ids, mask, labels):
 def loop_grams(model, ids, mask, labels):
     import torch
 
-    from tuneatlas.analysis.fisher import find_layers
+    from tuneatlas.analysis.fisher.grams import find_layers
 
     layers = list(find_layers(model))
     params = [list(layer.parameters()) for layer in layers]
@@ -162,7 +162,7 @@ def vmap_grams(model, ids, mask, labels, chunk: int):
     import torch
     from torch.func import functional_call, grad, vmap
 
-    from tuneatlas.analysis.fisher import find_layers
+    from tuneatlas.analysis.fisher.grams import find_layers
 
     layers = list(find_layers(model))
     lid = {id(p): li for li, layer in enumerate(layers) for p in layer.parameters()}
@@ -205,7 +205,8 @@ def train_step(model, ids, mask, labels, opt):
 def worker(args: argparse.Namespace) -> None:
     import torch
 
-    from tuneatlas.analysis import fisher as fi
+    from tuneatlas.analysis.fisher.grams import layer_grams
+    from tuneatlas.analysis.fisher.spectrum import effective_rank, eigenvalues
 
     torch.set_num_threads(args.threads)
     from transformers.utils import logging as hf_logging
@@ -222,7 +223,7 @@ def worker(args: argparse.Namespace) -> None:
         if method == "loop":
             return loop_grams(model, ids[sl], mask[sl], labels[sl])
         if method == "ours":
-            return fi.layer_grams(model, logprob_fn(ids[sl], mask[sl], labels[sl])).grams
+            return layer_grams(model, logprob_fn(ids[sl], mask[sl], labels[sl])).grams
         if method == "vmap":
             return vmap_grams(model, ids[sl], mask[sl], labels[sl], args.vmap_chunk)
         raise ValueError(method)
@@ -241,10 +242,10 @@ def worker(args: argparse.Namespace) -> None:
         run(2)  # warm-up
         t0 = time.perf_counter()
         grams = run(args.n)
-        ev = fi.eigenvalues(grams)
+        ev = eigenvalues(grams)
         result["seconds"] = time.perf_counter() - t0
         result["eigenvalues"] = ev.tolist()
-        result["erank"] = fi.effective_rank(ev).tolist()
+        result["erank"] = effective_rank(ev).tolist()
     result["maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     Path(args.out).write_text(json.dumps(result))
 
@@ -280,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    from tuneatlas.analysis.fisher import relative_error
+    from tuneatlas.analysis.fisher.spectrum import relative_error
 
     load_before = os.getloadavg()
     cases = []

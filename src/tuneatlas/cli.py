@@ -128,7 +128,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
         hooks.append(EmbeddingCapture(spec.capture))
     if spec.fisher.every or spec.polar_every:
-        from tuneatlas.analysis.inloop import FisherTrace, PolarTrace
+        from tuneatlas.analysis.fisher.trace import FisherTrace
+        from tuneatlas.analysis.polar import PolarTrace
 
         hooks += [FisherTrace(spec.fisher)] if spec.fisher.every else []
         hooks += [PolarTrace(spec.polar_every)] if spec.polar_every else []
@@ -239,7 +240,7 @@ def cmd_cluster_data(args: argparse.Namespace) -> None:
 
 
 def cmd_fisher(args: argparse.Namespace) -> None:
-    from tuneatlas.analysis.fisher_trials import fisher_trial
+    from tuneatlas.analysis.fisher.trials import fisher_trial
 
     fisher_trial(
         _spec(args.spec),

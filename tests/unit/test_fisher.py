@@ -6,7 +6,20 @@ import pytest
 import torch
 from torch import nn
 
-from tuneatlas.analysis import fisher as fi
+from tuneatlas.analysis.fisher.grams import (
+    _blocks,
+    choose_strategy,
+    find_layers,
+    layer_grams,
+    linear_costs,
+)
+from tuneatlas.analysis.fisher.reference import reference_grams
+from tuneatlas.analysis.fisher.spectrum import (
+    effective_rank,
+    eigenvalues,
+    fisher_spectrum,
+    relative_error,
+)
 from tuneatlas.models.classifier import SequenceClassifier
 
 N, T, VOCAB = 8, 12, 60
@@ -84,16 +97,16 @@ CASES = {"bert": bert_case, "llama": llama_case}
 @pytest.mark.parametrize("arch", ["bert", "llama"])
 def test_layer_grams_match_n_backward_reference(arch, strategy):
     model, fn = CASES[arch]()
-    ref = fi.reference_grams(model, fn)
-    got = fi.layer_grams(model, fn, strategy=strategy)
+    ref = reference_grams(model, fn)
+    got = layer_grams(model, fn, strategy=strategy)
     assert got.grams.shape == ref.shape == (2, N, N)
     n_linear = 6 if arch == "bert" else 7  # q k v o + FFN (BERT 2, LLaMA gate/up/down)
     assert len(got.strategies) == 2 * n_linear
     if strategy != "auto":
         assert set(got.strategies.values()) == {strategy}
-    ev, ev_ref = fi.eigenvalues(got.grams), fi.eigenvalues(ref)
+    ev, ev_ref = eigenvalues(got.grams), eigenvalues(ref)
     assert float(ev_ref[:, 0].min()) > 0
-    err = fi.relative_error(ev, ev_ref)
+    err = relative_error(ev, ev_ref)
     assert err <= TOL, f"{arch}/{strategy}: eigenvalue relative error {err:.2e}"
     # the matrices themselves, not only their spectra
     scale = ref.abs().amax((1, 2), keepdim=True)
@@ -109,26 +122,26 @@ def test_layer_grams_of_a_batch_larger_than_one_gram_block(gram_dtype):
     matrices with both."""
     ids, mask = padded_batch(3, n=70)
     model, fn = tiny_bert(), bert_logprob(ids, mask, torch.arange(70) % 3)
-    assert len(fi._blocks(70)) == 3
-    ref = fi.reference_grams(model, fn)
-    got = fi.layer_grams(model, fn, gram_dtype=gram_dtype).grams
+    assert len(_blocks(70)) == 3
+    ref = reference_grams(model, fn)
+    got = layer_grams(model, fn, gram_dtype=gram_dtype).grams
     assert torch.equal(got, got.transpose(1, 2))
     scale = ref.abs().amax((1, 2), keepdim=True)
     assert float(((got - ref).abs() / scale).max()) <= TOL
     if gram_dtype == torch.float64:
-        assert fi.relative_error(fi.eigenvalues(got), fi.eigenvalues(ref)) <= TOL
+        assert relative_error(eigenvalues(got), eigenvalues(ref)) <= TOL
 
 
 def test_layer_grams_cover_every_layer_parameter_kind():
     """Each kind of parameter contributes: dropping the norms' or the biases' contributions
     (by comparing with a reference over Linear weights only) changes the Gram."""
     model, fn = bert_case()
-    full = fi.reference_grams(model, fn)
-    got = fi.layer_grams(model, fn).grams
+    full = reference_grams(model, fn)
+    got = layer_grams(model, fn).grams
     for p in model.parameters():
         p.requires_grad_(False)
     weights_only = []
-    for layer in fi.find_layers(model):
+    for layer in find_layers(model):
         ws = [m.weight for m in layer.modules() if isinstance(m, nn.Linear)]
         with torch.enable_grad():
             for w in ws:
@@ -152,27 +165,27 @@ def test_padding_tokens_do_not_change_the_grams():
     ids, mask = padded_batch()
     labels = torch.arange(N) % 3
     model = tiny_bert()
-    k0 = fi.layer_grams(model, bert_logprob(ids, mask, labels)).grams
+    k0 = layer_grams(model, bert_logprob(ids, mask, labels)).grams
     other = torch.where(mask.bool(), ids, torch.full_like(ids, 7))
-    k1 = fi.layer_grams(model, bert_logprob(other, mask, labels)).grams
+    k1 = layer_grams(model, bert_logprob(other, mask, labels)).grams
     assert torch.equal(k0, k1)
     # ... while a real token change does change it
     changed = ids.clone()
     changed[0, 2] = (changed[0, 2] % (VOCAB - 1)) + 1
-    k2 = fi.layer_grams(model, bert_logprob(changed, mask, labels)).grams
+    k2 = layer_grams(model, bert_logprob(changed, mask, labels)).grams
     assert not torch.allclose(k0, k2)
 
 
 def test_layer_grams_leave_parameter_grads_untouched():
     model, fn = bert_case()
-    fi.layer_grams(model, fn)
+    layer_grams(model, fn)
     assert all(p.grad is None for p in model.parameters())
 
 
 def test_choose_strategy_prefers_ghost_only_for_short_sequences():
-    assert fi.choose_strategy(n=16, t=4, d_in=384, d_out=384) == "ghost"
-    assert fi.choose_strategy(n=16, t=64, d_in=384, d_out=384) == "per_example"
-    c = fi.linear_costs(8, 10, 5, 7)
+    assert choose_strategy(n=16, t=4, d_in=384, d_out=384) == "ghost"
+    assert choose_strategy(n=16, t=64, d_in=384, d_out=384) == "per_example"
+    c = linear_costs(8, 10, 5, 7)
     assert c["per_example"] == 2 * 8 * 10 * 5 * 7 + 2 * 64 * 5 * 7
     assert c["ghost"] == 2 * 64 * 100 * 13
 
@@ -180,13 +193,13 @@ def test_choose_strategy_prefers_ghost_only_for_short_sequences():
 def test_effective_rank_of_a_hand_made_spectrum():
     # sum 100: top-3 hold 95 %, top-4 exactly 99 % (not more), top-5 99.5 %
     spec = torch.tensor([50.0, 30.0, 15.0, 4.0, 0.5, 0.5, 0.0, 0.0])
-    assert int(fi.effective_rank(spec)) == 5
-    assert int(fi.effective_rank(spec, mass=0.9)) == 3
-    assert int(fi.effective_rank(torch.zeros(8))) == 0
+    assert int(effective_rank(spec)) == 5
+    assert int(effective_rank(spec, mass=0.9)) == 3
+    assert int(effective_rank(torch.zeros(8))) == 0
     # through a Gram with that spectrum in a random basis, one layer per row
     q, _ = torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64))
     grams = torch.stack([q @ torch.diag(spec.double()) @ q.T, torch.eye(8, dtype=torch.float64)])
-    s = fi.fisher_spectrum(grams)
+    s = fisher_spectrum(grams)
     assert s.erank.tolist() == [5, 8]
     assert s.normalised_erank.tolist() == [5 / 8, 1.0]
     assert s.model_rank == 13
@@ -195,11 +208,11 @@ def test_effective_rank_of_a_hand_made_spectrum():
 
 def test_find_layers_bert_llama_and_error():
     bert = tiny_bert()
-    assert fi.find_layers(bert) is bert.encoder.encoder.layer
+    assert find_layers(bert) is bert.encoder.encoder.layer
     llama = tiny_llama()
-    assert fi.find_layers(llama) is llama.model.layers
+    assert find_layers(llama) is llama.model.layers
     with pytest.raises(ValueError, match="layers="):
-        fi.find_layers(nn.Sequential(nn.Linear(2, 2)))
+        find_layers(nn.Sequential(nn.Linear(2, 2)))
 
 
 def test_unsupported_layer_parameter_is_named():
@@ -215,4 +228,4 @@ def test_unsupported_layer_parameter_is_named():
     layers = nn.ModuleList([Odd()])
     x = torch.randn(3, 2, 4)
     with pytest.raises(ValueError, match="scale"):
-        fi.layer_grams(layers, lambda m: m[0](x).sum((1, 2)), layers=layers)
+        layer_grams(layers, lambda m: m[0](x).sum((1, 2)), layers=layers)

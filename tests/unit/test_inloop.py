@@ -13,16 +13,11 @@ import pandas as pd
 import pytest
 import torch
 
-from tuneatlas.analysis import fisher as fi
-from tuneatlas.analysis.fisher_trials import log_probs, trial_rows
-from tuneatlas.analysis.inloop import (
-    FISHER_FILE,
-    POLAR_FILE,
-    SNAPSHOT_DIR,
-    FisherTrace,
-    PolarTrace,
-    polar_point,
-)
+from tuneatlas.analysis.fisher.reference import reference_grams
+from tuneatlas.analysis.fisher.spectrum import effective_rank, eigenvalues, relative_error
+from tuneatlas.analysis.fisher.trace import FISHER_FILE, FisherTrace
+from tuneatlas.analysis.fisher.trials import log_probs, trial_rows
+from tuneatlas.analysis.polar import POLAR_FILE, SNAPSHOT_DIR, PolarTrace, polar_point
 from tuneatlas.spec import FisherSpec, TrainSpec
 from tuneatlas.studies import s2
 
@@ -141,11 +136,11 @@ def test_in_loop_fisher_at_the_last_step_equals_the_reference_on_the_saved_model
     task = fine_tuning_task("livedoor")
     split = tokenize_splits(tiny["data"], model.tokenizer, 32, task, splits=("train",))["train"]
     batch = split.batch(trial_rows(len(split), 8, SPEC.seed))
-    ref = fi.eigenvalues(fi.reference_grams(model, lambda m: log_probs(m, batch)))
+    ref = eigenvalues(reference_grams(model, lambda m: log_probs(m, batch)))
     last = df[df["step"] == 9].sort_values("layer")
     ours = torch.tensor(np.stack(last["eigenvalues"].to_numpy()))
-    assert fi.relative_error(ours, ref) <= 1e-4
-    assert last["erank"].tolist() == fi.effective_rank(ref, 0.99).tolist()
+    assert relative_error(ours, ref) <= 1e-4
+    assert last["erank"].tolist() == effective_rank(ref, 0.99).tolist()
     np.testing.assert_allclose(last["normalised_erank"], last["erank"] / 8)
     # training changed the spectrum
     first = np.stack(df[df["step"] == 0].sort_values("layer")["eigenvalues"].to_numpy())

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from tuneatlas.analysis import fisher as fi
-from tuneatlas.analysis.fisher_trials import FISHER_COLUMNS, fisher_trial, log_probs, trial_rows
+from tuneatlas.analysis.fisher.reference import reference_grams
+from tuneatlas.analysis.fisher.spectrum import effective_rank, eigenvalues, relative_error
+from tuneatlas.analysis.fisher.trials import FISHER_COLUMNS, fisher_trial, log_probs, trial_rows
 from tuneatlas.data.tasks import fine_tuning_task
 from tuneatlas.engine.recipes.classify import build_classifier, tokenize_splits
 from tuneatlas.io import read_parquet_meta, write_parquet
@@ -155,10 +156,10 @@ def test_fisher_trial_equals_the_n_backward_reference_of_the_same_head_and_batch
     split = tokenize_splits(base["data"], model.tokenizer, 16, fine_tuning_task("rte"))["train"]
     rows = trial_rows(len(split), 8, 3)
     batch = split.batch(rows)
-    ref = fi.eigenvalues(fi.reference_grams(model, lambda m: log_probs(m, batch)))
+    ref = eigenvalues(reference_grams(model, lambda m: log_probs(m, batch)))
     ours = torch.tensor(np.stack(df["eigenvalues"].to_numpy()))
-    assert fi.relative_error(ours, ref) <= 1e-4
-    expected = fi.effective_rank(ref, 0.99)
+    assert relative_error(ours, ref) <= 1e-4
+    expected = effective_rank(ref, 0.99)
     assert df["erank"].tolist() == expected.tolist()
     np.testing.assert_allclose(df["normalised_erank"], expected.double() / 8)
     assert json.loads(read_parquet_meta(out)["rows"]) == rows.tolist()

@@ -11,8 +11,9 @@ base model with a fresh head, before fine-tuning; the whole-model value of a tri
 over layers (block-diagonal assumption), then its mean over trials.
 
 S2.F2 / S2.F4 read what the in-loop sweep runs (`fisher.models` x `fisher.lrs`) measured
-(`tuneatlas.analysis.inloop`): the polar trajectory of the weights and the per-layer Fisher
-spectra during training, each row with its run's failure flag as in S2.F1.
+(`tuneatlas.analysis.polar`, `tuneatlas.analysis.fisher.trace`): the polar trajectory of the
+weights and the per-layer Fisher spectra during training, each row with its run's failure
+flag as in S2.F1.
 """
 
 from __future__ import annotations
@@ -243,14 +244,14 @@ def _inloop(spec: dict[str, Any], results: Path, file: str, columns: list[str]) 
 
 def table_f2(spec: dict[str, Any], results: Path) -> pd.DataFrame:
     """Per run and measured step: r, phi (radians) and the training loss."""
-    from tuneatlas.analysis.inloop import POLAR_FILE
+    from tuneatlas.analysis.polar import POLAR_FILE
 
     return _inloop(spec, results, POLAR_FILE, ["step", "epoch", "r", "phi", "loss"])
 
 
 def table_f4(spec: dict[str, Any], results: Path) -> pd.DataFrame:
     """Per run, measured step and layer: erank and erank / N (`value`) of the layer's Fisher."""
-    from tuneatlas.analysis.inloop import FISHER_FILE
+    from tuneatlas.analysis.fisher.trace import FISHER_FILE
 
     df = _inloop(spec, results, FISHER_FILE, ["step", "layer", "n", "erank", "normalised_erank"])
     return df.rename(columns={"normalised_erank": "value"})

@@ -3,8 +3,8 @@
 One trial = one seed: a fresh classification head drawn with that seed on the base encoder,
 and N training examples drawn with it. The per-layer Gram matrices of the per-example
 gradients of log p(y_i | x_i) (true labels) come from one backward pass
-(`tuneatlas.analysis.fisher.layer_grams`); the model is in eval mode, so no dropout mask enters
-the gradients and a trial is a pure function of (model, data, seed).
+(`tuneatlas.analysis.fisher.grams.layer_grams`); the model is in eval mode, so no dropout mask
+enters the gradients and a trial is a pure function of (model, data, seed).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from tuneatlas.analysis.fisher import FisherSpectrum, layer_grams
+from tuneatlas.analysis.fisher.grams import layer_grams
+from tuneatlas.analysis.fisher.spectrum import FisherSpectrum
 from tuneatlas.data.tasks import fine_tuning_task
 from tuneatlas.engine.loop import resolve_device, seed_everything
 from tuneatlas.engine.recipes.classify import build_classifier, tokenize_splits

@@ -1,5 +1,5 @@
 """Per-layer Gram matrices of per-example gradients (S2's empirical-Fisher spectra) from one
-forward and one backward pass, their eigenvalues and effective ranks.
+forward and one backward pass.
 
 For a mini-batch of N examples and each transformer layer l, K_l[i, j] = <g_i^l, g_j^l>, where
 g_i^l is the gradient of example i's log p(y_i | x_i) (or loss: the sign does not change K) with
@@ -50,8 +50,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tuneatlas.analysis.fisher.spectrum import ERANK_MASS, FisherSpectrum, fisher_spectrum
+
 STRATEGIES = ("auto", "per_example", "ghost")
-ERANK_MASS = 0.99
 DEFAULT_CHUNK_BYTES = 256 * 2**20
 
 PerExampleFn = Callable[[nn.Module], torch.Tensor]
@@ -203,6 +204,111 @@ class LayerGrams:
         return fisher_spectrum(self.grams, mass)
 
 
+class _GramAccumulator:
+    """Adds each module's contribution to its layer's Gram as its output gradient arrives."""
+
+    def __init__(
+        self, n_layers: int, strategy: str, chunk_bytes: int, gram_dtype: torch.dtype
+    ) -> None:
+        self.grams: list[torch.Tensor | None] = [None] * n_layers  # block upper triangles
+        self.chosen: dict[str, str] = {}
+        self.errors: list[str] = []
+        self.strategy, self.chunk_bytes, self.gram_dtype = strategy, chunk_bytes, gram_dtype
+
+    def _gram(self, cap: _Capture, n: int, device: torch.device) -> torch.Tensor:
+        if self.grams[cap.layer] is None:
+            self.grams[cap.layer] = torch.zeros(n, n, dtype=self.gram_dtype, device=device)
+        return self.grams[cap.layer]
+
+    def forward_hook(self, cap: _Capture) -> Callable[..., None]:
+        """Keeps the module's input and asks for its output gradient."""
+
+        def hook(module, args, output):
+            cap.calls += 1
+            if not isinstance(output, torch.Tensor) or not output.requires_grad:
+                return
+            cap.inputs = args[0].detach()
+            output.register_hook(lambda g: self.on_grad(cap, g))
+
+        return hook
+
+    def on_grad(self, cap: _Capture, g: torch.Tensor) -> None:
+        x = cap.inputs
+        cap.inputs = None  # release the kept input once its contribution is added
+        if x is None:
+            return
+        try:
+            n = x.shape[0]
+            g = _as_ntd(g, n)
+            k = self._gram(cap, n, g.device)
+            if cap.kind == "linear":
+                self._add_linear(cap, k, _as_ntd(x, n), g)
+            else:
+                self._add_norm(cap, k, x, g)
+        except Exception as exc:  # raised inside autograd: report after backward
+            self.errors.append(f"layer {cap.layer} {cap.name}: {exc!r}")
+
+    def _add_linear(self, cap: _Capture, k: torch.Tensor, a: torch.Tensor, g: torch.Tensor) -> None:
+        n = a.shape[0]
+        how = self.strategy
+        if how == "auto":
+            how = choose_strategy(n, a.shape[1], a.shape[2], g.shape[2])
+        self.chosen[f"{cap.layer}.{cap.name}"] = how
+        if how == "ghost":
+            _add_ghost_gram(k, a, g, self.chunk_bytes)
+        else:
+            _add_per_example_gram(k, a, g, self.chunk_bytes)
+        if cap.module.bias is not None:
+            _add_gram(k, g.sum(1))
+
+    def _add_norm(self, cap: _Capture, k: torch.Tensor, x: torch.Tensor, g: torch.Tensor) -> None:
+        xf = _as_ntd(x, x.shape[0])
+        if cap.kind == "layernorm":
+            m = cap.module
+            xhat = F.layer_norm(xf, m.normalized_shape, None, None, m.eps)
+        else:
+            eps = _rms_eps(cap.module, x.dtype)
+            xhat = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+            xhat = xhat.to(x.dtype).float()
+        if cap.module.weight is not None:
+            _add_gram(k, (g * xhat).sum(1))
+        if getattr(cap.module, "bias", None) is not None:
+            _add_gram(k, g.sum(1))
+
+    def stacked(self, n: int, device: torch.device) -> torch.Tensor:
+        """[L, N, N] float64 on the CPU; a layer that got no gradient has a zero Gram."""
+        zero = torch.zeros(n, n, dtype=torch.float64, device=device)
+        return torch.stack([zero if k is None else _mirror(k).double() for k in self.grams]).cpu()
+
+
+def _cut_below(root: list[torch.Tensor]) -> Callable[..., tuple[tuple, dict]]:
+    """Forward pre-hook for layer 0 that detaches its input and keeps it in ``root``."""
+
+    def root_hook(module, args, kwargs):
+        # Cut the graph at layer 0's input: nothing below it is needed, and the backward pass
+        # then asks for this one gradient only (no parameter gradients are formed).
+        if args:
+            x = args[0].detach().requires_grad_(True)
+            root.append(x)
+            return (x, *args[1:]), kwargs
+        x = kwargs["hidden_states"].detach().requires_grad_(True)
+        root.append(x)
+        return args, {**kwargs, "hidden_states": x}
+
+    return root_hook
+
+
+def _check_forward(out: torch.Tensor, root: list[torch.Tensor], captures: list[_Capture]) -> None:
+    """The one forward pass ran as `layer_grams` needs: [N] outputs, each hooked module once."""
+    if out.ndim != 1:
+        raise ValueError(f"per_example must return a [N] tensor, got shape {tuple(out.shape)}")
+    if len(root) != 1:
+        raise ValueError(f"layer 0 ran {len(root)} times in per_example (expected exactly once)")
+    twice = [f"{c.layer}.{c.name}" for c in captures if c.calls > 1]
+    if twice:
+        raise ValueError(f"modules called more than once per forward: {twice}")
+
+
 def layer_grams(
     model: nn.Module,
     per_example: PerExampleFn,
@@ -234,203 +340,26 @@ def layer_grams(
         _Capture(li, name, m, _kind(m)) for li, layer in enumerate(layers)
         for name, m in _layer_parts(layer, li)
     ]  # fmt: skip
-    n_layers = len(layers)
-    grams: list[torch.Tensor | None] = [None] * n_layers  # block upper triangles
-    chosen: dict[str, str] = {}
-    errors: list[str] = []
+    acc = _GramAccumulator(len(layers), strategy, chunk_bytes, gram_dtype)
     root: list[torch.Tensor] = []
-
-    def acc(cap: _Capture, n: int, device: torch.device) -> torch.Tensor:
-        if grams[cap.layer] is None:
-            grams[cap.layer] = torch.zeros(n, n, dtype=gram_dtype, device=device)
-        return grams[cap.layer]
-
-    def on_grad(cap: _Capture, g: torch.Tensor) -> None:
-        x = cap.inputs
-        cap.inputs = None  # release the kept input once its contribution is added
-        if x is None:
-            return
-        try:
-            n = x.shape[0]
-            g = _as_ntd(g, n)
-            k = acc(cap, n, g.device)
-            if cap.kind == "linear":
-                a = _as_ntd(x, n)
-                how = strategy
-                if how == "auto":
-                    how = choose_strategy(n, a.shape[1], a.shape[2], g.shape[2])
-                chosen[f"{cap.layer}.{cap.name}"] = how
-                if how == "ghost":
-                    _add_ghost_gram(k, a, g, chunk_bytes)
-                else:
-                    _add_per_example_gram(k, a, g, chunk_bytes)
-                if cap.module.bias is not None:
-                    _add_gram(k, g.sum(1))
-            else:
-                xf = _as_ntd(x, n)
-                if cap.kind == "layernorm":
-                    m = cap.module
-                    xhat = F.layer_norm(xf, m.normalized_shape, None, None, m.eps)
-                else:
-                    eps = _rms_eps(cap.module, x.dtype)
-                    xhat = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-                    xhat = xhat.to(x.dtype).float()
-                if cap.module.weight is not None:
-                    _add_gram(k, (g * xhat).sum(1))
-                if getattr(cap.module, "bias", None) is not None:
-                    _add_gram(k, g.sum(1))
-        except Exception as exc:  # raised inside autograd: report after backward
-            errors.append(f"layer {cap.layer} {cap.name}: {exc!r}")
-
-    def forward_hook(cap: _Capture):
-        def hook(module, args, output):
-            cap.calls += 1
-            if not isinstance(output, torch.Tensor) or not output.requires_grad:
-                return
-            cap.inputs = args[0].detach()
-            output.register_hook(lambda g: on_grad(cap, g))
-
-        return hook
-
-    def root_hook(module, args, kwargs):
-        # Cut the graph at layer 0's input: nothing below it is needed, and the backward pass
-        # then asks for this one gradient only (no parameter gradients are formed).
-        if args:
-            x = args[0].detach().requires_grad_(True)
-            root.append(x)
-            return (x, *args[1:]), kwargs
-        x = kwargs["hidden_states"].detach().requires_grad_(True)
-        root.append(x)
-        return args, {**kwargs, "hidden_states": x}
-
-    handles = [layers[0].register_forward_pre_hook(root_hook, with_kwargs=True)]
-    handles += [c.module.register_forward_hook(forward_hook(c)) for c in captures]
+    handles = [layers[0].register_forward_pre_hook(_cut_below(root), with_kwargs=True)]
+    handles += [c.module.register_forward_hook(acc.forward_hook(c)) for c in captures]
     try:
         with torch.enable_grad():
             out = per_example(model)
-            if out.ndim != 1:
-                raise ValueError(
-                    f"per_example must return a [N] tensor, got shape {tuple(out.shape)}"
-                )
-            if len(root) != 1:
-                raise ValueError(
-                    f"layer 0 ran {len(root)} times in per_example (expected exactly once)"
-                )
-            twice = [f"{c.layer}.{c.name}" for c in captures if c.calls > 1]
-            if twice:
-                raise ValueError(f"modules called more than once per forward: {twice}")
+            _check_forward(out, root, captures)
             torch.autograd.grad(out.sum(), root[0])
     finally:
         for h in handles:
             h.remove()
         for c in captures:
             c.inputs = None
-    if errors:
-        raise RuntimeError("layer_grams failed in the backward pass: " + "; ".join(errors))
-    n = out.shape[0]
-    zero = torch.zeros(n, n, dtype=torch.float64, device=out.device)
-    stacked = torch.stack([zero if k is None else _mirror(k).double() for k in grams])
-    return LayerGrams(stacked.cpu(), chosen)
+    if acc.errors:
+        raise RuntimeError("layer_grams failed in the backward pass: " + "; ".join(acc.errors))
+    return LayerGrams(acc.stacked(out.shape[0], out.device), acc.chosen)
 
 
 def _kind(m: nn.Module) -> str:
     if isinstance(m, nn.Linear):
         return "linear"
     return "layernorm" if isinstance(m, nn.LayerNorm) else "rmsnorm"
-
-
-# --------------------------------------------------------------------------------------------
-# reference: N backward passes
-# --------------------------------------------------------------------------------------------
-
-
-def reference_grams(
-    model: nn.Module, per_example: PerExampleFn, *, layers: Sequence[nn.Module] | None = None
-) -> torch.Tensor:
-    """The obvious way, for tests and benchmarks: one forward, then N backward passes (one per
-    example's log-prob), each layer's parameter gradients flattened, Gram by dot products
-    (float64). Returns [L, N, N]."""
-    layers = list(find_layers(model) if layers is None else layers)
-    params = [list(layer.parameters()) for layer in layers]
-    flat = [p for ps in params for p in ps]
-    was = [p.requires_grad for p in flat]
-    try:
-        for p in flat:
-            p.requires_grad_(True)
-        with torch.enable_grad():
-            out = per_example(model)
-            n = out.shape[0]
-            rows: list[list[torch.Tensor]] = [[] for _ in layers]
-            for i in range(n):
-                grads = torch.autograd.grad(out[i], flat, retain_graph=i < n - 1, allow_unused=True)
-                pos = 0
-                for li, ps in enumerate(params):
-                    gs = [
-                        torch.zeros_like(p) if gr is None else gr
-                        for p, gr in zip(ps, grads[pos : pos + len(ps)], strict=True)
-                    ]
-                    pos += len(ps)
-                    rows[li].append(torch.cat([x.reshape(-1) for x in gs]))
-    finally:
-        for p, w in zip(flat, was, strict=True):
-            p.requires_grad_(w)
-    out_k = []
-    for r in rows:
-        g = torch.stack(r).double()
-        out_k.append(g @ g.T)
-    return torch.stack(out_k).cpu()
-
-
-# --------------------------------------------------------------------------------------------
-# spectra
-# --------------------------------------------------------------------------------------------
-
-
-def eigenvalues(grams: torch.Tensor) -> torch.Tensor:
-    """Eigenvalues of each symmetric Gram ([..., N, N] -> [..., N]), float64, descending."""
-    g = grams.double()
-    g = (g + g.transpose(-1, -2)) / 2
-    return torch.linalg.eigvalsh(g).flip(-1)
-
-
-def effective_rank(eigvals: torch.Tensor, mass: float = ERANK_MASS) -> torch.Tensor:
-    """erank: the smallest j whose j largest eigenvalues hold more than `mass` of their sum
-    ([..., N] -> [...], int64). Negative rounding noise is clipped to 0; an all-zero spectrum
-    has erank 0."""
-    if not 0.0 < mass < 1.0:
-        raise ValueError(f"mass must be in (0, 1), got {mass}")
-    e = eigvals.double().clamp_min(0).sort(-1, descending=True).values
-    total = e.sum(-1, keepdim=True)
-    held = e.cumsum(-1) > mass * total
-    j = held.double().argmax(-1) + 1  # first index where the mass is exceeded
-    return torch.where(total.squeeze(-1) > 0, j, torch.zeros_like(j))
-
-
-@dataclass
-class FisherSpectrum:
-    """Per-layer eigenvalues [L, N] (descending), erank [L], normalised erank [L] (erank / N)
-    and the whole-model rank (sum of the per-layer eranks)."""
-
-    eigenvalues: torch.Tensor
-    erank: torch.Tensor
-    normalised_erank: torch.Tensor
-    model_rank: int
-
-
-def fisher_spectrum(grams: torch.Tensor, mass: float = ERANK_MASS) -> FisherSpectrum:
-    """Eigenvalues and effective ranks of per-layer Grams [L, N, N]."""
-    ev = eigenvalues(grams)
-    er = effective_rank(ev, mass)
-    n = grams.shape[-1]
-    return FisherSpectrum(ev, er, er.double() / n, int(er.sum()))
-
-
-def relative_error(eigvals: torch.Tensor, reference: torch.Tensor, floor: float = 1e-6) -> float:
-    """Largest |eig - ref| / ref over the reference eigenvalues above `floor` times the
-    largest one of their layer ([L, N] each, descending)."""
-    ref = reference.double()
-    keep = ref > floor * ref[..., :1].clamp_min(0)
-    if not bool(keep.any()):
-        return 0.0
-    err = (eigvals.double() - ref).abs() / ref.abs().clamp_min(torch.finfo(torch.float64).tiny)
-    return float(err[keep].max())
