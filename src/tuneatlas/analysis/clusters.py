@@ -168,54 +168,16 @@ def cluster_dataset(
     embedder (the model id and its config entry, recorded as the embedder's identity).
     """
     from tuneatlas.engine.loop import resolve_device
-    from tuneatlas.models.hub import load_encoder, load_tokenizer
 
     data_dir, embedder_dir = Path(data_dir), Path(embedder_dir)
     dev = resolve_device(device)
-    trust = bool(spec.get("trust_remote_code", False))
-    encoder = load_encoder(embedder_dir, trust_remote_code=trust).to(dev)
-    tokenizer = load_tokenizer(embedder_dir, trust_remote_code=trust)
-    frames, embedded = {}, {}
-    for split in SPLITS:
-        path = data_dir / f"{split}.parquet"
-        if not path.is_file():
-            continue
-        df = read_prepared(path)
-        text_b = df["text_b"].astype(str).tolist() if df["text_b"].notna().all() else None
-        frames[split] = df
-        embedded[split] = embed_texts(
-            encoder,
-            tokenizer,
-            df["text_a"].astype(str).tolist(),
-            text_b,
-            spec["pooling"],
-            int(spec["max_length"]),
-            int(spec["batch_size"]),
-            dev,
-        )
-        log.info("cluster: embedded %s %s", split, embedded[split].shape)
+    frames, embedded = _embed_splits(spec, data_dir, embedder_dir, dev)
     if "train" not in frames:
         raise DataError(f"{data_dir}: no train.parquet to cluster; prepare the dataset first")
     k = int(spec["k"])
     centres, train_assign = fit_clusters(embedded["train"], k, spec["method"], int(spec["seed"]))
     labels = cluster_labels(k)
-    rows = []
-    for split, df in frames.items():
-        d = distances(embedded[split], centres)
-        assign = train_assign if split == "train" else d.argmin(1)
-        table = pd.DataFrame(
-            {
-                "split": split,
-                "row": np.arange(len(df), dtype=np.int64),
-                "idx": df["idx"].to_numpy(np.int64),
-                "label": df["label"].to_numpy(),
-                "cluster": [labels[c] for c in assign],
-            }
-        )
-        for j, name in enumerate(labels):
-            table[f"d_{name}"] = d[:, j]
-        rows.append(table)
-    assignments = pd.concat(rows, ignore_index=True)
+    assignments = _assignments(frames, embedded, centres, train_assign, labels)
     sizes = assignments[assignments["split"] == "train"]["cluster"].value_counts()
     empty = [c for c in labels if c not in sizes.index]
     if empty:
@@ -247,6 +209,64 @@ def cluster_dataset(
         write_json(info, tmp / EMBEDDER_FILE)
     log.info("cluster: k=%d train sizes %s -> %s", k, info["train_sizes"], out_dir)
     return out_dir
+
+
+def _embed_splits(
+    spec: Mapping[str, Any], data_dir: Path, embedder_dir: Path, dev: torch.device
+) -> tuple[dict[str, pd.DataFrame], dict[str, np.ndarray]]:
+    """The prepared splits present in `data_dir` and their embeddings by the encoder."""
+    from tuneatlas.models.hub import load_encoder, load_tokenizer
+
+    trust = bool(spec.get("trust_remote_code", False))
+    encoder = load_encoder(embedder_dir, trust_remote_code=trust).to(dev)
+    tokenizer = load_tokenizer(embedder_dir, trust_remote_code=trust)
+    frames, embedded = {}, {}
+    for split in SPLITS:
+        path = data_dir / f"{split}.parquet"
+        if not path.is_file():
+            continue
+        df = read_prepared(path)
+        text_b = df["text_b"].astype(str).tolist() if df["text_b"].notna().all() else None
+        frames[split] = df
+        embedded[split] = embed_texts(
+            encoder,
+            tokenizer,
+            df["text_a"].astype(str).tolist(),
+            text_b,
+            spec["pooling"],
+            int(spec["max_length"]),
+            int(spec["batch_size"]),
+            dev,
+        )
+        log.info("cluster: embedded %s %s", split, embedded[split].shape)
+    return frames, embedded
+
+
+def _assignments(
+    frames: Mapping[str, pd.DataFrame],
+    embedded: Mapping[str, np.ndarray],
+    centres: np.ndarray,
+    train_assign: np.ndarray,
+    labels: list[str],
+) -> pd.DataFrame:
+    """Every row's cluster (train: the fit's own; others: the nearest centre) and distances."""
+    rows = []
+    for split, df in frames.items():
+        d = distances(embedded[split], centres)
+        assign = train_assign if split == "train" else d.argmin(1)
+        table = pd.DataFrame(
+            {
+                "split": split,
+                "row": np.arange(len(df), dtype=np.int64),
+                "idx": df["idx"].to_numpy(np.int64),
+                "label": df["label"].to_numpy(),
+                "cluster": [labels[c] for c in assign],
+            }
+        )
+        for j, name in enumerate(labels):
+            table[f"d_{name}"] = d[:, j]
+        rows.append(table)
+    return pd.concat(rows, ignore_index=True)
 
 
 def read_assignments(clusters_dir: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, Any]]:

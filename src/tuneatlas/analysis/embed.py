@@ -24,7 +24,7 @@ from tuneatlas import __version__
 from tuneatlas.analysis.capture import EMBEDDINGS_FILE
 from tuneatlas.data.tasks import SPLITS
 from tuneatlas.engine.loop import resolve_device
-from tuneatlas.engine.recipes.classify import task_of_model, tokenize_splits
+from tuneatlas.engine.recipes.classify import Split, task_of_model, tokenize_splits
 from tuneatlas.io import git_commit, save_tensors, write_parquet
 from tuneatlas.models.classifier import SequenceClassifier, maxnorm_pool
 
@@ -67,30 +67,12 @@ def extract(
     index = []
     layers = int(model.encoder.config.num_hidden_layers) + 1
     for name, split in data.items():
-        n, h = len(split), model.hidden_size
-        # Preallocated: at paper scale [13, N, 768] is the dominant memory, never hold it twice.
-        cls = np.empty((layers, n, h), dtype=np.float32)
-        maxnorm = np.empty((n, h), dtype=np.float32)
-        pos = 0
-        for b in split.iter_batches(batch_size, device=dev):
-            out = model(
-                b["input_ids"],
-                b["attention_mask"],
-                b.get("token_type_ids"),
-                output_hidden_states=True,
-            )
-            hs = out.hidden_states
-            if len(hs) != layers:
-                raise RuntimeError(f"{model_dir}: expected {layers} hidden states, got {len(hs)}")
-            k = b["input_ids"].shape[0]
-            for i, layer in enumerate(hs):
-                cls[i, pos : pos + k] = layer[:, 0].float().cpu().numpy()
-            maxnorm[pos : pos + k] = maxnorm_pool(hs[-1], b["attention_mask"]).float().cpu().numpy()
-            pos += k
+        cls, maxnorm = _embed_split(model, split, layers, batch_size, dev, model_dir)
         labels = split.labels.numpy()
         tensors[f"{name}.cls"] = cls
         tensors[f"{name}.maxnorm"] = maxnorm
         tensors[f"{name}.labels"] = labels
+        n = len(split)
         index.append(
             pd.DataFrame(
                 {
@@ -101,12 +83,56 @@ def extract(
                 }
             )
         )
-        log.info("embed %s: %s %d rows, %d layers x %d dims", model_dir, name, n, layers, h)
+        log.info(
+            "embed %s: %s %d rows, %d layers x %d dims", model_dir, name, n, layers, cls.shape[2]
+        )
     if model.head_kind == "linear":
         tensors["head.weight"] = model.head.weight.detach().float().cpu().numpy()
         tensors["head.bias"] = model.head.bias.detach().float().cpu().numpy()
 
-    meta = {
+    meta = _metadata(model, model_dir, max_length, list(data))
+    path = save_tensors(tensors, out_dir / EMBEDDINGS_FILE, metadata=meta)
+    write_parquet(pd.concat(index, ignore_index=True), out_dir / INDEX_FILE, meta)
+    return path
+
+
+def _embed_split(
+    model: SequenceClassifier,
+    split: Split,
+    layers: int,
+    batch_size: int,
+    dev: torch.device,
+    model_dir: Path,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One split's CLS vectors of every layer ``[L+1, N, H]`` and max-norm tokens ``[N, H]``."""
+    n, h = len(split), model.hidden_size
+    # Preallocated: at paper scale [13, N, 768] is the dominant memory, never hold it twice.
+    cls = np.empty((layers, n, h), dtype=np.float32)
+    maxnorm = np.empty((n, h), dtype=np.float32)
+    pos = 0
+    for b in split.iter_batches(batch_size, device=dev):
+        out = model(
+            b["input_ids"],
+            b["attention_mask"],
+            b.get("token_type_ids"),
+            output_hidden_states=True,
+        )
+        hs = out.hidden_states
+        if len(hs) != layers:
+            raise RuntimeError(f"{model_dir}: expected {layers} hidden states, got {len(hs)}")
+        k = b["input_ids"].shape[0]
+        for i, layer in enumerate(hs):
+            cls[i, pos : pos + k] = layer[:, 0].float().cpu().numpy()
+        maxnorm[pos : pos + k] = maxnorm_pool(hs[-1], b["attention_mask"]).float().cpu().numpy()
+        pos += k
+    return cls, maxnorm
+
+
+def _metadata(
+    model: SequenceClassifier, model_dir: Path, max_length: int, splits: list[str]
+) -> dict[str, str]:
+    """What the embeddings file and its index record about the model they came from."""
+    return {
         "model_dir": str(model_dir),
         "task": str(model.task),
         "pooling": model.pooling,
@@ -114,10 +140,7 @@ def extract(
         "num_labels": str(model.num_labels),
         "regression": str(model.regression),
         "max_length": str(max_length),
-        "splits": ",".join(data),
+        "splits": ",".join(splits),
         "version": __version__,
         "git_commit": git_commit(),
     }
-    path = save_tensors(tensors, out_dir / EMBEDDINGS_FILE, metadata=meta)
-    write_parquet(pd.concat(index, ignore_index=True), out_dir / INDEX_FILE, meta)
-    return path
