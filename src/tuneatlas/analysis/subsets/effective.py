@@ -69,17 +69,7 @@ def effective_dimensions(
         eff = drop >= min_drop
     effective = _at_least_two(set(triples[eff].tolist()), triples, drop)
     pair_dims, pv, pt = _ranked_pairs(effective, valid, test)
-    ablation = pd.DataFrame(
-        {
-            "triple_rank": np.repeat(np.arange(1, len(triples) + 1), 3),
-            "triple": [tuple(int(d) for d in t) for t in np.repeat(triples, 3, axis=0)],
-            "triple_valid": np.repeat(full, 3),
-            "removed": triples.reshape(-1),
-            "pair_valid": pair_valid.reshape(-1),
-            "drop": drop.reshape(-1),
-            "effective": eff.reshape(-1),
-        }
-    )
+    ablation = _ablation_frame(triples, full, pair_valid, drop, eff)
     pairs = pd.DataFrame(
         {
             "dims": [tuple(int(d) for d in p) for p in pair_dims],
@@ -94,6 +84,27 @@ def effective_dimensions(
         best_pair=(int(pair_dims[0, 0]), int(pair_dims[0, 1])),
         best_valid=float(pv[0]),
         best_test=None if pt is None else float(pt[0]),
+    )
+
+
+def _ablation_frame(
+    triples: np.ndarray,
+    full: np.ndarray,
+    pair_valid: np.ndarray,
+    drop: np.ndarray,
+    eff: np.ndarray,
+) -> pd.DataFrame:
+    """One row per (triple, removed dimension): the pair left, its score and the drop."""
+    return pd.DataFrame(
+        {
+            "triple_rank": np.repeat(np.arange(1, len(triples) + 1), 3),
+            "triple": [tuple(int(d) for d in t) for t in np.repeat(triples, 3, axis=0)],
+            "triple_valid": np.repeat(full, 3),
+            "removed": triples.reshape(-1),
+            "pair_valid": pair_valid.reshape(-1),
+            "drop": drop.reshape(-1),
+            "effective": eff.reshape(-1),
+        }
     )
 
 

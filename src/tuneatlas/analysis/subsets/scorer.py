@@ -55,6 +55,27 @@ def _as_tensor(x: Array, dtype: torch.dtype, device: torch.device) -> torch.Tens
     return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
 
 
+def _head_tensors(
+    hidden: Array, weight: Array, bias: Array, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``hidden [N, K]``, ``weight [C, K]`` and ``bias [C]`` as float32 tensors, checked."""
+    h = _as_tensor(hidden, torch.float32, device)
+    w = _as_tensor(weight, torch.float32, device)
+    bvec = _as_tensor(bias, torch.float32, device).reshape(-1)
+    if h.ndim != 2:
+        raise ValueError(f"hidden must be [N, K], got shape {tuple(h.shape)}")
+    if w.ndim != 2 or w.shape[1] != h.shape[1]:
+        raise ValueError(
+            f"weight must be [C, K={h.shape[1]}], got shape {tuple(w.shape)} "
+            "(is the head transposed?)"
+        )
+    if bvec.shape[0] != w.shape[0]:
+        raise ValueError(f"bias has {bvec.shape[0]} entries, weight has {w.shape[0]} rows")
+    if not (torch.isfinite(h).all() and torch.isfinite(w).all() and torch.isfinite(bvec).all()):
+        raise ValueError("hidden, weight and bias must be finite")
+    return h, w, bvec
+
+
 # --------------------------------------------------------------------------- scorer
 
 
@@ -102,20 +123,7 @@ class SubsetScorer:
         self.metric = metric
         self.regression = regression
 
-        h = _as_tensor(hidden, torch.float32, self.device)
-        w = _as_tensor(weight, torch.float32, self.device)
-        bvec = _as_tensor(bias, torch.float32, self.device).reshape(-1)
-        if h.ndim != 2:
-            raise ValueError(f"hidden must be [N, K], got shape {tuple(h.shape)}")
-        if w.ndim != 2 or w.shape[1] != h.shape[1]:
-            raise ValueError(
-                f"weight must be [C, K={h.shape[1]}], got shape {tuple(w.shape)} "
-                "(is the head transposed?)"
-            )
-        if bvec.shape[0] != w.shape[0]:
-            raise ValueError(f"bias has {bvec.shape[0]} entries, weight has {w.shape[0]} rows")
-        if not (torch.isfinite(h).all() and torch.isfinite(w).all() and torch.isfinite(bvec).all()):
-            raise ValueError("hidden, weight and bias must be finite")
+        h, w, bvec = _head_tensors(hidden, weight, bias, self.device)
         self.n_examples, self.n_dims = h.shape
         self.n_classes = w.shape[0]
         if self.n_examples < 1:
