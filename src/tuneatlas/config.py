@@ -1,12 +1,17 @@
-"""Load and validate a tuneatlas config: JSON Schema (with defaults) plus cross-reference checks.
+"""Read and validate a tuneatlas config: strict YAML, JSON Schema (with defaults) and the
+cross-references the schema cannot express.
 
-Everything that can be wrong with a config is caught here, before any job starts, with a
-message naming the key, e.g. ``config key 'studies.s1.train.lr': -1 is not > 0``.
+What the config alone decides is caught here, before any job starts, with a message naming the
+key, e.g. ``config key 'studies.s1.train.lr': -1 is not > 0``; what needs the files and
+directories it names is `tuneatlas.preflight`'s.
 """
 
 from __future__ import annotations
 
 import copy
+import io
+import os
+import re
 from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
@@ -15,20 +20,78 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator, validators
 
+from tuneatlas.data.tasks import SCRIPT_DATASETS, TASKS
+from tuneatlas.data.validate import STREAMING_BUDGET
+from tuneatlas.errors import ConfigError
 from tuneatlas.io import stable_hash
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
-
-# A stream (FineWeb-Edu: billions of tokens) is read only up to its row budget, never whole.
-STREAMING_BUDGET = (
-    "{key} is required with streaming: true: the number of rows read from the stream"
-    " (a stream is never read whole), e.g. max_rows: 1000000"
-)
+# YAML 1.1 (PyYAML) reads `1e-3` as a string: a float needs a dot and a signed exponent.
+_YAML_STRING_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
-class ConfigError(ValueError):
-    """A config that fails validation; the message names every offending key."""
+# ---------------------------------------------------------------------------------------------
+# YAML: duplicate keys are errors, with their line
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    loader.flatten_mapping(node)
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise ConfigError(
+                f"duplicate key {key!r} ({key_node.start_mark.name}:{line}, first at line"
+                f" {seen[key]}): YAML keeps only the last value; delete one of them"
+            )
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """Parse a YAML config file, refusing duplicate keys (ConfigError naming file and line)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found ({path}): check the path") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"config file is not UTF-8 text ({path}, byte {err.start}): save it as UTF-8"
+        ) from None
+    stream = io.StringIO(text)
+    stream.name = str(path)  # type: ignore[attr-defined] - PyYAML reads it for its marks
+    try:
+        return yaml.load(stream, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+
+
+def float_hint(value: Any) -> str:
+    """The fix for a number that YAML read as a string (`lr: 1e-3`), else ""."""
+    if isinstance(value, str) and _YAML_STRING_FLOAT.match(value.strip()):
+        mantissa, exponent = re.split("[eE]", value.strip())
+        if "." not in mantissa:
+            mantissa += ".0"
+        sign = "" if exponent.startswith(("-", "+")) else "+"
+        return (
+            f"; YAML reads {value} as a string (a float needs a dot and a signed exponent):"
+            f" write {mantissa}e{sign}{exponent}"
+        )
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema and cross-references
 
 
 def _with_defaults(validator_class):
@@ -72,8 +135,6 @@ def validate_config(raw: Mapping[str, Any]) -> dict[str, Any]:
                 path = path + [extra[0]] if len(extra) == 1 else path
                 lines.append(f"config key '{_key(path)}': unknown key ({err.message})")
             else:
-                from tuneatlas.checks import float_hint
-
                 hint = float_hint(err.instance) if err.validator in ("type", "oneOf") else ""
                 lines.append(f"config key '{_key(path)}': {err.message}{hint}")
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
@@ -83,8 +144,6 @@ def validate_config(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 def _check_references(config: dict[str, Any]) -> None:
     """Cross-references the schema cannot express: tasks exist, ids point at defined entries."""
-    from tuneatlas.data.tasks import SCRIPT_DATASETS, TASKS
-
     problems: list[str] = []
     datasets, models = config["datasets"], config["models"]
     for name, ds in datasets.items():
@@ -145,8 +204,6 @@ def _check_references(config: dict[str, Any]) -> None:
 
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Read a YAML config file, apply `overrides` (top-level keys), validate."""
-    from tuneatlas.checks import read_yaml  # duplicate keys are errors, with their line
-
     path = Path(path)
     raw = read_yaml(path) or {}
     if not isinstance(raw, dict):

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuneatlas.catalogue import ARTIFACTS, Artifact
-from tuneatlas.config import ConfigError
+from tuneatlas.data.members import members
+from tuneatlas.data.tasks import get_task
+from tuneatlas.errors import ConfigError
 from tuneatlas.models.layouts import s4_layouts
 from tuneatlas.spec import (
     CaptureSpec,
@@ -100,7 +102,7 @@ class Plan:
     def add(self, run: Run) -> str:
         existing = self.runs.get(run.id)
         if existing is not None and existing.spec != run.spec:
-            raise ValueError(f"two different runs share the id {run.id!r}")
+            raise ConfigError(f"two different runs share the id {run.id!r}")
         self.runs[run.id] = run
         return run.id
 
@@ -527,8 +529,6 @@ S5_CLUSTERING = "s5"  # results/clusters/s5/: the study's one clustering
 
 
 def _plan_s5(plan: Plan, config: dict[str, Any], s5: dict[str, Any]) -> None:
-    from tuneatlas.analysis.clusters import members
-
     layers = [config.get("train", {}), s5.get("train", {})]
     dataset = s5["task"]
     task = task_of(config, dataset)
@@ -591,9 +591,8 @@ def _plan_s5(plan: Plan, config: dict[str, Any], s5: dict[str, Any]) -> None:
 
 
 def _check_s5(config: dict[str, Any], s5: dict[str, Any], task: str, embedder: str) -> None:
-    """What S5 needs of its data and models, checked before any job runs."""
-    from tuneatlas.data.tasks import get_task
-
+    """What S5 needs of its config: a classification dataset, a defined embedder (the rows
+    that k clusters need are counted where files are read, `tuneatlas.preflight`)."""
     if get_task(task).is_regression:
         raise ConfigError(
             f"config key 'studies.s5.task': dataset {s5['task']!r} is a regression task"
@@ -604,30 +603,3 @@ def _check_s5(config: dict[str, Any], s5: dict[str, Any], task: str, embedder: s
             f"config key 'studies.s5.embedder.model': unknown model {embedder!r}; defined: "
             + ", ".join(sorted(config["models"]))
         )
-    rows = known_train_rows(s5["task"], config["datasets"][s5["task"]])
-    if rows is not None and s5["k"] > rows:
-        raise ConfigError(
-            f"config key 'studies.s5.k': {s5['k']} clusters exceed the {rows} training examples"
-            f" of dataset {s5['task']!r}; use k <= {rows}"
-        )
-
-
-def known_train_rows(name: str, ds: dict[str, Any]) -> int | None:
-    """Training rows of a dataset when the config fixes them (synthetic sizes or local files,
-    after max_rows, a re-split or an imbalance), else None (hub data: the job counts them)."""
-    from tuneatlas.data.prepare import DataError, source_sizes, split_counts
-
-    try:
-        found = source_sizes(name, ds)
-    except DataError:
-        return None  # a missing or unreadable file: the dataset's own checks report it
-    if found is None:
-        return None
-    cap = ds.get("max_rows")
-    sizes = {k: min(n, cap) if cap else n for k, n in found.items()}
-    if ds.get("imbalance"):
-        imb = ds["imbalance"]
-        return sum(imb["group_sizes"]) * imb["classes_per_group"]
-    if ds.get("resplit"):
-        return split_counts(sum(sizes.values()), ds["resplit"])[0]
-    return sizes.get("train")

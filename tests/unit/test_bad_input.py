@@ -19,10 +19,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from tuneatlas.checks import error_lines, preflight
-from tuneatlas.config import ConfigError, load_config, validate_config
-from tuneatlas.data.prepare import DataError, load_raw_splits
+from tuneatlas.config import load_config, validate_config
+from tuneatlas.data.prepare import load_raw_splits
+from tuneatlas.errors import ConfigError, DataError, error_lines
 from tuneatlas.plan import make_plan
+from tuneatlas.preflight import preflight
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,8 @@ import time
 import pytest
 import yaml
 
-from tuneatlas.config import ConfigError, config_hash, load_config, validate_config
+from tuneatlas.config import config_hash, load_config, validate_config
+from tuneatlas.errors import ConfigError
 
 
 @pytest.fixture

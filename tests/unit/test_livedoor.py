@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from tuneatlas.config import ConfigError, validate_config
+from tuneatlas.config import validate_config
 from tuneatlas.data import livedoor
-from tuneatlas.data.prepare import DataError, prepare_dataset, read_prepared
+from tuneatlas.data.prepare import prepare_dataset, read_prepared
 from tuneatlas.data.tasks import get_task
+from tuneatlas.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[2]
 CATS = livedoor.CATEGORIES

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from tuneatlas.catalogue import ARTIFACTS
-from tuneatlas.config import ConfigError, load_config, validate_config
+from tuneatlas.config import load_config, validate_config
+from tuneatlas.errors import ConfigError
 from tuneatlas.plan import make_plan
 from tuneatlas.spec import PretrainSpec, TrainSpec
 
@@ -184,7 +185,7 @@ def test_train_section_reaches_every_run_spec(repo):
 
 
 def test_a_run_without_saved_weights_cannot_feed_embeddings(repo):
-    from tuneatlas.config import ConfigError
+    from tuneatlas.errors import ConfigError
 
     raw = yaml.safe_load((repo / "config.yaml").read_text())
     raw["studies"]["s1"]["train"]["save_model"] = False
