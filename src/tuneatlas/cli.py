@@ -61,7 +61,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         _spec(args.spec),
         Path(args.out),
         seed=args.seed,
-        meta={"config_hash": args.config_hash, "dataset": args.name},
+        meta={"spec_hash": args.spec_hash, "dataset": args.name},
         hub_copy=Path(args.hub_copy) if args.hub_copy else None,
     )
     log.info("prepared %s: %s", args.name, ", ".join(sorted(written)))
@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--spec", required=True, help="dataset config as JSON")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
-    p.add_argument("--config-hash", default="")
+    p.add_argument("--spec-hash", default="", help="hash of the dataset spec, for the metadata")
     p.add_argument("--hub-copy", default=None, help="local copy of a hub source (fetch-hub)")
     p.set_defaults(func=cmd_prepare)
 

@@ -25,7 +25,8 @@ from tuneatlas.data.validate import STREAMING_BUDGET
 from tuneatlas.errors import ConfigError
 from tuneatlas.io import stable_hash
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+# shipped inside the package (pyproject package-data), so an installed tuneatlas finds it
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 # YAML 1.1 (PyYAML) reads `1e-3` as a string: a float needs a dot and a signed exponent.
 _YAML_STRING_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
@@ -120,8 +121,36 @@ def _key(path: Iterable[Any]) -> str:
     return ".".join(str(p) for p in path) or "<top level>"
 
 
+# Keys that held dataset ids under a task-like name; an old config fails naming the new key.
+RENAMED_KEYS: dict[str, str] = {
+    "studies.s1.tasks": "studies.s1.datasets",
+    "studies.s1.cross_tasks": "studies.s1.cross_datasets",
+    "studies.s1.no_dropout_tasks": "studies.s1.no_dropout_datasets",
+    "studies.s1.subsets.large_tasks": "studies.s1.subsets.large_datasets",
+    "studies.s2.task": "studies.s2.dataset",
+    "studies.s5.task": "studies.s5.dataset",
+}
+
+
+def _check_renamed_keys(raw: Mapping[str, Any]) -> None:
+    """A config written before a key was renamed fails with one line per old key."""
+    lines = []
+    for old, new in RENAMED_KEYS.items():
+        *parents, leaf = old.split(".")
+        node: Any = raw
+        for part in parents:
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if isinstance(node, Mapping) and leaf in node:
+            lines.append(f"config key '{old}' was renamed to '{new}': rename it in the config")
+    if len(lines) == 1:
+        raise ConfigError(lines[0])
+    if lines:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
+
+
 def validate_config(raw: Mapping[str, Any]) -> dict[str, Any]:
     """Return a validated copy of `raw` with defaults filled in; raise ConfigError otherwise."""
+    _check_renamed_keys(raw)
     config = copy.deepcopy(dict(raw))
     validator = DefaultFillingValidator(load_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
@@ -184,19 +213,20 @@ def _check_references(config: dict[str, Any]) -> None:
         for field in ("model",):
             if field in section:
                 need("model", models, f"studies.{study}.{field}", section[field])
-        for field in ("task", "dataset", "preliminary_dataset", "corpus"):
+        for field in ("dataset", "preliminary_dataset", "corpus"):
             if field in section:
                 need("dataset", datasets, f"studies.{study}.{field}", section[field])
-        for field in ("tasks", "cross_tasks", "no_dropout_tasks"):
+        for field in ("datasets", "cross_datasets", "no_dropout_datasets"):
             for i, value in enumerate(section.get(field) or []):
                 need("dataset", datasets, f"studies.{study}.{field}.{i}", value)
     s1 = studies.get("s1")
     if s1:
-        for field in ("cross_tasks", "no_dropout_tasks"):
+        for field in ("cross_datasets", "no_dropout_datasets"):
             for i, value in enumerate(s1.get(field) or []):
-                if value not in s1["tasks"]:
+                if value not in s1["datasets"]:
                     problems.append(
-                        f"config key 'studies.s1.{field}.{i}': {value!r} is not in studies.s1.tasks"
+                        f"config key 'studies.s1.{field}.{i}': {value!r} is not in"
+                        " studies.s1.datasets"
                     )
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

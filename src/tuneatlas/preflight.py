@@ -306,11 +306,11 @@ def _check_s5(config: Mapping[str, Any], problems: list[str]) -> None:
     s5 = config["studies"].get("s5")
     if not s5 or not s5.get("enabled", True):
         return
-    rows = known_train_rows(s5["task"], config["datasets"][s5["task"]])
+    rows = known_train_rows(s5["dataset"], config["datasets"][s5["dataset"]])
     if rows is not None and s5["k"] > rows:
         problems.append(
             f"config key 'studies.s5.k': {s5['k']} clusters exceed the {rows} training examples"
-            f" of dataset {s5['task']!r}; use k <= {rows}"
+            f" of dataset {s5['dataset']!r}; use k <= {rows}"
         )
 
 

@@ -89,7 +89,7 @@ def base(files) -> dict[str, Any]:
         "studies": {
             "s1": {
                 "model": "tiny",
-                "tasks": ["syn", "f"],
+                "datasets": ["syn", "f"],
                 "seeds": [42],
                 "train": {"keep_best": True},
             },
@@ -170,10 +170,14 @@ CONFIG_CASES: list[tuple[str, Callable[[dict, dict], None], list[str]]] = [
     ("resplit-two", _set("datasets.syn.resplit", [8, 2]), ["'datasets.syn.resplit'"]),
     # references
     ("unknown-task", _set("datasets.syn.task", "imagenet"), ["'datasets.syn.task'", "known tasks"]),
-    ("unknown-dataset", _set("studies.s1.tasks", ["syn", "nope"]), ["'studies.s1.tasks.1'"]),
+    ("unknown-dataset", _set("studies.s1.datasets", ["syn", "nope"]), ["'studies.s1.datasets.1'"]),
     ("unknown-model", _set("studies.s1.model", "gpt5"), ["'studies.s1.model'", "defined: loc"]),
     ("unknown-corpus", _set("models.tiny.corpus", ["wiki"]), ["'models.tiny.corpus.0'"]),
-    ("cross-not-task", _set("studies.s1.cross_tasks", ["imb"]), ["'studies.s1.cross_tasks.0'"]),
+    (
+        "cross-not-dataset",
+        _set("studies.s1.cross_datasets", ["imb"]),
+        ["'studies.s1.cross_datasets.0'"],
+    ),
     ("revision-built", _set("models.tiny.revision", "main"), ["'models.tiny.revision'"]),
     # architecture arithmetic, value ranges the schema allows but the code cannot use
     ("heads-divide", _set("models.tiny.num_heads", 3), ["models.tiny.num_heads", "num_heads: 2"]),

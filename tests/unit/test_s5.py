@@ -412,7 +412,7 @@ def test_toy_plan_has_members_on_derived_datasets(toy):
     ("keys", "message"),
     [
         ({"k": 4000}, r"studies\.s5\.k': 4000 clusters exceed the 3000 training examples"),
-        ({"task": "stsb"}, r"studies\.s5\.task'.*regression"),
+        ({"dataset": "stsb"}, r"studies\.s5\.dataset'.*regression"),
         ({"embedder": {"model": "nope"}}, r"studies\.s5\.embedder\.model': unknown model 'nope'"),
         ({"k": 1}, r"studies\.s5\.k"),
         ({"eval_split": "train"}, r"studies\.s5\.eval_split"),
@@ -421,7 +421,8 @@ def test_toy_plan_has_members_on_derived_datasets(toy):
 )
 def test_bad_s5_config_names_the_key(toy, keys, message):
     with pytest.raises(ConfigError, match=message):
-        make_plan(validate_config(_with_s5(toy, **keys)))
+        config = validate_config(_with_s5(toy, **keys))
+        preflight(config, make_plan(config), check_device=False)
 
 
 def test_a_dataset_named_like_a_member_dataset_is_refused(toy):
@@ -436,7 +437,7 @@ def test_k_is_checked_against_a_local_training_file(toy, tmp_path):
     train.write_text("sentence\tlabel\n" + "".join(f"s{i} good\t{i % 2}\n" for i in range(5)))
     raw = copy.deepcopy(toy)
     raw["datasets"]["mine"] = {"source": "file", "task": "sst2", "files": {"train": str(train)}}
-    raw["studies"]["s5"].update(task="mine", k=6)
+    raw["studies"]["s5"].update(dataset="mine", k=6)
     config = validate_config(raw)
     with pytest.raises(ConfigError, match=r"studies\.s5\.k': 6 clusters exceed the 5 training"):
         preflight(config, make_plan(config), check_device=False)  # the plan reads no file

@@ -180,7 +180,7 @@ def test_max_rows_caps_each_source_split_keeping_source_ids(tmp_path):
 
 def test_synthetic_source_writes_disjoint_splits_with_metadata(tmp_path):
     cfg = {"source": "synthetic", "task": "mrpc", "sizes": {"train": 120, "validation": 30}}
-    out = prepare_dataset("mrpc", cfg, tmp_path, seed=5, meta={"config_hash": "cafe"})
+    out = prepare_dataset("mrpc", cfg, tmp_path, seed=5, meta={"spec_hash": "cafe"})
     assert set(out) == {"train", "valid"}
     assert data.output_files("mrpc", cfg) == ["train.parquet", "valid.parquet"]
     train, valid = read_prepared(out["train"]), read_prepared(out["valid"])
@@ -189,7 +189,7 @@ def test_synthetic_source_writes_disjoint_splits_with_metadata(tmp_path):
     pairs = set(zip(train["text_a"], train["text_b"], strict=True))
     assert not pairs & set(zip(valid["text_a"], valid["text_b"], strict=True))
     meta = read_parquet_meta(out["train"])
-    assert meta["config_hash"] == "cafe" and meta["task"] == "mrpc" and meta["split"] == "train"
+    assert meta["spec_hash"] == "cafe" and meta["task"] == "mrpc" and meta["split"] == "train"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
