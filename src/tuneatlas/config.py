@@ -1,9 +1,11 @@
 """Read and validate a tuneatlas config: strict YAML, JSON Schema (with defaults) and the
 cross-references the schema cannot express.
 
-What the config alone decides is caught here, before any job starts, with a message naming the
-key, e.g. ``config key 'studies.s1.train.lr': -1 is not > 0``; what needs the files and
-directories it names is `tuneatlas.preflight`'s.
+The schema and the references between entries are checked here, before any job starts, with
+a message naming the key, e.g. ``config key 'studies.s1.train.lr': -1 is not > 0``; each
+dataset entry against the dataset vocabulary (its task, source keys, files) and what needs the
+files and directories the config names are `tuneatlas.preflight`'s. This module imports
+nothing of the package above the ground layer.
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator, validators
 
-from tuneatlas.data.tasks import SCRIPT_DATASETS, TASKS
-from tuneatlas.data.validate import STREAMING_BUDGET
 from tuneatlas.errors import ConfigError
 from tuneatlas.io import stable_hash
 
@@ -172,23 +172,11 @@ def validate_config(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _check_references(config: dict[str, Any]) -> None:
-    """Cross-references the schema cannot express: tasks exist, ids point at defined entries."""
+    """Cross-references the schema cannot express: ids point at defined entries. (What a
+    dataset entry says of its data - its task, source keys, streaming budget - is checked by
+    `tuneatlas.data.validate.check_source`, which `tuneatlas.preflight` runs on every entry.)"""
     problems: list[str] = []
     datasets, models = config["datasets"], config["models"]
-    for name, ds in datasets.items():
-        if ds["task"] not in TASKS:
-            problems.append(
-                f"config key 'datasets.{name}.task': unknown task {ds['task']!r}; "
-                f"known tasks: {', '.join(sorted(TASKS))}"
-            )
-        hub_path = ds.get("path") or getattr(TASKS.get(ds["task"]), "hub_path", None)
-        if ds["source"] == "hub" and hub_path in SCRIPT_DATASETS:
-            problems.append(
-                f"config key 'datasets.{name}.path': {hub_path!r} is a loading-script dataset,"
-                f" which datasets >= 4 refuses to load; {SCRIPT_DATASETS[hub_path]}"
-            )
-        if ds.get("streaming") and ds.get("max_rows") is None:
-            problems.append(STREAMING_BUDGET.format(key=f"config key 'datasets.{name}.max_rows'"))
     for name, model in models.items():
         if "revision" in model and model["source"] != "hub":
             problems.append(

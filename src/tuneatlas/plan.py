@@ -14,7 +14,6 @@ from typing import Any
 
 from tuneatlas.catalogue import ARTIFACTS, Artifact
 from tuneatlas.data.members import members
-from tuneatlas.data.tasks import get_task
 from tuneatlas.errors import ConfigError
 from tuneatlas.models.layouts import s4_layouts
 from tuneatlas.spec import (
@@ -588,7 +587,7 @@ def _plan_s5(plan: Plan, config: dict[str, Any], s5: dict[str, Any]) -> None:
     dataset = s5["dataset"]
     task = task_of(config, dataset)
     embedder = s5["embedder"].get("model") or s5["model"]
-    _check_s5(config, s5, task, embedder)
+    _check_s5_embedder(config, embedder)
     merged_train = {**config.get("train", {}), **s5.get("train", {})}
     plan.clusterings[S5_CLUSTERING] = {
         "dataset": dataset,
@@ -645,14 +644,10 @@ def _plan_s5(plan: Plan, config: dict[str, Any], s5: dict[str, Any]) -> None:
     )
 
 
-def _check_s5(config: dict[str, Any], s5: dict[str, Any], task: str, embedder: str) -> None:
-    """What S5 needs of its config: a classification dataset, a defined embedder (the rows
-    that k clusters need are counted where files are read, `tuneatlas.preflight`)."""
-    if get_task(task).is_regression:
-        raise ConfigError(
-            f"config key 'studies.s5.dataset': dataset {s5['dataset']!r} is a regression task"
-            f" ({task}); ensembles vote on classes, use a classification dataset"
-        )
+def _check_s5_embedder(config: dict[str, Any], embedder: str) -> None:
+    """What S5 needs of the models: a defined embedder. (A classification dataset with at
+    least k training rows is `tuneatlas.preflight`'s to check: it reads the task registry and
+    the files.)"""
     if embedder not in config["models"]:
         raise ConfigError(
             f"config key 'studies.s5.embedder.model': unknown model {embedder!r}; defined: "

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneatlas.data.prepare import local_source_files, output_files, source_sizes
+from tuneatlas.data.tasks import TASKS
 from tuneatlas.data.transform import split_counts
 from tuneatlas.data.validate import (
     check_source,
@@ -302,9 +303,17 @@ def known_train_rows(name: str, ds: Mapping[str, Any]) -> int | None:
 
 
 def _check_s5(config: Mapping[str, Any], problems: list[str]) -> None:
-    """S5's k clusters need at least k training rows (counted in the files when local)."""
+    """S5's ensembles vote on classes, and its k clusters need at least k training rows
+    (counted in the files when local)."""
     s5 = config["studies"].get("s5")
     if not s5 or not s5.get("enabled", True):
+        return
+    task = config["datasets"][s5["dataset"]]["task"]
+    if task in TASKS and TASKS[task].is_regression:  # an unknown task: _check_datasets says so
+        problems.append(
+            f"config key 'studies.s5.dataset': dataset {s5['dataset']!r} is a regression task"
+            f" ({task}); ensembles vote on classes, use a classification dataset"
+        )
         return
     rows = known_train_rows(s5["dataset"], config["datasets"][s5["dataset"]])
     if rows is not None and s5["k"] > rows:

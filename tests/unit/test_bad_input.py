@@ -169,7 +169,7 @@ CONFIG_CASES: list[tuple[str, Callable[[dict, dict], None], list[str]]] = [
     ("model-no-hidden", _drop("models.tiny.hidden_size"), ["'models.tiny'", "hidden_size"]),
     ("resplit-two", _set("datasets.syn.resplit", [8, 2]), ["'datasets.syn.resplit'"]),
     # references
-    ("unknown-task", _set("datasets.syn.task", "imagenet"), ["'datasets.syn.task'", "known tasks"]),
+    ("unknown-task", _set("datasets.syn.task", "imagenet"), ["datasets.syn.task:", "known tasks"]),
     ("unknown-dataset", _set("studies.s1.datasets", ["syn", "nope"]), ["'studies.s1.datasets.1'"]),
     ("unknown-model", _set("studies.s1.model", "gpt5"), ["'studies.s1.model'", "defined: loc"]),
     ("unknown-corpus", _set("models.tiny.corpus", ["wiki"]), ["'models.tiny.corpus.0'"]),

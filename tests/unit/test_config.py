@@ -39,7 +39,6 @@ def test_defaults_are_filled_without_touching_the_input(toy):
     [
         (lambda c: c["studies"]["s1"]["train"].__setitem__("lr", -1.0), "studies.s1.train.lr"),
         (lambda c: c["train"].__setitem__("batch_size", "32"), "train.batch_size"),
-        (lambda c: c["datasets"]["sst2"].__setitem__("task", "imagenet"), "datasets.sst2.task"),
         (lambda c: c["studies"]["s1"]["datasets"].append("nope"), "studies.s1.datasets.5"),
         (lambda c: c["studies"]["s1"].__setitem__("model", "gpt5"), "studies.s1.model"),
         (lambda c: c["train"].__setitem__("learning_rate", 1e-3), "train.learning_rate"),

@@ -23,6 +23,8 @@ from tuneatlas.data.tasks import get_task
 from tuneatlas.data.validate import SPLIT_ALIASES, check_source
 from tuneatlas.errors import ConfigError, DataError
 from tuneatlas.io import read_parquet_meta
+from tuneatlas.plan import make_plan
+from tuneatlas.preflight import preflight
 
 from .hub_fake import HUB, FakeHub
 
@@ -133,9 +135,10 @@ def test_streaming_without_a_row_budget_fails_at_validation_naming_the_key():
         "models": {"m": {"source": "hub", "name": "x/y"}},
         "studies": {},
     }
-    with pytest.raises(ConfigError, match=r"'datasets\.c\.max_rows' is required with streaming"):
-        validate_config(raw)
-    with pytest.raises(ValueError, match=r"datasets\.c\.max_rows is required with streaming"):
+    config = validate_config(raw)
+    with pytest.raises(ConfigError, match=r"datasets\.c\.max_rows is required with streaming"):
+        preflight(config, make_plan(config), check_device=False)
+    with pytest.raises(ConfigError, match=r"datasets\.c\.max_rows is required with streaming"):
         check_source("c", raw["datasets"]["c"])
 
 

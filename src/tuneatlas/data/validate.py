@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tuneatlas.data.tasks import Task, get_task
+from tuneatlas.data.tasks import SCRIPT_DATASETS, Task, get_task
 from tuneatlas.errors import ConfigError, DataError
 
 # Source split names -> on-disk split names.
@@ -125,6 +125,12 @@ def check_source(name: str, cfg: Mapping[str, Any]) -> Task:
             raise ConfigError(f"{dataset_key(name, 'streaming')} must be true or false")
         if cfg.get("streaming") and max_rows is None:
             raise ConfigError(STREAMING_BUDGET.format(key=dataset_key(name, "max_rows")))
+        hub_path = cfg.get("path") or task.hub_path
+        if hub_path in SCRIPT_DATASETS:
+            raise ConfigError(
+                f"{dataset_key(name, 'path')}: {hub_path!r} is a loading-script dataset, which"
+                f" datasets >= 4 refuses to load; {SCRIPT_DATASETS[hub_path]}"
+            )
     if "columns" in cfg:
         _check_columns(name, cfg["columns"], task)
     if task.is_corpus and "files" in cfg and set(cfg["files"]) != {"train"}:
