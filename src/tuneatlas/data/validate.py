@@ -98,6 +98,22 @@ def check_source(name: str, cfg: Mapping[str, Any]) -> Task:
             f"{dataset_key(name)}: corpus {task.name!r} has a single train split;"
             " remove 'resplit'/'imbalance'"
         )
+    _check_source_keys(name, cfg, task)
+    if "columns" in cfg:
+        _check_columns(name, cfg["columns"], task)
+    if task.is_corpus and "files" in cfg and set(cfg["files"]) != {"train"}:
+        raise ConfigError(
+            f"{dataset_key(name, 'files')}: a corpus has only 'train', got {sorted(cfg['files'])}"
+        )
+    if "facts" in cfg and task.synthetic != "facts":
+        raise ConfigError(f"{dataset_key(name, 'facts')} is only for the pre-training corpus")
+    return task
+
+
+def _check_source_keys(name: str, cfg: Mapping[str, Any], task: Task) -> None:
+    """The keys particular to the entry's source: synthetic sizes, a file source's files or
+    directory and format, a hub source's splits, streaming budget and loading path."""
+    source = cfg["source"]
     if source == "synthetic":
         sizes = cfg.get("sizes", DEFAULT_CORPUS_SIZES if task.is_corpus else DEFAULT_SIZES)
         _check_split_map(name, "sizes", sizes, int)
@@ -123,7 +139,7 @@ def check_source(name: str, cfg: Mapping[str, Any]) -> Task:
             _check_split_map(name, "splits", cfg["splits"], str)
         if "streaming" in cfg and not isinstance(cfg["streaming"], bool):
             raise ConfigError(f"{dataset_key(name, 'streaming')} must be true or false")
-        if cfg.get("streaming") and max_rows is None:
+        if cfg.get("streaming") and cfg.get("max_rows") is None:
             raise ConfigError(STREAMING_BUDGET.format(key=dataset_key(name, "max_rows")))
         hub_path = cfg.get("path") or task.hub_path
         if hub_path in SCRIPT_DATASETS:
@@ -131,15 +147,6 @@ def check_source(name: str, cfg: Mapping[str, Any]) -> Task:
                 f"{dataset_key(name, 'path')}: {hub_path!r} is a loading-script dataset, which"
                 f" datasets >= 4 refuses to load; {SCRIPT_DATASETS[hub_path]}"
             )
-    if "columns" in cfg:
-        _check_columns(name, cfg["columns"], task)
-    if task.is_corpus and "files" in cfg and set(cfg["files"]) != {"train"}:
-        raise ConfigError(
-            f"{dataset_key(name, 'files')}: a corpus has only 'train', got {sorted(cfg['files'])}"
-        )
-    if "facts" in cfg and task.synthetic != "facts":
-        raise ConfigError(f"{dataset_key(name, 'facts')} is only for the pre-training corpus")
-    return task
 
 
 def _is_int(v: Any) -> bool:
