@@ -9,6 +9,7 @@ the dependent jobs.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,6 +180,8 @@ def task_of(config: dict[str, Any], dataset: str) -> str:
 
 # --- S1 -------------------------------------------------------------------------------------
 def _plan_s1(plan: Plan, config: dict[str, Any], s1: dict[str, Any]) -> None:
+    """Direct fine-tunes per dataset and seed, their subset scans, and the ablations (max-norm
+    pooling, frozen encoder, no dropout, the cross fine-tuning matrix)."""
     seeds = s1["seeds"]
     main = seeds[0]
     layers = [config.get("train", {}), s1.get("train", {})]
@@ -235,13 +238,21 @@ def _plan_s1(plan: Plan, config: dict[str, Any], s1: dict[str, Any]) -> None:
             dropout_datasets=nd_datasets,
         )
     cross_datasets = s1["cross_datasets"] or s1["datasets"]
-    cells = []
-    for a, b in itertools.product(cross_datasets, cross_datasets):
-        if a == b:
-            cells.append(main_runs[b])  # the diagonal is direct fine-tuning
-        else:
-            cells.append(finetune(f"s1-{a}-then-{b}-s{main}", b, main, init_from=main_runs[a]))
-    target("S1.T5", runs=tuple(cells), cross_datasets=cross_datasets)
+    cells = _s1_cross_cells(cross_datasets, main_runs, finetune, main)
+    target("S1.T5", runs=cells, cross_datasets=cross_datasets)
+
+
+def _s1_cross_cells(
+    datasets: list[str], main_runs: dict[str, str], finetune: Callable[..., str], seed: int
+) -> tuple[str, ...]:
+    """The runs of S1.T5's matrix, row a (fine-tuned first) by column b: the diagonal is b's
+    direct fine-tuning, any other cell fine-tunes b from a's main run."""
+    return tuple(
+        main_runs[b]
+        if a == b
+        else finetune(f"s1-{a}-then-{b}-s{seed}", b, seed, init_from=main_runs[a])
+        for a, b in itertools.product(datasets, datasets)
+    )
 
 
 def _s1_scan_spec(
