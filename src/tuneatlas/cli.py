@@ -35,9 +35,9 @@ def _spec(text: str) -> dict[str, Any]:
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
-    from tuneatlas.checks import preflight
     from tuneatlas.config import config_hash, load_config
     from tuneatlas.plan import make_plan
+    from tuneatlas.preflight import preflight
 
     config = load_config(args.config)
     plan = make_plan(config)
@@ -61,7 +61,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         _spec(args.spec),
         Path(args.out),
         seed=args.seed,
-        meta={"config_hash": args.config_hash, "dataset": args.name},
+        meta={"spec_hash": args.spec_hash, "dataset": args.name},
         hub_copy=Path(args.hub_copy) if args.hub_copy else None,
     )
     log.info("prepared %s: %s", args.name, ", ".join(sorted(written)))
@@ -77,7 +77,7 @@ def cmd_livedoor_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_fetch_hub(args: argparse.Namespace) -> None:
-    from tuneatlas.data.prepare import fetch_hub_dataset
+    from tuneatlas.data.sources import fetch_hub_dataset
 
     fetch_hub_dataset(args.name, _spec(args.spec), Path(args.out))
 
@@ -373,7 +373,8 @@ def cmd_catalogue(args: argparse.Namespace) -> None:
 
 
 def cmd_layouts(args: argparse.Namespace) -> None:
-    from tuneatlas.config import ConfigError, load_config
+    from tuneatlas.config import load_config
+    from tuneatlas.errors import ConfigError
     from tuneatlas.models.layouts import s4_layouts
 
     s4 = load_config(args.config)["studies"].get("s4")
@@ -433,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--spec", required=True, help="dataset config as JSON")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
-    p.add_argument("--config-hash", default="")
+    p.add_argument("--spec-hash", default="", help="hash of the dataset spec, for the metadata")
     p.add_argument("--hub-copy", default=None, help="local copy of a hub source (fetch-hub)")
     p.set_defaults(func=cmd_prepare)
 
@@ -590,7 +591,7 @@ def main(argv: list[str] | None = None) -> None:
     _setup(args.threads)
     if os.environ.get("TUNEATLAS_DETERMINISTIC", "1") == "1":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    from tuneatlas.checks import debug, error_lines
+    from tuneatlas.errors import debug, error_lines
 
     try:
         args.func(args)

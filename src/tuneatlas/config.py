@@ -1,12 +1,19 @@
-"""Load and validate a tuneatlas config: JSON Schema (with defaults) plus cross-reference checks.
+"""Read and validate a tuneatlas config: strict YAML, JSON Schema (with defaults) and the
+cross-references the schema cannot express.
 
-Everything that can be wrong with a config is caught here, before any job starts, with a
-message naming the key, e.g. ``config key 'studies.s1.train.lr': -1 is not > 0``.
+The schema and the references between entries are checked here, before any job starts, with
+a message naming the key, e.g. ``config key 'studies.s1.train.lr': -1 is not > 0``; each
+dataset entry against the dataset vocabulary (its task, source keys, files) and what needs the
+files and directories the config names are `tuneatlas.preflight`'s. This module imports
+nothing of the package above the ground layer.
 """
 
 from __future__ import annotations
 
 import copy
+import io
+import os
+import re
 from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
@@ -15,20 +22,77 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator, validators
 
+from tuneatlas.errors import ConfigError
 from tuneatlas.io import stable_hash
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+# shipped inside the package (pyproject package-data), so an installed tuneatlas finds it
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
+
+# YAML 1.1 (PyYAML) reads `1e-3` as a string: a float needs a dot and a signed exponent.
+_YAML_STRING_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
-# A stream (FineWeb-Edu: billions of tokens) is read only up to its row budget, never whole.
-STREAMING_BUDGET = (
-    "{key} is required with streaming: true: the number of rows read from the stream"
-    " (a stream is never read whole), e.g. max_rows: 1000000"
-)
+# ---------------------------------------------------------------------------------------------
+# YAML: duplicate keys are errors, with their line
 
 
-class ConfigError(ValueError):
-    """A config that fails validation; the message names every offending key."""
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    loader.flatten_mapping(node)
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise ConfigError(
+                f"duplicate key {key!r} ({key_node.start_mark.name}:{line}, first at line"
+                f" {seen[key]}): YAML keeps only the last value; delete one of them"
+            )
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """Parse a YAML config file, refusing duplicate keys (ConfigError naming file and line)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found ({path}): check the path") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"config file is not UTF-8 text ({path}, byte {err.start}): save it as UTF-8"
+        ) from None
+    stream = io.StringIO(text)
+    stream.name = str(path)  # type: ignore[attr-defined] - PyYAML reads it for its marks
+    try:
+        return yaml.load(stream, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+
+
+def float_hint(value: Any) -> str:
+    """The fix for a number that YAML read as a string (`lr: 1e-3`), else ""."""
+    if isinstance(value, str) and _YAML_STRING_FLOAT.match(value.strip()):
+        mantissa, exponent = re.split("[eE]", value.strip())
+        if "." not in mantissa:
+            mantissa += ".0"
+        sign = "" if exponent.startswith(("-", "+")) else "+"
+        return (
+            f"; YAML reads {value} as a string (a float needs a dot and a signed exponent):"
+            f" write {mantissa}e{sign}{exponent}"
+        )
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema and cross-references
 
 
 def _with_defaults(validator_class):
@@ -57,8 +121,36 @@ def _key(path: Iterable[Any]) -> str:
     return ".".join(str(p) for p in path) or "<top level>"
 
 
+# Keys that held dataset ids under a task-like name; an old config fails naming the new key.
+RENAMED_KEYS: dict[str, str] = {
+    "studies.s1.tasks": "studies.s1.datasets",
+    "studies.s1.cross_tasks": "studies.s1.cross_datasets",
+    "studies.s1.no_dropout_tasks": "studies.s1.no_dropout_datasets",
+    "studies.s1.subsets.large_tasks": "studies.s1.subsets.large_datasets",
+    "studies.s2.task": "studies.s2.dataset",
+    "studies.s5.task": "studies.s5.dataset",
+}
+
+
+def _check_renamed_keys(raw: Mapping[str, Any]) -> None:
+    """A config written before a key was renamed fails with one line per old key."""
+    lines = []
+    for old, new in RENAMED_KEYS.items():
+        *parents, leaf = old.split(".")
+        node: Any = raw
+        for part in parents:
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if isinstance(node, Mapping) and leaf in node:
+            lines.append(f"config key '{old}' was renamed to '{new}': rename it in the config")
+    if len(lines) == 1:
+        raise ConfigError(lines[0])
+    if lines:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
+
+
 def validate_config(raw: Mapping[str, Any]) -> dict[str, Any]:
     """Return a validated copy of `raw` with defaults filled in; raise ConfigError otherwise."""
+    _check_renamed_keys(raw)
     config = copy.deepcopy(dict(raw))
     validator = DefaultFillingValidator(load_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
@@ -72,8 +164,6 @@ def validate_config(raw: Mapping[str, Any]) -> dict[str, Any]:
                 path = path + [extra[0]] if len(extra) == 1 else path
                 lines.append(f"config key '{_key(path)}': unknown key ({err.message})")
             else:
-                from tuneatlas.checks import float_hint
-
                 hint = float_hint(err.instance) if err.validator in ("type", "oneOf") else ""
                 lines.append(f"config key '{_key(path)}': {err.message}{hint}")
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
@@ -82,25 +172,11 @@ def validate_config(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _check_references(config: dict[str, Any]) -> None:
-    """Cross-references the schema cannot express: tasks exist, ids point at defined entries."""
-    from tuneatlas.data.tasks import SCRIPT_DATASETS, TASKS
-
+    """Cross-references the schema cannot express: ids point at defined entries. (What a
+    dataset entry says of its data - its task, source keys, streaming budget - is checked by
+    `tuneatlas.data.validate.check_source`, which `tuneatlas.preflight` runs on every entry.)"""
     problems: list[str] = []
     datasets, models = config["datasets"], config["models"]
-    for name, ds in datasets.items():
-        if ds["task"] not in TASKS:
-            problems.append(
-                f"config key 'datasets.{name}.task': unknown task {ds['task']!r}; "
-                f"known tasks: {', '.join(sorted(TASKS))}"
-            )
-        hub_path = ds.get("path") or getattr(TASKS.get(ds["task"]), "hub_path", None)
-        if ds["source"] == "hub" and hub_path in SCRIPT_DATASETS:
-            problems.append(
-                f"config key 'datasets.{name}.path': {hub_path!r} is a loading-script dataset,"
-                f" which datasets >= 4 refuses to load; {SCRIPT_DATASETS[hub_path]}"
-            )
-        if ds.get("streaming") and ds.get("max_rows") is None:
-            problems.append(STREAMING_BUDGET.format(key=f"config key 'datasets.{name}.max_rows'"))
     for name, model in models.items():
         if "revision" in model and model["source"] != "hub":
             problems.append(
@@ -125,19 +201,20 @@ def _check_references(config: dict[str, Any]) -> None:
         for field in ("model",):
             if field in section:
                 need("model", models, f"studies.{study}.{field}", section[field])
-        for field in ("task", "dataset", "preliminary_dataset", "corpus"):
+        for field in ("dataset", "preliminary_dataset", "corpus"):
             if field in section:
                 need("dataset", datasets, f"studies.{study}.{field}", section[field])
-        for field in ("tasks", "cross_tasks", "no_dropout_tasks"):
+        for field in ("datasets", "cross_datasets", "no_dropout_datasets"):
             for i, value in enumerate(section.get(field) or []):
                 need("dataset", datasets, f"studies.{study}.{field}.{i}", value)
     s1 = studies.get("s1")
     if s1:
-        for field in ("cross_tasks", "no_dropout_tasks"):
+        for field in ("cross_datasets", "no_dropout_datasets"):
             for i, value in enumerate(s1.get(field) or []):
-                if value not in s1["tasks"]:
+                if value not in s1["datasets"]:
                     problems.append(
-                        f"config key 'studies.s1.{field}.{i}': {value!r} is not in studies.s1.tasks"
+                        f"config key 'studies.s1.{field}.{i}': {value!r} is not in"
+                        " studies.s1.datasets"
                     )
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
@@ -145,8 +222,6 @@ def _check_references(config: dict[str, Any]) -> None:
 
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Read a YAML config file, apply `overrides` (top-level keys), validate."""
-    from tuneatlas.checks import read_yaml  # duplicate keys are errors, with their line
-
     path = Path(path)
     raw = read_yaml(path) or {}
     if not isinstance(raw, dict):

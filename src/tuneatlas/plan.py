@@ -9,11 +9,13 @@ the dependent jobs.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from tuneatlas.catalogue import ARTIFACTS, Artifact
-from tuneatlas.config import ConfigError
+from tuneatlas.data.members import members
+from tuneatlas.errors import ConfigError
 from tuneatlas.models.layouts import s4_layouts
 from tuneatlas.spec import (
     CaptureSpec,
@@ -100,7 +102,7 @@ class Plan:
     def add(self, run: Run) -> str:
         existing = self.runs.get(run.id)
         if existing is not None and existing.spec != run.spec:
-            raise ValueError(f"two different runs share the id {run.id!r}")
+            raise ConfigError(f"two different runs share the id {run.id!r}")
         self.runs[run.id] = run
         return run.id
 
@@ -178,6 +180,8 @@ def task_of(config: dict[str, Any], dataset: str) -> str:
 
 # --- S1 -------------------------------------------------------------------------------------
 def _plan_s1(plan: Plan, config: dict[str, Any], s1: dict[str, Any]) -> None:
+    """Direct fine-tunes per dataset and seed, their subset scans, and the ablations (max-norm
+    pooling, frozen encoder, no dropout, the cross fine-tuning matrix)."""
     seeds = s1["seeds"]
     main = seeds[0]
     layers = [config.get("train", {}), s1.get("train", {})]
@@ -188,11 +192,11 @@ def _plan_s1(plan: Plan, config: dict[str, Any], s1: dict[str, Any]) -> None:
         )
         return plan.add(Run(run_id, "s1", "finetune", spec.to_dict()))
 
-    direct = {(t, s): finetune(f"s1-{t}-s{s}", t, s) for t in s1["tasks"] for s in seeds}
+    direct = {(t, s): finetune(f"s1-{t}-s{s}", t, s) for t in s1["datasets"] for s in seeds}
     maxnorm = {
-        t: finetune(f"s1-{t}-maxnorm-s{main}", t, main, pooling="maxnorm") for t in s1["tasks"]
+        t: finetune(f"s1-{t}-maxnorm-s{main}", t, main, pooling="maxnorm") for t in s1["datasets"]
     }
-    main_runs = {t: direct[t, main] for t in s1["tasks"]}
+    main_runs = {t: direct[t, main] for t in s1["datasets"]}
     main_list = tuple(main_runs.values())
 
     def target(artifact_id: str, runs=(), embeddings=(), scans=(), **params: Any) -> None:
@@ -200,7 +204,7 @@ def _plan_s1(plan: Plan, config: dict[str, Any], s1: dict[str, Any]) -> None:
             ARTIFACTS[artifact_id],
             tuple(runs),
             tuple(embeddings),
-            {"study": "s1", "tasks": s1["tasks"], **params},
+            {"study": "s1", "datasets": s1["datasets"], **params},
             subsets=tuple(scans),
         )
 
@@ -220,27 +224,35 @@ def _plan_s1(plan: Plan, config: dict[str, Any], s1: dict[str, Any]) -> None:
     if s1["frozen"]:
         frozen = [
             finetune(f"s1-{t}-frozen-s{main}", t, main, head="mlp2", freeze_encoder=True)
-            for t in s1["tasks"]
+            for t in s1["datasets"]
         ]
         target("S1.T4", runs=main_list + tuple(frozen))
     if s1["no_dropout"]:
-        nd_tasks = s1["no_dropout_tasks"] or s1["tasks"]
-        nodrop = [finetune(f"s1-{t}-nodrop-s{main}", t, main, dropout=0.0) for t in nd_tasks]
+        nd_datasets = s1["no_dropout_datasets"] or s1["datasets"]
+        nodrop = [finetune(f"s1-{t}-nodrop-s{main}", t, main, dropout=0.0) for t in nd_datasets]
         nodrop = [scan(r, triples=False, layers=False) for r in nodrop]
         target(
             "S1.FA3",
-            scans=tuple(main_runs[t] for t in nd_tasks) + tuple(nodrop),
+            scans=tuple(main_runs[t] for t in nd_datasets) + tuple(nodrop),
             subsets=s1["subsets"],
-            dropout_tasks=nd_tasks,
+            dropout_datasets=nd_datasets,
         )
-    cross_tasks = s1["cross_tasks"] or s1["tasks"]
-    cells = []
-    for a, b in itertools.product(cross_tasks, cross_tasks):
-        if a == b:
-            cells.append(main_runs[b])  # the diagonal is direct fine-tuning
-        else:
-            cells.append(finetune(f"s1-{a}-then-{b}-s{main}", b, main, init_from=main_runs[a]))
-    target("S1.T5", runs=tuple(cells), cross_tasks=cross_tasks)
+    cross_datasets = s1["cross_datasets"] or s1["datasets"]
+    cells = _s1_cross_cells(cross_datasets, main_runs, finetune, main)
+    target("S1.T5", runs=cells, cross_datasets=cross_datasets)
+
+
+def _s1_cross_cells(
+    datasets: list[str], main_runs: dict[str, str], finetune: Callable[..., str], seed: int
+) -> tuple[str, ...]:
+    """The runs of S1.T5's matrix, row a (fine-tuned first) by column b: the diagonal is b's
+    direct fine-tuning, any other cell fine-tunes b from a's main run."""
+    return tuple(
+        main_runs[b]
+        if a == b
+        else finetune(f"s1-{a}-then-{b}-s{seed}", b, seed, init_from=main_runs[a])
+        for a, b in itertools.product(datasets, datasets)
+    )
 
 
 def _s1_scan_spec(
@@ -248,7 +260,7 @@ def _s1_scan_spec(
 ) -> dict[str, Any]:
     """Spec of one run's subset scan: exactly what the scan reads (the pair rate resolved)."""
     sub = s1["subsets"]
-    large = run_spec["dataset"] in sub["large_tasks"]
+    large = run_spec["dataset"] in sub["large_datasets"]
     return {
         "task": run_spec["task"],
         "seed": run_spec["seed"],
@@ -271,15 +283,25 @@ _SIMCSE_TRAIN_KEYS = {"eval_batch_size", "checkpoint_every", "precision", "tf32"
 
 
 def _plan_s2(plan: Plan, config: dict[str, Any], s2: dict[str, Any]) -> None:
+    """The SimCSE models, the fine-tuning sweep (S2.T1/F1, in-loop S2.F2/F4) and the Fisher
+    trials at initialisation (S2.F3/T2)."""
     # sweep runs keep no weights unless the study's own train section asks for them
     layers = [config.get("train", {}), {"save_model": False}, s2.get("train", {})]
+    models = {"vanilla": s2["model"], **_plan_simcse(plan, config, s2)}
+    inloop_targets = _plan_s2_sweep(plan, config, s2, models, layers)
+    _plan_s2_fishers(plan, config, s2, models, layers)
+    plan.targets.update(inloop_targets)
+
+
+def _plan_simcse(plan: Plan, config: dict[str, Any], s2: dict[str, Any]) -> dict[str, str]:
+    """One SimCSE continued training per dropout; {model label: model id}."""
     simcse = s2["simcse"]
-    models = {"vanilla": s2["model"]}
     if simcse["dropouts"] and not s2.get("corpus"):
         raise ConfigError(
             "config key 'studies.s2.corpus': the SimCSE models (studies.s2.simcse.dropouts)"
             " need a sentence corpus; name a dataset of task simcse"
         )
+    models = {}
     for p in simcse["dropouts"]:
         model_id = f"s2-simcse-p{p:g}"
         models[f"simcse-p{p:g}"] = model_id
@@ -302,7 +324,20 @@ def _plan_s2(plan: Plan, config: dict[str, Any], s2: dict[str, Any]) -> None:
         spec["temperature"] = simcse["temperature"]
         plan.models[model_id] = {"source": "simcse", "base": s2["model"], "corpus": s2["corpus"]}
         plan.add(Run(model_id, "s2", "simcse", spec))
-    task = task_of(config, s2["task"])
+    return models
+
+
+def _plan_s2_sweep(
+    plan: Plan,
+    config: dict[str, Any],
+    s2: dict[str, Any],
+    models: dict[str, str],
+    layers: list[dict[str, Any]],
+) -> dict[str, Target]:
+    """Every (model, lr, seed) fine-tune (S2.T1, S2.F1); the cells of `fisher` also measure
+    in the loop: returns the targets that read those measurements (S2.F2, S2.F4)."""
+    dataset = s2["dataset"]
+    task = task_of(config, dataset)
     fisher, polar = s2["fisher"], s2["polar"]
     inloop_cells = _inloop_cells(s2, models)
     sweep, fisher_runs, polar_runs = [], [], []
@@ -318,30 +353,54 @@ def _plan_s2(plan: Plan, config: dict[str, Any], s2: dict[str, Any]) -> None:
             if seed in polar["seeds"]:
                 inloop["polar_every"] = polar["every"]
                 polar_runs.append(run_id)
-        spec = train_spec(run_id, task, s2["task"], model, layers, seed=seed, lr=lr, **inloop)
+        spec = train_spec(run_id, task, dataset, model, layers, seed=seed, lr=lr, **inloop)
         extra = {"model_label": label, "lr": lr, "seed": seed}
         sweep.append(plan.add(Run(run_id, "s2", "finetune", spec.to_dict(), extra)))
     grid = {
         "study": "s2",
         "models": list(models),
         "lrs": s2["lrs"],
-        "dataset": s2["task"],
+        "dataset": dataset,
         "failure_threshold": s2["failure_threshold"],
         "runs": {r: plan.runs[r].extra for r in sweep},
     }
     for artifact_id in ("S2.T1", "S2.F1"):
         plan.targets[artifact_id] = Target(
-            ARTIFACTS[artifact_id], tuple(sweep), params=grid, datasets=(s2["task"],)
+            ARTIFACTS[artifact_id], tuple(sweep), params=grid, datasets=(dataset,)
         )
+    # in-loop: the polar trajectory (S2.F2) and the Fisher spectra during training (S2.F4),
+    # with each run's failure flag as in S2.F1
+    return {
+        artifact_id: Target(
+            ARTIFACTS[artifact_id],
+            tuple(runs),
+            params={**grid, "runs": {r: plan.runs[r].extra for r in runs}},
+            datasets=(dataset,),
+        )
+        for artifact_id, runs in (("S2.F2", polar_runs), ("S2.F4", fisher_runs))
+        if runs
+    }
+
+
+def _plan_s2_fishers(
+    plan: Plan,
+    config: dict[str, Any],
+    s2: dict[str, Any],
+    models: dict[str, str],
+    layers: list[dict[str, Any]],
+) -> None:
+    """The Fisher trials at initialisation: a fresh head per (model, trial) (rule `fisher`)."""
+    dataset, fisher = s2["dataset"], s2["fisher"]
+    task = task_of(config, dataset)
     trials = {}
     for (label, model), trial in itertools.product(models.items(), range(fisher["trials"])):
         fisher_id = f"s2-{label}-t{trial}"
         # the head a fine-tune of this model would get (pooling, head, dropout, max_length)
-        head = train_spec(fisher_id, task, s2["task"], model, layers, seed=trial)
+        head = train_spec(fisher_id, task, dataset, model, layers, seed=trial)
         plan.fishers[fisher_id] = {
             "model": model,
             "label": label,
-            "dataset": s2["task"],
+            "dataset": dataset,
             "trial": trial,
             "batch_size": fisher["batch_size"],
             "energy": fisher["energy"],
@@ -354,14 +413,6 @@ def _plan_s2(plan: Plan, config: dict[str, Any], s2: dict[str, Any]) -> None:
             fishers=tuple(trials),
             params={"study": "s2", "models": list(models), "trials": trials},
         )
-    # in-loop: the polar trajectory (S2.F2) and the Fisher spectra during training (S2.F4),
-    # with each run's failure flag as in S2.F1
-    for artifact_id, runs in (("S2.F2", polar_runs), ("S2.F4", fisher_runs)):
-        if runs:
-            params = {**grid, "runs": {r: plan.runs[r].extra for r in runs}}
-            plan.targets[artifact_id] = Target(
-                ARTIFACTS[artifact_id], tuple(runs), params=params, datasets=(s2["task"],)
-            )
 
 
 def _inloop_cells(s2: dict[str, Any], models: dict[str, str]) -> set[tuple[str, float]]:
@@ -459,42 +510,12 @@ def _plan_s4(plan: Plan, config: dict[str, Any], s4: dict[str, Any]) -> None:
                 f"config key 'studies.s4.sizes.{size}.variants': {unknown} are not variants of"
                 f" the grid; use names of {sorted(layouts)}"
             )
-        batch = s4["batch_size"]
-        if batch is None:
-            if "tokens" not in arch:
-                raise ConfigError(
-                    f"config key 'studies.s4.sizes.{size}.tokens': the token budget sets the"
-                    " batch (tokens / (steps x seq_len)); set it, or studies.s4.batch_size"
-                )
-            batch = max(1, round(arch["tokens"] / (s4["steps"] * s4["seq_len"])))
+        batch = _s4_batch_size(s4, size, arch)
         for name, lay in layouts.items():
             if wanted is not None and name != "baseline" and name not in wanted:
                 continue
             run_id = f"s4-{size.lower()}-{name}"
-            spec = PretrainSpec(
-                run=run_id,
-                task="pretrain",
-                dataset=s4["corpus"],
-                model=S4_TOKENS,
-                seed=config["seed"],
-                epochs=1e9,  # the step budget decides; the corpus repeats when it is smaller
-                max_steps=s4["steps"],
-                batch_size=batch,
-                micro_batch_size=s4["micro_batch_size"],
-                eval_batch_size=s4["eval_batch_size"],
-                seq_len=s4["seq_len"],
-                hidden_size=arch["hidden_size"],
-                num_layers=arch["num_layers"],
-                num_heads=arch["num_heads"],
-                ffn_widths=lay.ffn_widths,
-                grad_clip=1.0,
-                precision=s4["precision"],
-                checkpoint_every=s4["checkpoint_every"],
-                optim=OptimSpec(
-                    lr=s4["lr"], betas=tuple(s4["betas"]), weight_decay=s4["weight_decay"]
-                ),
-                schedule=ScheduleSpec(name="cosine", warmup_steps=s4["warmup_steps"]),
-            )
+            spec = _s4_pretrain_spec(run_id, config, s4, arch, batch, lay.ffn_widths)
             info = {
                 "size": size,
                 "variant": name,
@@ -522,18 +543,62 @@ def _plan_s4(plan: Plan, config: dict[str, Any], s4: dict[str, Any]) -> None:
         )
 
 
+def _s4_batch_size(s4: dict[str, Any], size: str, arch: dict[str, Any]) -> int:
+    """Sequences per optimiser step: `batch_size`, else the size's token budget spread over
+    the steps (tokens / (steps x seq_len))."""
+    if s4["batch_size"] is not None:
+        return s4["batch_size"]
+    if "tokens" not in arch:
+        raise ConfigError(
+            f"config key 'studies.s4.sizes.{size}.tokens': the token budget sets the"
+            " batch (tokens / (steps x seq_len)); set it, or studies.s4.batch_size"
+        )
+    return max(1, round(arch["tokens"] / (s4["steps"] * s4["seq_len"])))
+
+
+def _s4_pretrain_spec(
+    run_id: str,
+    config: dict[str, Any],
+    s4: dict[str, Any],
+    arch: dict[str, Any],
+    batch: int,
+    ffn_widths: list[int],
+) -> PretrainSpec:
+    """One variant's pre-training: the size's architecture with the layout's FFN widths."""
+    return PretrainSpec(
+        run=run_id,
+        task="pretrain",
+        dataset=s4["corpus"],
+        model=S4_TOKENS,
+        seed=config["seed"],
+        epochs=1e9,  # the step budget decides; the corpus repeats when it is smaller
+        max_steps=s4["steps"],
+        batch_size=batch,
+        micro_batch_size=s4["micro_batch_size"],
+        eval_batch_size=s4["eval_batch_size"],
+        seq_len=s4["seq_len"],
+        hidden_size=arch["hidden_size"],
+        num_layers=arch["num_layers"],
+        num_heads=arch["num_heads"],
+        ffn_widths=ffn_widths,
+        grad_clip=1.0,
+        precision=s4["precision"],
+        checkpoint_every=s4["checkpoint_every"],
+        optim=OptimSpec(lr=s4["lr"], betas=tuple(s4["betas"]), weight_decay=s4["weight_decay"]),
+        schedule=ScheduleSpec(name="cosine", warmup_steps=s4["warmup_steps"]),
+    )
+
+
 # --- S5 -------------------------------------------------------------------------------------
 S5_CLUSTERING = "s5"  # results/clusters/s5/: the study's one clustering
 
 
 def _plan_s5(plan: Plan, config: dict[str, Any], s5: dict[str, Any]) -> None:
-    from tuneatlas.analysis.clusters import members
-
     layers = [config.get("train", {}), s5.get("train", {})]
-    dataset = s5["task"]
+    dataset = s5["dataset"]
     task = task_of(config, dataset)
     embedder = s5["embedder"].get("model") or s5["model"]
-    _check_s5(config, s5, task, embedder)
+    _check_s5_embedder(config, embedder)
     merged_train = {**config.get("train", {}), **s5.get("train", {})}
     plan.clusterings[S5_CLUSTERING] = {
         "dataset": dataset,
@@ -590,44 +655,12 @@ def _plan_s5(plan: Plan, config: dict[str, Any], s5: dict[str, Any]) -> None:
     )
 
 
-def _check_s5(config: dict[str, Any], s5: dict[str, Any], task: str, embedder: str) -> None:
-    """What S5 needs of its data and models, checked before any job runs."""
-    from tuneatlas.data.tasks import get_task
-
-    if get_task(task).is_regression:
-        raise ConfigError(
-            f"config key 'studies.s5.task': dataset {s5['task']!r} is a regression task"
-            f" ({task}); ensembles vote on classes, use a classification dataset"
-        )
+def _check_s5_embedder(config: dict[str, Any], embedder: str) -> None:
+    """What S5 needs of the models: a defined embedder. (A classification dataset with at
+    least k training rows is `tuneatlas.preflight`'s to check: it reads the task registry and
+    the files.)"""
     if embedder not in config["models"]:
         raise ConfigError(
             f"config key 'studies.s5.embedder.model': unknown model {embedder!r}; defined: "
             + ", ".join(sorted(config["models"]))
         )
-    rows = known_train_rows(s5["task"], config["datasets"][s5["task"]])
-    if rows is not None and s5["k"] > rows:
-        raise ConfigError(
-            f"config key 'studies.s5.k': {s5['k']} clusters exceed the {rows} training examples"
-            f" of dataset {s5['task']!r}; use k <= {rows}"
-        )
-
-
-def known_train_rows(name: str, ds: dict[str, Any]) -> int | None:
-    """Training rows of a dataset when the config fixes them (synthetic sizes or local files,
-    after max_rows, a re-split or an imbalance), else None (hub data: the job counts them)."""
-    from tuneatlas.data.prepare import DataError, source_sizes, split_counts
-
-    try:
-        found = source_sizes(name, ds)
-    except DataError:
-        return None  # a missing or unreadable file: the dataset's own checks report it
-    if found is None:
-        return None
-    cap = ds.get("max_rows")
-    sizes = {k: min(n, cap) if cap else n for k, n in found.items()}
-    if ds.get("imbalance"):
-        imb = ds["imbalance"]
-        return sum(imb["group_sizes"]) * imb["classes_per_group"]
-    if ds.get("resplit"):
-        return split_counts(sum(sizes.values()), ds["resplit"])[0]
-    return sizes.get("train")

@@ -19,10 +19,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from tuneatlas.checks import error_lines, preflight
-from tuneatlas.config import ConfigError, load_config, validate_config
-from tuneatlas.data.prepare import DataError, load_raw_splits
+from tuneatlas.config import load_config, validate_config
+from tuneatlas.data.prepare import load_raw_splits
+from tuneatlas.errors import ConfigError, DataError, error_lines
 from tuneatlas.plan import make_plan
+from tuneatlas.preflight import preflight
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -88,7 +89,7 @@ def base(files) -> dict[str, Any]:
         "studies": {
             "s1": {
                 "model": "tiny",
-                "tasks": ["syn", "f"],
+                "datasets": ["syn", "f"],
                 "seeds": [42],
                 "train": {"keep_best": True},
             },
@@ -168,11 +169,15 @@ CONFIG_CASES: list[tuple[str, Callable[[dict, dict], None], list[str]]] = [
     ("model-no-hidden", _drop("models.tiny.hidden_size"), ["'models.tiny'", "hidden_size"]),
     ("resplit-two", _set("datasets.syn.resplit", [8, 2]), ["'datasets.syn.resplit'"]),
     # references
-    ("unknown-task", _set("datasets.syn.task", "imagenet"), ["'datasets.syn.task'", "known tasks"]),
-    ("unknown-dataset", _set("studies.s1.tasks", ["syn", "nope"]), ["'studies.s1.tasks.1'"]),
+    ("unknown-task", _set("datasets.syn.task", "imagenet"), ["datasets.syn.task:", "known tasks"]),
+    ("unknown-dataset", _set("studies.s1.datasets", ["syn", "nope"]), ["'studies.s1.datasets.1'"]),
     ("unknown-model", _set("studies.s1.model", "gpt5"), ["'studies.s1.model'", "defined: loc"]),
     ("unknown-corpus", _set("models.tiny.corpus", ["wiki"]), ["'models.tiny.corpus.0'"]),
-    ("cross-not-task", _set("studies.s1.cross_tasks", ["imb"]), ["'studies.s1.cross_tasks.0'"]),
+    (
+        "cross-not-dataset",
+        _set("studies.s1.cross_datasets", ["imb"]),
+        ["'studies.s1.cross_datasets.0'"],
+    ),
     ("revision-built", _set("models.tiny.revision", "main"), ["'models.tiny.revision'"]),
     # architecture arithmetic, value ranges the schema allows but the code cannot use
     ("heads-divide", _set("models.tiny.num_heads", 3), ["models.tiny.num_heads", "num_heads: 2"]),

@@ -10,7 +10,8 @@ import time
 import pytest
 import yaml
 
-from tuneatlas.config import ConfigError, config_hash, load_config, validate_config
+from tuneatlas.config import config_hash, load_config, validate_config
+from tuneatlas.errors import ConfigError
 
 
 @pytest.fixture
@@ -38,8 +39,7 @@ def test_defaults_are_filled_without_touching_the_input(toy):
     [
         (lambda c: c["studies"]["s1"]["train"].__setitem__("lr", -1.0), "studies.s1.train.lr"),
         (lambda c: c["train"].__setitem__("batch_size", "32"), "train.batch_size"),
-        (lambda c: c["datasets"]["sst2"].__setitem__("task", "imagenet"), "datasets.sst2.task"),
-        (lambda c: c["studies"]["s1"]["tasks"].append("nope"), "studies.s1.tasks.5"),
+        (lambda c: c["studies"]["s1"]["datasets"].append("nope"), "studies.s1.datasets.5"),
         (lambda c: c["studies"]["s1"].__setitem__("model", "gpt5"), "studies.s1.model"),
         (lambda c: c["train"].__setitem__("learning_rate", 1e-3), "train.learning_rate"),
         (lambda c: c["studies"]["s1"].__setitem__("seeds", []), "studies.s1.seeds"),
@@ -76,3 +76,30 @@ def test_config_hash_is_stable_and_sensitive(toy):
     assert config_hash(a) == config_hash(b)
     toy["seed"] = 1
     assert config_hash(validate_config(toy)) != config_hash(a)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("studies.s1.tasks", "studies.s1.datasets"),
+        ("studies.s1.cross_tasks", "studies.s1.cross_datasets"),
+        ("studies.s1.no_dropout_tasks", "studies.s1.no_dropout_datasets"),
+        ("studies.s1.subsets.large_tasks", "studies.s1.subsets.large_datasets"),
+        ("studies.s2.task", "studies.s2.dataset"),
+        ("studies.s5.task", "studies.s5.dataset"),
+    ],
+)
+def test_a_renamed_key_fails_naming_its_new_name(toy, old, new):
+    from tuneatlas.errors import error_lines
+
+    raw = copy.deepcopy(toy)
+    *parents, leaf = old.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = ["sst2"] if leaf.endswith("tasks") else "sst2"
+    with pytest.raises(ConfigError) as err:
+        validate_config(raw)
+    assert error_lines(err.value) == [
+        f"ERROR tuneatlas: config key '{old}' was renamed to '{new}': rename it in the config"
+    ]

@@ -16,17 +16,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from tuneatlas.config import ConfigError, validate_config
-from tuneatlas.data import prepare as data
-from tuneatlas.data.prepare import (
-    SPLIT_ALIASES,
-    DataError,
-    fetch_hub_dataset,
-    prepare_dataset,
-    read_prepared,
-)
+from tuneatlas.config import validate_config
+from tuneatlas.data.prepare import load_raw_splits, output_files, prepare_dataset, read_prepared
+from tuneatlas.data.sources import fetch_hub_dataset
 from tuneatlas.data.tasks import get_task
+from tuneatlas.data.validate import SPLIT_ALIASES, check_source
+from tuneatlas.errors import ConfigError, DataError
 from tuneatlas.io import read_parquet_meta
+from tuneatlas.plan import make_plan
+from tuneatlas.preflight import preflight
 
 from .hub_fake import HUB, FakeHub
 
@@ -79,7 +77,7 @@ def test_paper_hub_dataset_prepares_against_the_real_split_names(name, hub, tmp_
 
     out = prepare_dataset(name, cfg, tmp_path / "data", seed=0, hub_copy=tmp_path / "hub")
     assert len(hub.calls) == len(mapped)  # the copy is read without the hub
-    assert sorted(p.name for p in out.values()) == sorted(data.output_files(name, cfg))
+    assert sorted(p.name for p in out.values()) == sorted(output_files(name, cfg))
     if task.is_corpus:
         assert len(read_prepared(out["train"])) > 0
     elif "resplit" not in cfg:
@@ -89,8 +87,8 @@ def test_paper_hub_dataset_prepares_against_the_real_split_names(name, hub, tmp_
             assert len(df) and all(f"/{theirs} " in t for t in df["text_a"])
 
     # the direct load (no copy) reads the same frames
-    direct = data.load_raw_splits(name, cfg, seed=0)
-    from_copy = data.load_raw_splits(name, cfg, seed=0, hub_copy=tmp_path / "hub")
+    direct = load_raw_splits(name, cfg, seed=0)
+    from_copy = load_raw_splits(name, cfg, seed=0, hub_copy=tmp_path / "hub")
     assert set(direct) == set(from_copy)
     for key, df in direct.items():
         pd.testing.assert_frame_equal(df, from_copy[key])
@@ -125,7 +123,7 @@ def test_hub_copy_must_match_its_source(hub, tmp_path):
         "rte", {**cfg, "max_rows": 5}, tmp_path / "d", seed=0, hub_copy=tmp_path / "hub"
     )
     with pytest.raises(ValueError, match="a hub copy was given for a 'synthetic' source"):
-        data.load_raw_splits("x", {"source": "synthetic", "task": "rte"}, 0, hub_copy=tmp_path)
+        load_raw_splits("x", {"source": "synthetic", "task": "rte"}, 0, hub_copy=tmp_path)
 
 
 # --- streaming needs a budget ---------------------------------------------------------------
@@ -137,10 +135,11 @@ def test_streaming_without_a_row_budget_fails_at_validation_naming_the_key():
         "models": {"m": {"source": "hub", "name": "x/y"}},
         "studies": {},
     }
-    with pytest.raises(ConfigError, match=r"'datasets\.c\.max_rows' is required with streaming"):
-        validate_config(raw)
-    with pytest.raises(ValueError, match=r"datasets\.c\.max_rows is required with streaming"):
-        data.check_source("c", raw["datasets"]["c"])
+    config = validate_config(raw)
+    with pytest.raises(ConfigError, match=r"datasets\.c\.max_rows is required with streaming"):
+        preflight(config, make_plan(config), check_device=False)
+    with pytest.raises(ConfigError, match=r"datasets\.c\.max_rows is required with streaming"):
+        check_source("c", raw["datasets"]["c"])
 
 
 def test_a_stream_is_read_only_up_to_its_budget(hub, monkeypatch, tmp_path):

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from tuneatlas.cli import input_spec_hashes, main
-from tuneatlas.data.prepare import DataError, local_source_files
+from tuneatlas.data.prepare import local_source_files
+from tuneatlas.errors import DataError
 from tuneatlas.io import read_parquet_meta, stable_hash, write_parquet, write_yaml
 
 

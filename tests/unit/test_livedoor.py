@@ -11,10 +11,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from tuneatlas.config import ConfigError, validate_config
+from tuneatlas.config import validate_config
 from tuneatlas.data import livedoor
-from tuneatlas.data.prepare import DataError, prepare_dataset, read_prepared
+from tuneatlas.data.prepare import prepare_dataset, read_prepared
 from tuneatlas.data.tasks import get_task
+from tuneatlas.errors import ConfigError, DataError
+from tuneatlas.plan import make_plan
+from tuneatlas.preflight import preflight
 
 REPO = Path(__file__).resolve().parents[2]
 CATS = livedoor.CATEGORIES
@@ -167,8 +170,9 @@ def test_cli_converts(archive, tmp_path, capsys):
 def test_a_loading_script_hub_dataset_fails_validation_with_the_way_out(entry):
     raw = yaml.safe_load((REPO / "config.yaml").read_text())
     raw["datasets"]["ld"] = {"source": "hub", "task": "livedoor", **entry}
+    config = validate_config(raw)
     with pytest.raises(ConfigError) as err:
-        validate_config(raw)
+        preflight(config, make_plan(config), check_device=False)
     msg = str(err.value)
     assert "datasets.ld.path" in msg and "loading-script dataset" in msg
     assert "tuneatlas livedoor-convert ldcc-20140209.tar.gz data/livedoor" in msg

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from tuneatlas.catalogue import ARTIFACTS
-from tuneatlas.config import ConfigError, load_config, validate_config
+from tuneatlas.config import load_config, validate_config
+from tuneatlas.errors import ConfigError
 from tuneatlas.plan import make_plan
 from tuneatlas.spec import PretrainSpec, TrainSpec
 
@@ -184,7 +185,7 @@ def test_train_section_reaches_every_run_spec(repo):
 
 
 def test_a_run_without_saved_weights_cannot_feed_embeddings(repo):
-    from tuneatlas.config import ConfigError
+    from tuneatlas.errors import ConfigError
 
     raw = yaml.safe_load((repo / "config.yaml").read_text())
     raw["studies"]["s1"]["train"]["save_model"] = False
@@ -237,3 +238,40 @@ def test_s3_tables_read_the_runs_the_paper_uses(repo, paper):
     alone = make_plan(validate_config(raw))
     assert "s3-prelim-s42" not in alone.runs
     assert {alone.targets[a].runs for a in ARTIFACTS if a.startswith("S3.")} == {(main,)}
+
+
+@pytest.mark.parametrize("name", ["paper.yaml", "config.yaml"])
+def test_the_plan_reads_no_file(repo, monkeypatch, name):
+    """The plan is a pure function of the config: built with every file-system entry point
+    failing, it equals the plan built normally (what needs files is tuneatlas.preflight's)."""
+    import builtins
+    import io
+    import os
+    from pathlib import Path
+
+    config = load_config(repo / name)
+    expected = make_plan(config)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"the plan touched the file system: {args!r}")
+
+    for owner, attr in [
+        (builtins, "open"),
+        (io, "open"),
+        (os, "open"),
+        (os, "stat"),
+        (os, "lstat"),
+        (os, "listdir"),
+        (os, "scandir"),
+        (os.path, "exists"),
+        (os.path, "isfile"),
+        (os.path, "isdir"),
+        *((Path, m) for m in ("stat", "exists", "is_file", "is_dir", "iterdir", "glob")),
+        *((Path, m) for m in ("open", "read_text", "read_bytes", "resolve")),
+    ]:
+        monkeypatch.setattr(owner, attr, refuse)
+    try:
+        plan = make_plan(config)
+    finally:
+        monkeypatch.undo()  # before pytest reports a failure: it reads files to do so
+    assert plan == expected

@@ -51,7 +51,7 @@ SUBSETS = {
     "top_k": 3,
     "pair_rate": 0.5,
     "pair_rate_large": 0.1,
-    "large_tasks": [],
+    "large_datasets": [],
     "triple_sample_sizes": [20, 5],
     "exhaustive_triples": True,
     "effective_top": 4,
@@ -82,7 +82,7 @@ def _spec(*runs, **params):
         "embeddings": [],
         "subsets": list(runs),
         "params": {
-            "tasks": ["sst2"],
+            "datasets": ["sst2"],
             "subsets": SUBSETS,
             "layers": {"pairs_per_layer": None},
             **params,

@@ -25,11 +25,14 @@ from tuneatlas.analysis.ensemble import (
     oracle_correct,
 )
 from tuneatlas.analysis.predict import write_predictions
-from tuneatlas.config import ConfigError, load_config, validate_config
+from tuneatlas.config import load_config, validate_config
+from tuneatlas.data import members as s5_names
+from tuneatlas.errors import ConfigError
 from tuneatlas.io import load_tensors
 from tuneatlas.models.build import build_bert
 from tuneatlas.models.hub import load_encoder, load_tokenizer
 from tuneatlas.plan import make_plan
+from tuneatlas.preflight import preflight
 from tuneatlas.spec import OptimSpec, TrainSpec
 from tuneatlas.studies import s5
 
@@ -38,7 +41,7 @@ RUN_ID = re.compile(r"[A-Za-z0-9_.\-]+")  # the Snakefile's wildcard constraint 
 
 # --- names -----------------------------------------------------------------------------------
 def test_members_of_k3_are_the_study_pairs():
-    assert [(m["name"], m["clusters"], m["excluded"]) for m in cl.members(3)] == [
+    assert [(m["name"], m["clusters"], m["excluded"]) for m in s5_names.members(3)] == [
         ("ab", ["A", "B"], "C"),
         ("bc", ["B", "C"], "A"),
         ("ca", ["C", "A"], "B"),
@@ -47,9 +50,9 @@ def test_members_of_k3_are_the_study_pairs():
 
 @pytest.mark.parametrize("k", [2, 3, 4, 5, 26, 27, 40])
 def test_member_ids_stay_distinct_and_valid_for_any_k(k):
-    labels = cl.cluster_labels(k)
+    labels = s5_names.cluster_labels(k)
     assert len(set(labels)) == k
-    ms = cl.members(k)
+    ms = s5_names.members(k)
     names = [f"s5-{m['name']}" for m in ms]
     assert len(set(names)) == k and all(RUN_ID.fullmatch(n) for n in names)
     # every cluster is left out by exactly one member and seen by the k - 1 others
@@ -64,14 +67,14 @@ D = np.array([[1.0, 2.0, 3.0], [4.0, 0.5, 0.5], [2.0, 2.0, 2.0], [0.0, 0.0, 0.0]
 
 def test_monju_weights_follow_the_study_formula():
     w = monju_weights(D)
-    members = cl.members(3)
+    members = s5_names.members(3)
     for row, (da, db, dc) in enumerate(D):
         total = da + db + dc
         # alpha_AB = d_C / sum, alpha_BC = d_A / sum, alpha_CA = d_B / sum (the poster)
         expected = {"ab": dc, "bc": da, "ca": db} if total else dict.fromkeys("ab bc ca".split(), 1)
         norm = total or 3.0
         for m in members:
-            col = cl.cluster_labels(3).index(m["excluded"])
+            col = s5_names.cluster_labels(3).index(m["excluded"])
             assert w[row, col] == pytest.approx(expected[m["name"]] / norm)
     np.testing.assert_allclose(w.sum(1), 1.0)
 
@@ -226,7 +229,7 @@ def test_gmm_clustering_and_too_many_clusters(world, tmp_path):
 def test_member_datasets_partition_the_training_rows(world, tmp_path):
     assignments, _ = cl.read_assignments(world["clusters"])
     seen = []
-    for m in cl.members(3):
+    for m in s5_names.members(3):
         out = tmp_path / m["name"]
         counts = cl.derive_member_dataset(world["data"], world["clusters"], m["clusters"], out)
         train = pd.read_parquet(out / "train.parquet")
@@ -280,7 +283,7 @@ def _fake_results(root, n=40, seed=0):
     labels = rng.integers(0, 2, n)
     idx = np.arange(n) + 1000
     members = [{"run": "s5-all-s0", "kind": "seed"}, {"run": "s5-all-s1", "kind": "seed"}]
-    members += [{"run": f"s5-{m['name']}", "kind": "cluster", **m} for m in cl.members(3)]
+    members += [{"run": f"s5-{m['name']}", "kind": "cluster", **m} for m in s5_names.members(3)]
     logits = {}
     for m in members:
         lg = rng.normal(size=(n, 2)) + 1.5 * np.eye(2)[labels] * rng.random((n, 1))
@@ -409,7 +412,7 @@ def test_toy_plan_has_members_on_derived_datasets(toy):
     ("keys", "message"),
     [
         ({"k": 4000}, r"studies\.s5\.k': 4000 clusters exceed the 3000 training examples"),
-        ({"task": "stsb"}, r"studies\.s5\.task'.*regression"),
+        ({"dataset": "stsb"}, r"studies\.s5\.dataset'.*regression"),
         ({"embedder": {"model": "nope"}}, r"studies\.s5\.embedder\.model': unknown model 'nope'"),
         ({"k": 1}, r"studies\.s5\.k"),
         ({"eval_split": "train"}, r"studies\.s5\.eval_split"),
@@ -418,7 +421,8 @@ def test_toy_plan_has_members_on_derived_datasets(toy):
 )
 def test_bad_s5_config_names_the_key(toy, keys, message):
     with pytest.raises(ConfigError, match=message):
-        make_plan(validate_config(_with_s5(toy, **keys)))
+        config = validate_config(_with_s5(toy, **keys))
+        preflight(config, make_plan(config), check_device=False)
 
 
 def test_a_dataset_named_like_a_member_dataset_is_refused(toy):
@@ -433,8 +437,10 @@ def test_k_is_checked_against_a_local_training_file(toy, tmp_path):
     train.write_text("sentence\tlabel\n" + "".join(f"s{i} good\t{i % 2}\n" for i in range(5)))
     raw = copy.deepcopy(toy)
     raw["datasets"]["mine"] = {"source": "file", "task": "sst2", "files": {"train": str(train)}}
-    raw["studies"]["s5"].update(task="mine", k=6)
+    raw["studies"]["s5"].update(dataset="mine", k=6)
+    config = validate_config(raw)
     with pytest.raises(ConfigError, match=r"studies\.s5\.k': 6 clusters exceed the 5 training"):
-        make_plan(validate_config(raw))
+        preflight(config, make_plan(config), check_device=False)  # the plan reads no file
     raw["studies"]["s5"]["k"] = 5
-    make_plan(validate_config(raw))
+    config = validate_config(raw)
+    preflight(config, make_plan(config), check_device=False)

@@ -11,8 +11,11 @@ import pandas as pd
 import pytest
 
 from tuneatlas.data import prepare as data
-from tuneatlas.data.prepare import DataError, HubOfflineError, prepare_dataset, read_prepared
+from tuneatlas.data.prepare import prepare_dataset, read_prepared
 from tuneatlas.data.tasks import GLUE_TASKS, TASKS, get_task
+from tuneatlas.data.transform import split_counts
+from tuneatlas.data.validate import check_source
+from tuneatlas.errors import DataError, HubOfflineError
 from tuneatlas.io import read_parquet_meta
 from tuneatlas.metrics import METRICS
 
@@ -177,7 +180,7 @@ def test_max_rows_caps_each_source_split_keeping_source_ids(tmp_path):
 
 def test_synthetic_source_writes_disjoint_splits_with_metadata(tmp_path):
     cfg = {"source": "synthetic", "task": "mrpc", "sizes": {"train": 120, "validation": 30}}
-    out = prepare_dataset("mrpc", cfg, tmp_path, seed=5, meta={"config_hash": "cafe"})
+    out = prepare_dataset("mrpc", cfg, tmp_path, seed=5, meta={"spec_hash": "cafe"})
     assert set(out) == {"train", "valid"}
     assert data.output_files("mrpc", cfg) == ["train.parquet", "valid.parquet"]
     train, valid = read_prepared(out["train"]), read_prepared(out["valid"])
@@ -186,7 +189,7 @@ def test_synthetic_source_writes_disjoint_splits_with_metadata(tmp_path):
     pairs = set(zip(train["text_a"], train["text_b"], strict=True))
     assert not pairs & set(zip(valid["text_a"], valid["text_b"], strict=True))
     meta = read_parquet_meta(out["train"])
-    assert meta["config_hash"] == "cafe" and meta["task"] == "mrpc" and meta["split"] == "train"
+    assert meta["spec_hash"] == "cafe" and meta["task"] == "mrpc" and meta["split"] == "train"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
@@ -249,9 +252,9 @@ def test_resplit_pools_all_splits_by_ratio_and_is_deterministic(tmp_path):
 
 
 def test_split_counts_use_largest_remainder():
-    assert data.split_counts(872, [8, 1, 1]) == [698, 87, 87]
-    assert data.split_counts(10, [1, 1, 1]) == [4, 3, 3]
-    assert data.split_counts(5, [1, 0, 0]) == [5, 0, 0]
+    assert split_counts(872, [8, 1, 1]) == [698, 87, 87]
+    assert split_counts(10, [1, 1, 1]) == [4, 3, 3]
+    assert split_counts(5, [1, 0, 0]) == [5, 0, 0]
 
 
 def test_imbalance_counts_are_exact_and_the_assignment_is_recorded(tmp_path):
@@ -371,13 +374,13 @@ def test_bad_csv_and_parquet_rows_name_the_row(tmp_path):
 
 def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ValueError, match=r"datasets\.x: unknown key\(s\) \['sizez'\]"):
-        data.check_source("x", {"source": "synthetic", "task": "sst2", "sizez": {}})
+        check_source("x", {"source": "synthetic", "task": "sst2", "sizez": {}})
     with pytest.raises(ValueError, match=r"datasets\.x\.resplit must be three numbers"):
-        data.check_source("x", {"source": "synthetic", "task": "sst2", "resplit": [8, 2]})
+        check_source("x", {"source": "synthetic", "task": "sst2", "resplit": [8, 2]})
     with pytest.raises(ValueError, match=r"datasets\.x\.task: unknown task 'nope'"):
-        data.check_source("x", {"source": "synthetic", "task": "nope"})
+        check_source("x", {"source": "synthetic", "task": "nope"})
     with pytest.raises(ValueError, match=r"columns\.text_b: task 'sst2' is single-sentence"):
-        data.check_source(
+        check_source(
             "x",
             {
                 "source": "file",
@@ -387,7 +390,7 @@ def test_config_errors_name_the_key(tmp_path):
             },
         )
     with pytest.raises(ValueError, match=r"3 groups x 2 classes = 6, but task 'livedoor' has 9"):
-        data.check_source(
+        check_source(
             "x",
             {
                 "source": "synthetic",

@@ -99,7 +99,7 @@ def _file_config(tmp_path: Path, source: dict) -> Path:
             }
         },
         "train": {"batch_size": 32, "eval_batch_size": 64, "max_length": 16, "epochs": 1},
-        "studies": {"s1": {"model": "bert-tiny", "tasks": ["mysst"], "seeds": [42]}},
+        "studies": {"s1": {"model": "bert-tiny", "datasets": ["mysst"], "seeds": [42]}},
     }
     return _write(config, tmp_path / "file.yaml")
 

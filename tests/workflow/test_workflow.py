@@ -217,8 +217,8 @@ def test_paper_dry_run_builds_every_studys_full_grid(tmp_path):
     assert counts["cluster"] == 1 and counts["cluster_data"] == 3
     assert counts["train_with_predictions"] == 6  # the S5 members, in the train count
     # every hub dataset and model is fetched by a rule of its own, run on the submit host
-    s1_tasks = paper["studies"]["s1"]["tasks"]
-    used = [*s1_tasks, *s3_datasets, s2["task"], s2["corpus"], s4["corpus"], s5["task"]]
+    s1_datasets = paper["studies"]["s1"]["datasets"]
+    used = [*s1_datasets, *s3_datasets, s2["dataset"], s2["corpus"], s4["corpus"], s5["dataset"]]
     hub = [d for d in used if paper["datasets"][d]["source"] == "hub"]
     assert counts["fetch_hub_data"] == len(hub)  # livedoor: a local file (livedoor-convert)
     # bert-base, bert-large, bert-ja, roberta-base, gpt2 (S4's tokenizer)

@@ -9,10 +9,13 @@ from pathlib import Path
 SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 
-from tuneatlas.checks import preflight, read_yaml
-from tuneatlas.config import ConfigError, config_hash, validate_config
+from tuneatlas.config import config_hash, read_yaml, validate_config
+from tuneatlas.data.prepare import local_source_files
+from tuneatlas.data.sources import hub_fetch_spec
+from tuneatlas.errors import ConfigError, DataError
 from tuneatlas.io import stable_hash
 from tuneatlas.plan import make_plan
+from tuneatlas.preflight import preflight
 
 try:
     # snakemake's own YAML reader keeps the last of two equal keys: re-read strictly
@@ -78,8 +81,6 @@ def dataset_sources(wildcards):
     """The local files a dataset reads (`files`, the split files of `dir`, `facts`): inputs of
     prepare_data, so editing one re-prepares the dataset and re-runs what depends on it.
     """
-    from tuneatlas.data.prepare import DataError, local_source_files
-
     name = wildcards.dataset
     if name not in PLAN.datasets:
         raise WorkflowError(
@@ -238,8 +239,6 @@ def hub_copy_arg(wildcards, input):
 
 
 def hub_fetch_spec_of(wildcards):
-    from tuneatlas.data.prepare import hub_fetch_spec
-
     return as_json(hub_fetch_spec(PLAN.datasets[wildcards.dataset]))
 
 

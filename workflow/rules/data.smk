@@ -37,7 +37,7 @@ rule prepare_data:
         hub_copy=hub_copy_arg,
     shell:
         "python -m tuneatlas prepare --name {wildcards.dataset} --spec {params.spec:q} --seed {params.seed}"
-        " --config-hash {params.spec_hash} {params.hub_copy} --out {output} 2> {log}"
+        " --spec-hash {params.spec_hash} {params.hub_copy} --out {output} 2> {log}"
 
 
 rule fetch_hub_data:

@@ -36,8 +36,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from tuneatlas.data.prepare import DataError
 from tuneatlas.data.tasks import get_task
+from tuneatlas.errors import DataError
 from tuneatlas.io import atomic_path
 
 CATEGORIES: tuple[str, ...] = get_task("livedoor").label_names

@@ -46,7 +46,7 @@ def table_t1(spec: dict[str, Any], results: Path) -> pd.DataFrame:
 
 
 def _task_key(spec: dict[str, Any]):
-    order = {t: i for i, t in enumerate(spec["params"]["tasks"])}
+    order = {t: i for i, t in enumerate(spec["params"]["datasets"])}
     return lambda col: col.map(order) if col.name == "task" else col
 
 
@@ -121,7 +121,7 @@ def table_t5(spec: dict[str, Any], results: Path) -> pd.DataFrame:
         for i, b in zip(df["init_from"], df["task"], strict=True)
     ]
     df = df[["task_a", "task_b", "metric", "split", "seed", "value"]]
-    order = {t: i for i, t in enumerate(spec["params"]["cross_tasks"])}
+    order = {t: i for i, t in enumerate(spec["params"]["cross_datasets"])}
     return df.sort_values(
         ["split", "task_a", "task_b"], key=lambda c: c.map(order) if c.name != "split" else c
     ).reset_index(drop=True)

@@ -3,120 +3,33 @@
 `preflight(config, plan)` is the one entry point: `tuneatlas validate` and the workflow's
 common.smk both call it after schema validation and planning, so a bad path, a header-only
 split file, impossible architecture arithmetic or `device: cuda` without CUDA fail before
-snakemake schedules anything. Every message has the shape
-``<what> (<key or file:row>): <how to fix>``; `error_lines` turns any exception into such lines
-for the console (the traceback only with TUNEATLAS_DEBUG=1).
+snakemake schedules anything. It is where the files a config names are looked at: the plan
+is a pure function of the config, so what needs the data (S5's k against the training rows)
+is checked here. Every message has the shape ``<what> (<key or file:row>): <how to fix>``
+(`tuneatlas.errors.error_lines` prints them).
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
-import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
+from tuneatlas.data.prepare import local_source_files, output_files, source_sizes
+from tuneatlas.data.tasks import TASKS
+from tuneatlas.data.transform import split_counts
+from tuneatlas.data.validate import (
+    check_source,
+    format_of,
+    imbalance_size_problems,
+    imbalanced_train_rows,
+)
+from tuneatlas.errors import ConfigError, DataError
+from tuneatlas.plan import Plan
 
-from tuneatlas.config import ConfigError
-from tuneatlas.io import disk_full
-
-DEBUG_ENV = "TUNEATLAS_DEBUG"  # 1: show the traceback of an error instead of one line
 PEEK_BYTES = 1 << 20  # what validation reads of a data file: the header and the first rows
-
-# YAML 1.1 (PyYAML) reads `1e-3` as a string: a float needs a dot and a signed exponent.
-_YAML_STRING_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
-
-
-def debug() -> bool:
-    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
-
-
-# ---------------------------------------------------------------------------------------------
-# YAML: duplicate keys are errors, with their line
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
-    loader.flatten_mapping(node)
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        line = key_node.start_mark.line + 1
-        if key in seen:
-            raise ConfigError(
-                f"duplicate key {key!r} ({key_node.start_mark.name}:{line}, first at line"
-                f" {seen[key]}): YAML keeps only the last value; delete one of them"
-            )
-        seen[key] = line
-    return loader.construct_mapping(node, deep=deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def read_yaml(path: str | os.PathLike) -> Any:
-    """Parse a YAML config file, refusing duplicate keys (ConfigError naming file and line)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found ({path}): check the path") from None
-    except UnicodeDecodeError as err:
-        raise ConfigError(
-            f"config file is not UTF-8 text ({path}, byte {err.start}): save it as UTF-8"
-        ) from None
-    stream = io.StringIO(text)
-    stream.name = str(path)  # type: ignore[attr-defined] - PyYAML reads it for its marks
-    try:
-        return yaml.load(stream, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-
-
-def float_hint(value: Any) -> str:
-    """The fix for a number that YAML read as a string (`lr: 1e-3`), else ""."""
-    if isinstance(value, str) and _YAML_STRING_FLOAT.match(value.strip()):
-        mantissa, exponent = re.split("[eE]", value.strip())
-        if "." not in mantissa:
-            mantissa += ".0"
-        sign = "" if exponent.startswith(("-", "+")) else "+"
-        return (
-            f"; YAML reads {value} as a string (a float needs a dot and a signed exponent):"
-            f" write {mantissa}e{sign}{exponent}"
-        )
-    return ""
-
-
-# ---------------------------------------------------------------------------------------------
-# Console output: one line per error
-
-
-def error_lines(exc: BaseException) -> list[str]:
-    """`ERROR tuneatlas: ...` lines for an exception that ends a command."""
-    if disk_full(exc):
-        where = getattr(exc, "filename", None) or "the output directory"
-        return [
-            f"ERROR tuneatlas: no space left on device: {where}; the previous checkpoint is"
-            " intact and no half-written output was left (writes are atomic): free space, then"
-            " rerun the same command (training resumes from that checkpoint)"
-        ]
-    text = str(exc).strip() or type(exc).__name__
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if len(lines) > 1 and lines[0].rstrip(":") == "invalid config":
-        lines = lines[1:]  # one line per offending key
-    elif len(lines) > 1:
-        lines = [" ".join(lines)]
-    user = isinstance(exc, ValueError | FileNotFoundError)  # ConfigError, DataError too
-    suffix = "" if user else f" [{type(exc).__name__}; set {DEBUG_ENV}=1 for the traceback]"
-    return [f"ERROR tuneatlas: {line}{suffix}" for line in lines]
-
 
 # ---------------------------------------------------------------------------------------------
 # Data files: what can be seen from the head of each file
@@ -287,15 +200,7 @@ def _check_models(config: Mapping[str, Any], problems: list[str]) -> None:
                 )
 
 
-def _check_datasets(config: Mapping[str, Any], plan: Any, problems: list[str]) -> None:
-    from tuneatlas.data.prepare import (
-        DataError,
-        _format_of,
-        check_source,
-        local_source_files,
-        output_files,
-    )
-
+def _check_datasets(config: Mapping[str, Any], plan: Plan, problems: list[str]) -> None:
     offline = config.get("offline", False)
     for name, ds in config["datasets"].items():
         key = f"datasets.{name}"
@@ -316,7 +221,7 @@ def _check_datasets(config: Mapping[str, Any], plan: Any, problems: list[str]) -
                 continue
             sub = where.replace("/", ".") if where.startswith("files.") else "dir"
             try:
-                fmt = _format_of(path, ds.get("format"))
+                fmt = format_of(path, ds.get("format"))
             except DataError as err:
                 problems.append(f"{err} ({key}.{sub})")
                 continue
@@ -331,7 +236,7 @@ def _check_datasets(config: Mapping[str, Any], plan: Any, problems: list[str]) -
         if "facts" in files and not files["facts"].is_file():
             problems.append(f"file not found ({key}.facts = {files['facts']}): fix the path")
         if ds["source"] == "synthetic" and "imbalance" in ds:
-            _check_imbalance_sizes(name, ds, task, problems)
+            problems += imbalance_size_problems(name, ds, task)
         try:
             have = {f.removesuffix(".parquet") for f in output_files(name, ds)} - {"classes"}
         except ValueError:
@@ -348,27 +253,7 @@ def _check_datasets(config: Mapping[str, Any], plan: Any, problems: list[str]) -
                     break
 
 
-def _check_imbalance_sizes(
-    name: str, ds: Mapping[str, Any], task: Any, problems: list[str]
-) -> None:
-    imb, sizes = ds["imbalance"], ds.get("sizes", {})
-    need = sum(imb["group_sizes"]) * imb["classes_per_group"]
-    if "train" in sizes and need > sizes["train"]:
-        problems.append(
-            f"the imbalanced training set needs {need} rows (sum of group_sizes x"
-            f" classes_per_group), the source has {sizes['train']}"
-            f" (datasets.{name}.imbalance.group_sizes): lower group_sizes or raise sizes.train"
-        )
-    per = imb.get("test_per_class")
-    if per is not None and "test" in sizes and per * task.num_labels > sizes["test"]:
-        problems.append(
-            f"test_per_class {per} x {task.num_labels} classes = {per * task.num_labels} test"
-            f" rows, the source has {sizes['test']} (datasets.{name}.imbalance.test_per_class):"
-            f" use at most {sizes['test'] // task.num_labels}"
-        )
-
-
-def _check_train(config: Mapping[str, Any], plan: Any, problems: list[str]) -> None:
+def _check_train(config: Mapping[str, Any], plan: Plan, problems: list[str]) -> None:
     sections = [("train", config.get("train") or {})]
     for study, section in config["studies"].items():
         for part in ("train", "preliminary_train"):
@@ -399,6 +284,45 @@ def _check_train(config: Mapping[str, Any], plan: Any, problems: list[str]) -> N
                 )
 
 
+def known_train_rows(name: str, ds: Mapping[str, Any]) -> int | None:
+    """Training rows of a dataset when the config fixes them (synthetic sizes or local files,
+    after max_rows, a re-split or an imbalance), else None (hub data: the job counts them)."""
+    try:
+        found = source_sizes(name, ds)
+    except DataError:
+        return None  # a missing or unreadable file: the dataset's own checks report it
+    if found is None:
+        return None
+    cap = ds.get("max_rows")
+    sizes = {k: min(n, cap) if cap else n for k, n in found.items()}
+    if ds.get("imbalance"):
+        return imbalanced_train_rows(ds["imbalance"])
+    if ds.get("resplit"):
+        return split_counts(sum(sizes.values()), ds["resplit"])[0]
+    return sizes.get("train")
+
+
+def _check_s5(config: Mapping[str, Any], problems: list[str]) -> None:
+    """S5's ensembles vote on classes, and its k clusters need at least k training rows
+    (counted in the files when local)."""
+    s5 = config["studies"].get("s5")
+    if not s5 or not s5.get("enabled", True):
+        return
+    task = config["datasets"][s5["dataset"]]["task"]
+    if task in TASKS and TASKS[task].is_regression:  # an unknown task: _check_datasets says so
+        problems.append(
+            f"config key 'studies.s5.dataset': dataset {s5['dataset']!r} is a regression task"
+            f" ({task}); ensembles vote on classes, use a classification dataset"
+        )
+        return
+    rows = known_train_rows(s5["dataset"], config["datasets"][s5["dataset"]])
+    if rows is not None and s5["k"] > rows:
+        problems.append(
+            f"config key 'studies.s5.k': {s5['k']} clusters exceed the {rows} training examples"
+            f" of dataset {s5['dataset']!r}; use k <= {rows}"
+        )
+
+
 def _check_device(config: Mapping[str, Any], problems: list[str]) -> None:
     if config.get("device") != "cuda":
         return
@@ -412,7 +336,7 @@ def _check_device(config: Mapping[str, Any], problems: list[str]) -> None:
         )
 
 
-def preflight(config: Mapping[str, Any], plan: Any, *, check_device: bool = True) -> None:
+def preflight(config: Mapping[str, Any], plan: Plan, *, check_device: bool = True) -> None:
     """Every check that the config and the files it names allow, before any job starts.
 
     Raises one ConfigError listing every problem (one line each). `check_device=False` skips
@@ -424,5 +348,6 @@ def preflight(config: Mapping[str, Any], plan: Any, *, check_device: bool = True
     _check_models(config, problems)
     _check_datasets(config, plan, problems)
     _check_train(config, plan, problems)
+    _check_s5(config, problems)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

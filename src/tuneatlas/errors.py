@@ -1,0 +1,57 @@
+"""The package's error types and how an error that ends a command is printed.
+
+Every error a user can fix derives from `TuneatlasError`; its message is what the console shows
+after ``ERROR tuneatlas: ``, one line per problem, shaped ``<what> (<key or file:row>): <how to
+fix>``. `error_lines` turns any exception into such lines (the traceback only with
+TUNEATLAS_DEBUG=1, see `debug`).
+"""
+
+from __future__ import annotations
+
+import os
+
+from tuneatlas.io import disk_full
+
+DEBUG_ENV = "TUNEATLAS_DEBUG"  # 1: show the traceback of an error instead of one line
+
+
+class TuneatlasError(Exception):
+    """An error the user can fix; the message is printed as ``ERROR tuneatlas: <message>``."""
+
+
+class ConfigError(TuneatlasError, ValueError):
+    """A config that fails validation; the message names every offending key."""
+
+
+class DataError(TuneatlasError, ValueError):
+    """Bad input data: the message names the file (or hub split), the row and the fix."""
+
+
+class HubOfflineError(TuneatlasError, RuntimeError):
+    """A hub source was requested while the hub is unreachable by configuration (offline)."""
+
+
+def debug() -> bool:
+    """Whether TUNEATLAS_DEBUG asks for the traceback instead of the one-line form."""
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def error_lines(exc: BaseException) -> list[str]:
+    """`ERROR tuneatlas: ...` lines for an exception that ends a command."""
+    if disk_full(exc):
+        where = getattr(exc, "filename", None) or "the output directory"
+        return [
+            f"ERROR tuneatlas: no space left on device: {where}; the previous checkpoint is"
+            " intact and no half-written output was left (writes are atomic): free space, then"
+            " rerun the same command (training resumes from that checkpoint)"
+        ]
+    text = str(exc).strip() or type(exc).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].rstrip(":") == "invalid config":
+        lines = lines[1:]  # one line per offending key
+    elif len(lines) > 1:
+        lines = [" ".join(lines)]
+    # a fixable error (ours, or a ValueError / missing file from a library) needs no type name
+    user = isinstance(exc, TuneatlasError | ValueError | FileNotFoundError)
+    suffix = "" if user else f" [{type(exc).__name__}; set {DEBUG_ENV}=1 for the traceback]"
+    return [f"ERROR tuneatlas: {line}{suffix}" for line in lines]
