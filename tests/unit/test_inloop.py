@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.factories import train_spec
 from tuneatlas.analysis import fisher as fi
 from tuneatlas.analysis.fisher_trials import log_probs, trial_rows
 from tuneatlas.analysis.inloop import (
@@ -39,15 +40,13 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return tiny_livedoor(tmp_path_factory.mktemp("inloop"), {**cfg, "dropout": 0.1})
 
 
-SPEC = TrainSpec(
+SPEC = train_spec(
     run="inloop",
     task="livedoor",
     dataset="tiny",
     model="tiny",
     seed=5,
-    epochs=2,
     max_steps=9,
-    batch_size=16,
     eval_batch_size=16,
     max_length=32,
     checkpoint_every=4,

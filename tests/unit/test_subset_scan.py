@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.factories import train_spec
 from tuneatlas.analysis import subset_scan as scan_mod
 from tuneatlas.analysis import subsets as ss
 from tuneatlas.analysis.subset_scan import SCAN_FILES, read_scan, scan_run
 from tuneatlas.io import read_parquet_meta, save_tensors, write_yaml
-from tuneatlas.spec import TrainSpec
 
 K, LAYERS = 9, 2  # C(9, 2) = 36 pairs, C(9, 3) = 84 triples; layers 0..2
 CASES = {  # task -> (classes of the head, regression)
@@ -253,7 +253,7 @@ def test_t3_takes_the_largest_sample_without_exhaustive_triples(tmp_path):
 
     results = tmp_path / "results"
     tensors = make_embeddings(results / "embeddings" / "r" / "embeddings.safetensors", "sst2")
-    spec = TrainSpec(run="r", task="sst2", dataset="sst2", model="m", seed=3)
+    spec = train_spec(dataset="sst2", seed=3)
     write_yaml(spec.to_dict(), results / "runs" / "r" / "spec.yaml")
     triples = {"exhaustive": False, "sample_sizes": [7, 30, 12]}
     frames = scan_run(
@@ -347,7 +347,7 @@ def test_degenerate_layer_has_no_best_pair(tmp_path):
     path = results / "embeddings" / "r" / "embeddings.safetensors"
     make_embeddings(path, "sst2", constant_layer=1)
     write_yaml(
-        TrainSpec(run="r", task="sst2", dataset="sst2", model="m", seed=3).to_dict(),
+        train_spec(dataset="sst2", seed=3).to_dict(),
         results / "runs" / "r" / "spec.yaml",
     )
     frames = scan_run(path, spec_for("sst2", triples=None), results / "subsets" / "r")
