@@ -208,15 +208,14 @@ def run_once(spec: TrainSpec, data: Path, model: Path, out: Path, on: bool) -> d
 
 
 # --- one scale --------------------------------------------------------------------------------
-def bench_scale(
-    name: str, arch: dict[str, int], data: Path, counts: dict[str, int], work: Path, args: Any
-) -> dict[str, Any]:
-    model = make_model(work / f"model-{name}", arch)
-    spec = base_spec(args.epochs)
+def timed_runs(
+    name: str, spec: TrainSpec, data: Path, model: Path, work: Path, repeats: int
+) -> list[dict[str, Any]]:
+    """A warm-up, then `repeats` runs per condition, alternating off/on and on/off."""
     # Warm-up (imports, allocator, BLAS): a few steps with capture, not timed.
     run_once(replace(spec, max_steps=12), data, model, work / f"warm-{name}", on=True)
     records: list[dict[str, Any]] = []
-    for r in range(args.repeats):
+    for r in range(repeats):
         order = (False, True) if r % 2 == 0 else (True, False)
         for on in order:
             out = work / f"{name}-{'on' if on else 'off'}-{r}"
@@ -233,6 +232,15 @@ def bench_scale(
                 file=sys.stderr,
                 flush=True,
             )
+    return records
+
+
+def bench_scale(
+    name: str, arch: dict[str, int], data: Path, counts: dict[str, int], work: Path, args: Any
+) -> dict[str, Any]:
+    model = make_model(work / f"model-{name}", arch)
+    spec = base_spec(args.epochs)
+    records = timed_runs(name, spec, data, model, work, args.repeats)
     off = [r for r in records if not r["on"]]
     on = [r for r in records if r["on"]]
 
@@ -323,7 +331,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
         print(" | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="3 epochs, 2 repeats (smoke run)")
     p.add_argument("--repeats", type=int, default=None, help="runs per condition (default 3)")
@@ -336,12 +344,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.repeats = args.repeats or (2 if args.quick else 3)
     args.epochs = args.epochs or (3.0 if args.quick else 10.0)
-    torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.WARNING)
-    from transformers.utils import logging as hf_logging
+    return args
 
-    hf_logging.set_verbosity_error()  # per-load notices of transformers, once per run
 
+def model_scales(args: argparse.Namespace) -> list[tuple[str, dict[str, int]]]:
+    """The toy scale, and a bigger one when --hidden or --layers asks for it."""
     scales = [("toy", dict(TOY))]
     if args.hidden or args.layers:
         h = args.hidden or TOY["hidden_size"]
@@ -356,20 +363,11 @@ def main(argv: list[str] | None = None) -> int:
                 },
             )
         )
+    return scales
 
-    with tempfile.TemporaryDirectory(prefix="bench-capture-") as tmp:
-        work = args.workdir or Path(tmp)
-        data = work / "data"
-        counts = make_data(data)
-        print(
-            f"data: {counts} (train groups {GROUP_SIZES} x 3 classes); threads {args.threads}; "
-            f"epochs {args.epochs}; repeats {args.repeats}",
-            file=sys.stderr,
-        )
-        results = [bench_scale(n, a, data, counts, work, args) for n, a in scales]
 
-    print_table(results)
-    print()
+def print_paper_estimate(results: list[dict[str, Any]]) -> float:
+    """The measured overheads, then the paper set-up's estimate; returns it at r = 1/3."""
     for res in results:
         est = paper_estimate(res["fwd_per_row_over_train_per_row"])
         res["paper_estimate_at_measured_r"] = est
@@ -391,25 +389,53 @@ def main(argv: list[str] | None = None) -> int:
         "bf16 autocast: r then also carries the fp32/bf16 throughput ratio (several x on "
         "tensor-core GPUs), so expect a GPU overhead well above the r = 1/3 figure."
     )
-    print(
-        json.dumps(
-            {
-                "bench": "capture",
-                "threads": args.threads,
-                "epochs": args.epochs,
-                "capture": {
-                    "every": CAPTURE.every,
-                    "probe_per_class": CAPTURE.probe_per_class,
-                    "test_set": CAPTURE.test_set,
-                },
-                "paper_estimate_r_one_third": flops,
-                "results": [
-                    {k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()}
-                    for r in results
-                ],
-            }
-        )
+    return flops
+
+
+def result_line(args: argparse.Namespace, results: list[dict[str, Any]], flops: float) -> str:
+    """The final JSON line: settings, the r = 1/3 estimate and every scale's measurements."""
+    return json.dumps(
+        {
+            "bench": "capture",
+            "threads": args.threads,
+            "epochs": args.epochs,
+            "capture": {
+                "every": CAPTURE.every,
+                "probe_per_class": CAPTURE.probe_per_class,
+                "test_set": CAPTURE.test_set,
+            },
+            "paper_estimate_r_one_third": flops,
+            "results": [
+                {k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()}
+                for r in results
+            ],
+        }
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # per-load notices of transformers, once per run
+
+    with tempfile.TemporaryDirectory(prefix="bench-capture-") as tmp:
+        work = args.workdir or Path(tmp)
+        data = work / "data"
+        counts = make_data(data)
+        print(
+            f"data: {counts} (train groups {GROUP_SIZES} x 3 classes); threads {args.threads}; "
+            f"epochs {args.epochs}; repeats {args.repeats}",
+            file=sys.stderr,
+        )
+        results = [bench_scale(n, a, data, counts, work, args) for n, a in model_scales(args)]
+
+    print_table(results)
+    print()
+    flops = print_paper_estimate(results)
+    print(result_line(args, results, flops))
     return 0
 
 

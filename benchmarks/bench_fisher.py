@@ -274,70 +274,70 @@ def spawn(args: argparse.Namespace, method: str, model: str, n: int) -> dict:
         return res
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parse(argv)
-    if args.worker:
-        worker(args)
-        return 0
+# --------------------------------------------------------------------------------------------
+# driver: every (model, N) case, each method in its own process, then the summary
+# --------------------------------------------------------------------------------------------
+
+
+def measure_case(args: argparse.Namespace, model: str, n: int) -> dict:
+    """One (model, N) case: each method's seconds, peak memory over the baseline process and
+    eigenvalue error relative to the per-example loop."""
     import torch
 
     from tuneatlas.analysis.fisher.spectrum import relative_error
 
-    load_before = os.getloadavg()
-    cases = []
-    header = (
-        f"{'model':<7} {'N':>4} {'method':<6} {'seconds':>8} {'peak MiB':>9} "
-        f"{'x ours t':>8} {'x ours mem':>10} {'rel err':>9}  erank"
-    )
-    print(f"T={args.t}, torch threads {args.threads}, vmap chunk {args.vmap_chunk}")
-    print(header)
-    for model in args.models:
-        for n in args.ns:
-            base = spawn(args, "baseline", model, n)
-            res = {m: spawn(args, m, model, n) for m in args.methods}
-            ref = res.get("loop", {}).get("eigenvalues")
-            case = {"model": model, "n": n, "baseline_mib": base["maxrss_kb"] / 1024}
-            for m, r in res.items():
-                if "failed" in r:
-                    case[m] = r
-                    continue
-                r["peak_mib"] = (r["maxrss_kb"] - base["maxrss_kb"]) / 1024
-                if ref is not None and "eigenvalues" in r:
-                    r["rel_err"] = relative_error(
-                        torch.tensor(r.pop("eigenvalues")), torch.tensor(ref)
-                    )
-                case[m] = {k: v for k, v in r.items() if k != "eigenvalues"}
-            ours = case.get("ours", {})
-            for m in args.methods:
-                r = case[m]
-                if "failed" in r:
-                    print(f"{model:<7} {n:>4} {m:<6} FAILED {r['failed']}")
-                    continue
-                xt = r["seconds"] / ours["seconds"] if "seconds" in ours else float("nan")
-                xm = r["peak_mib"] / ours["peak_mib"] if "peak_mib" in ours else float("nan")
-                err = f"{r['rel_err']:.2e}" if "rel_err" in r else "-"
-                er = r.get("erank", "-")
-                print(
-                    f"{model:<7} {n:>4} {m:<6} {r['seconds']:>8.2f} {r['peak_mib']:>9.0f} "
-                    f"{xt:>8.2f} {xm:>10.2f} {err:>9}  {er}"
-                )
-            cases.append(case)
-            sys.stdout.flush()
+    base = spawn(args, "baseline", model, n)
+    res = {m: spawn(args, m, model, n) for m in args.methods}
+    ref = res.get("loop", {}).get("eigenvalues")
+    case = {"model": model, "n": n, "baseline_mib": base["maxrss_kb"] / 1024}
+    for m, r in res.items():
+        if "failed" in r:
+            case[m] = r
+            continue
+        r["peak_mib"] = (r["maxrss_kb"] - base["maxrss_kb"]) / 1024
+        if ref is not None and "eigenvalues" in r:
+            r["rel_err"] = relative_error(torch.tensor(r.pop("eigenvalues")), torch.tensor(ref))
+        case[m] = {k: v for k, v in r.items() if k != "eigenvalues"}
+    return case
 
-    def ratio(case, a, b, key):
-        ra, rb = case.get(a, {}), case.get(b, {})
-        if key in ra and key in rb and rb[key] > 0:
-            return ra[key] / rb[key]
-        return None
+
+def print_case(args: argparse.Namespace, case: dict) -> None:
+    model, n, ours = case["model"], case["n"], case.get("ours", {})
+    for m in args.methods:
+        r = case[m]
+        if "failed" in r:
+            print(f"{model:<7} {n:>4} {m:<6} FAILED {r['failed']}")
+            continue
+        xt = r["seconds"] / ours["seconds"] if "seconds" in ours else float("nan")
+        xm = r["peak_mib"] / ours["peak_mib"] if "peak_mib" in ours else float("nan")
+        err = f"{r['rel_err']:.2e}" if "rel_err" in r else "-"
+        er = r.get("erank", "-")
+        print(
+            f"{model:<7} {n:>4} {m:<6} {r['seconds']:>8.2f} {r['peak_mib']:>9.0f} "
+            f"{xt:>8.2f} {xm:>10.2f} {err:>9}  {er}"
+        )
+
+
+def _ratio(case: dict, a: str, b: str, key: str) -> float | None:
+    ra, rb = case.get(a, {}), case.get(b, {})
+    if key in ra and key in rb and rb[key] > 0:
+        return ra[key] / rb[key]
+    return None
+
+
+def _worst(vals, fn):
+    vals = [v for v in vals if v is not None]
+    return fn(vals) if vals else None
+
+
+def summarise(args: argparse.Namespace, cases: list[dict], load_before: tuple) -> dict:
+    """The JSON result: worst case over N of the headline model (the real encoder when run)
+    for each target, whether it is met, and every case."""
+    import torch
 
     headline_cases = [c for c in cases if c["model"] == REAL] or cases
     errs = [c[m]["rel_err"] for c in cases for m in ("ours", "vmap") if "rel_err" in c.get(m, {})]
     ours_errs = [c["ours"]["rel_err"] for c in headline_cases if "rel_err" in c.get("ours", {})]
-
-    def worst(vals, fn):
-        vals = [v for v in vals if v is not None]
-        return fn(vals) if vals else None
-
     result = {
         "benchmark": "fisher",
         "t": args.t,
@@ -346,13 +346,15 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "vmap_chunk": args.vmap_chunk,
         "headline_model": headline_cases[0]["model"] if headline_cases else None,
-        "max_rel_err": worst(ours_errs, max),
-        "max_rel_err_any_method": worst(errs, max),
-        "speedup_vs_loop": worst(
-            [ratio(c, "loop", "ours", "seconds") for c in headline_cases], min
+        "max_rel_err": _worst(ours_errs, max),
+        "max_rel_err_any_method": _worst(errs, max),
+        "speedup_vs_loop": _worst(
+            [_ratio(c, "loop", "ours", "seconds") for c in headline_cases], min
         ),
-        "mem_vs_vmap": worst([ratio(c, "ours", "vmap", "peak_mib") for c in headline_cases], max),
-        "vs_train_step": worst([ratio(c, "ours", "train", "seconds") for c in headline_cases], max),
+        "mem_vs_vmap": _worst([_ratio(c, "ours", "vmap", "peak_mib") for c in headline_cases], max),
+        "vs_train_step": _worst(
+            [_ratio(c, "ours", "train", "seconds") for c in headline_cases], max
+        ),
         "targets": TARGETS,
         "cases": cases,
         "load_before": round(load_before[0], 2),
@@ -365,6 +367,29 @@ def main(argv: list[str] | None = None) -> int:
         v = result[k]
         met[k] = None if v is None else (v <= target if k != "speedup_vs_loop" else v >= target)
     result["targets_met"] = met
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    if args.worker:
+        worker(args)
+        return 0
+    load_before = os.getloadavg()
+    cases = []
+    header = (
+        f"{'model':<7} {'N':>4} {'method':<6} {'seconds':>8} {'peak MiB':>9} "
+        f"{'x ours t':>8} {'x ours mem':>10} {'rel err':>9}  erank"
+    )
+    print(f"T={args.t}, torch threads {args.threads}, vmap chunk {args.vmap_chunk}")
+    print(header)
+    for model in args.models:
+        for n in args.ns:
+            case = measure_case(args, model, n)
+            print_case(args, case)
+            cases.append(case)
+            sys.stdout.flush()
+    result = summarise(args, cases, load_before)
     print(
         "worst over N on {}: max_rel_err {}, speedup_vs_loop {}, mem_vs_vmap {}, "
         "vs_train_step {}".format(

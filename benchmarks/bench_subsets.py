@@ -31,6 +31,7 @@ import tempfile
 import time
 
 TARGETS = {"pairs_s": 0.3, "triples_s": 15.0, "speedup": 1000.0}
+PAPER_MC_N = 40_000  # MNLI's validation rows: the 3-class case's projections scale to this N
 
 
 def _parse() -> argparse.Namespace:
@@ -103,14 +104,55 @@ def time_triple_blocks(scorer, seconds: float, edges, device) -> dict:
     return {"blocks": blocks, "triples": triples, "seconds": secs, "rate": rate, "agree": agree}
 
 
+def compile_apart(hidden, labels, weight, bias, scorer, device=None) -> tuple[bool, float]:
+    """Compile the triple kernel on a tiny problem first, so that compile and scan are timed
+    apart (one dynamic-shape graph serves every block size afterwards). Returns whether the
+    scorer runs compiled, and the compile's seconds."""
+    from tuneatlas.analysis.subsets.kernels import compile_error
+    from tuneatlas.analysis.subsets.scorer import SubsetScorer
+
+    if not scorer.will_compile(3):
+        return False, 0.0
+    tiny = SubsetScorer(
+        hidden[:64, :8], labels[:64], weight[:, :8], bias, "accuracy",
+        device=device, backend="compile",
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    tiny.scan_triples(k=1)
+    return compile_error() is None, time.perf_counter() - t0
+
+
+def time_multiclass(args, problem: dict, device, backend: str, label: str, lines: list) -> dict:
+    """Timed triple blocks of the 3-class problem on one device and backend; appends its line."""
+    from tuneatlas.analysis.subsets.combinatorics import n_combinations
+    from tuneatlas.analysis.subsets.kernels import histogram_edges
+    from tuneatlas.analysis.subsets.scorer import SubsetScorer
+
+    hidden, labels, weight, bias = (problem[k] for k in ("hidden", "labels", "weight", "bias"))
+    scorer = SubsetScorer(hidden, labels, weight, bias, "accuracy", device=device, backend=backend)
+    compiled, compile_s = compile_apart(hidden, labels, weight, bias, scorer, device)
+    edges = histogram_edges("accuracy", 100)
+    res = time_triple_blocks(scorer, args.mc_seconds, edges, device)
+    res.update(compiled=compiled, compile_s=compile_s)
+    paper_n = PAPER_MC_N
+    proj = n_combinations(768, 3) * paper_n / res["rate"]
+    lines.append(
+        f"  {label:<28} compiled={compiled!s:<5} {res['blocks']:>4} blocks "
+        f"{res['triples']:>11,} triples in {res['seconds']:6.2f} s: "
+        f"{res['rate']:.3e} combination-examples/s -> full MNLI triple scan "
+        f"(C(768,3) x {paper_n:,}) {proj:,.0f} s = {proj / 3600:.2f} h "
+        f"(compile {compile_s:.1f} s; streamed == score(): {res['agree']})"
+    )
+    res["projected_s"] = proj
+    return res
+
+
 def multiclass_case(args, k_dims: int) -> tuple[list[str], dict]:
     """The 3-class paper-size case: lines to print and JSON keys."""
     import numpy as np
     import torch
 
     from tuneatlas.analysis.subsets.combinatorics import n_combinations
-    from tuneatlas.analysis.subsets.kernels import compile_error, histogram_edges
-    from tuneatlas.analysis.subsets.scorer import SubsetScorer
 
     n, c = args.mc_n, args.mc_classes
     rng = np.random.default_rng(args.seed + 1)
@@ -118,46 +160,16 @@ def multiclass_case(args, k_dims: int) -> tuple[list[str], dict]:
     weight = (0.05 * rng.normal(size=(c, k_dims))).astype(np.float32)
     bias = np.zeros(c, dtype=np.float32)
     labels = (hidden[:, :c] + 2 * rng.normal(size=(n, c))).argmax(1).astype(np.int64)
+    problem = {"hidden": hidden, "labels": labels, "weight": weight, "bias": bias}
     total = n_combinations(k_dims, 3)
-    paper_total = n_combinations(768, 3)
-    paper_n = 40_000
-    edges = histogram_edges("accuracy", 100)
     lines = [
         f"3-class paper-size case: K={k_dims} N={n:,} C={c} accuracy, "
         f"{total:,} triples x {n:,} examples = {total * n:.3e} combination-examples"
     ]
     out: dict = {"mc_k": k_dims, "mc_n": n, "mc_classes": c}
-
-    def one(device: torch.device, backend: str, label: str) -> dict:
-        scorer = SubsetScorer(
-            hidden, labels, weight, bias, "accuracy", device=device, backend=backend
-        )
-        compiled = scorer.will_compile(3)
-        compile_s = 0.0
-        if compiled:  # compile on a tiny problem first, so that compile and scan time apart
-            tiny = SubsetScorer(
-                hidden[:64, :8], labels[:64], weight[:, :8], bias, "accuracy",
-                device=device, backend="compile",
-            )  # fmt: skip
-            t0 = time.perf_counter()
-            tiny.scan_triples(k=1)
-            compile_s = time.perf_counter() - t0
-            compiled = compile_error() is None
-        res = time_triple_blocks(scorer, args.mc_seconds, edges, device)
-        res.update(compiled=compiled, compile_s=compile_s)
-        proj = paper_total * paper_n / res["rate"]
-        lines.append(
-            f"  {label:<28} compiled={compiled!s:<5} {res['blocks']:>4} blocks "
-            f"{res['triples']:>11,} triples in {res['seconds']:6.2f} s: "
-            f"{res['rate']:.3e} combination-examples/s -> full MNLI triple scan "
-            f"(C(768,3) x {paper_n:,}) {proj:,.0f} s = {proj / 3600:.2f} h "
-            f"(compile {compile_s:.1f} s; streamed == score(): {res['agree']})"
-        )
-        res["projected_s"] = proj
-        return res
-
     cpu = torch.device("cpu")
-    best = one(cpu, args.backend, f"CPU {torch.get_num_threads()} thread(s), {args.backend}")
+    label = f"CPU {torch.get_num_threads()} thread(s), {args.backend}"
+    best = time_multiclass(args, problem, cpu, args.backend, label, lines)
     out.update(
         mc_backend=args.backend,
         mc_compiled=best["compiled"],
@@ -170,13 +182,14 @@ def multiclass_case(args, k_dims: int) -> tuple[list[str], dict]:
         mnli_triple_scan_projected_s=round(best["projected_s"]),
     )
     if best["compiled"] and args.backend != "eager":
-        eager = one(cpu, "eager", "CPU, eager (no compile)")
+        eager = time_multiclass(args, problem, cpu, "eager", "CPU, eager (no compile)", lines)
         out["mc_eager_combo_examples_per_s"] = round(eager["rate"])
         out["mnli_triple_scan_projected_eager_s"] = round(eager["projected_s"])
         out["mc_agree"] = out["mc_agree"] and eager["agree"]
     if torch.cuda.is_available():
         gpu = torch.device("cuda")
-        res = one(gpu, args.backend, f"CUDA {torch.cuda.get_device_name(gpu)}")
+        label = f"CUDA {torch.cuda.get_device_name(gpu)}"
+        res = time_multiclass(args, problem, gpu, args.backend, label, lines)
         out.update(
             mc_cuda_device=torch.cuda.get_device_name(gpu),
             mc_cuda_compiled=res["compiled"],
@@ -187,9 +200,161 @@ def multiclass_case(args, k_dims: int) -> tuple[list[str], dict]:
     else:
         lines.append("  CUDA: no GPU")
         out.update(mc_cuda_device=None, mnli_triple_scan_projected_cuda_s=None)
-    if n != paper_n:
-        lines.append(f"  (projections scale the rate measured at N={n:,} to N={paper_n:,})")
+    if n != PAPER_MC_N:
+        lines.append(f"  (projections scale the rate measured at N={n:,} to N={PAPER_MC_N:,})")
     return lines, out
+
+
+# --- the binary case: naive loop vs engine ------------------------------------------------------
+def binary_problem(args) -> dict:
+    """Random hidden states and head; labels follow a few dimensions through noise, so that
+    scores spread like a trained head's."""
+    import numpy as np
+
+    k_dims, n = args.k, args.n
+    rng = np.random.default_rng(args.seed)
+    hidden = rng.normal(size=(n, k_dims)).astype(np.float32)
+    weight = (0.05 * rng.normal(size=(2, k_dims))).astype(np.float32)
+    bias = np.zeros(2, dtype=np.float32)
+    labels = (hidden[:, :8].sum(1) + 2 * rng.normal(size=n) > 0).astype(np.int64)
+    return {"hidden": hidden, "labels": labels, "weight": weight, "bias": bias}
+
+
+def time_naive(args, problem: dict) -> dict:
+    """Mask, run the head, argmax, accuracy: one sampled triple at a time."""
+    import numpy as np
+    import torch
+
+    from tuneatlas.analysis.subsets.combinatorics import sample_combinations
+
+    k_dims = args.k
+    head = torch.nn.Linear(k_dims, 2)
+    with torch.no_grad():
+        head.weight.copy_(torch.as_tensor(problem["weight"]))
+        head.bias.copy_(torch.as_tensor(problem["bias"]))
+    ht, yt = torch.as_tensor(problem["hidden"]), torch.as_tensor(problem["labels"])
+    combos = sample_combinations(k_dims, 3, args.naive, seed=args.seed)
+    scores = np.empty(len(combos))
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for row, combo in enumerate(combos):
+            mask = torch.zeros(k_dims)
+            mask[torch.as_tensor(combo)] = 1.0
+            pred = head(ht * mask).argmax(1)
+            scores[row] = (pred == yt).to(torch.float64).mean().item()
+    seconds = time.perf_counter() - t0
+    return {"combos": combos, "scores": scores, "s": seconds, "rate": len(combos) / seconds}
+
+
+def time_engine(args, problem: dict, naive: dict) -> dict:
+    """The engine on the same problem: set-up, all pairs (best of 3), compile, all triples
+    (top-10 + histogram), the paper's 0.1 % triple sample; and its agreement with the naive."""
+    import numpy as np
+
+    from tuneatlas.analysis.subsets.combinatorics import (
+        n_combinations,
+        paper_sample_size,
+        sample_combinations,
+    )
+    from tuneatlas.analysis.subsets.kernels import histogram_edges
+    from tuneatlas.analysis.subsets.scorer import SubsetScorer
+
+    hidden, labels, weight, bias = (problem[k] for k in ("hidden", "labels", "weight", "bias"))
+    t0 = time.perf_counter()
+    scorer = SubsetScorer(hidden, labels, weight, bias, "accuracy", backend=args.backend)
+    e: dict = {"setup_s": time.perf_counter() - t0}
+    engine_scores = scorer.score(naive["combos"])
+    e["agree"] = bool(np.allclose(engine_scores, naive["scores"], rtol=0, atol=1e-12))
+    e["pair_times"] = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        e["n_pairs"] = len(scorer.pair_scores())
+        e["pair_times"].append(time.perf_counter() - t0)
+    e["compiled"], e["compile_s"] = compile_apart(hidden, labels, weight, bias, scorer)
+    edges = histogram_edges("accuracy", 100)
+    t0 = time.perf_counter()
+    e["top"], e["top_scores"], counts = scorer.scan_triples(k=10, edges=edges)
+    e["triples_s"] = time.perf_counter() - t0
+    e["n_triples"] = n_combinations(args.k, 3)
+    assert counts.sum() == e["n_triples"]
+    e["n_sample"] = paper_sample_size(args.k, 3, 1e-3) or 1
+    sample = sample_combinations(args.k, 3, e["n_sample"], seed=args.seed)
+    t0 = time.perf_counter()
+    scorer.score(sample)
+    e["sample_s"] = time.perf_counter() - t0
+    return e
+
+
+def print_binary(args, naive: dict, e: dict, load_before, load_after) -> None:
+    import torch
+
+    rows = [
+        ("naive masked nn.Linear loop (triples)", len(naive["combos"]), naive["s"]),
+        ("engine: all pairs (best of 3)", e["n_pairs"], min(e["pair_times"])),
+        ("engine: all triples, scan only", e["n_triples"], e["triples_s"]),
+        ("engine: all triples incl. compile", e["n_triples"], e["triples_s"] + e["compile_s"]),
+        (f"engine: {e['n_sample']:,} sampled triples", e["n_sample"], e["sample_s"]),
+    ]
+    print(
+        f"K={args.k} N={args.n} binary accuracy | torch {torch.__version__} "
+        f"threads={torch.get_num_threads()} cpus={os.cpu_count()} backend={args.backend} "
+        f"compiled={e['compiled']} | load avg before {load_before[0]:.2f} "
+        f"after {load_after[0]:.2f}"
+    )
+    print(f"{'approach':<42} {'combinations':>14} {'seconds':>9} {'combos/s':>14} {'x naive':>9}")
+    for name, count, secs in rows:
+        rate = count / secs
+        print(f"{name:<42} {count:>14,} {secs:>9.3f} {rate:>14,.0f} {rate / naive['rate']:>9,.0f}")
+    cache = "cold" if args.fresh_cache else "warm or cold (shared Inductor cache)"
+    print(
+        f"compile (tiny problem, {cache}): {e['compile_s']:.2f} s; "
+        f"scorer setup {e['setup_s']:.3f} s"
+    )
+    print(f"engine == naive on the {len(naive['combos']):,} timed combinations: {e['agree']}")
+    print(f"best triple {tuple(int(d) for d in e['top'][0])} accuracy {e['top_scores'][0]:.4f}")
+
+
+def result_json(args, naive: dict, e: dict, mc: dict, load_before, load_after) -> dict:
+    import torch
+
+    speedup = (e["n_triples"] / e["triples_s"]) / naive["rate"]
+    pair_times, compile_s, triples_s = e["pair_times"], e["compile_s"], e["triples_s"]
+    result = {
+        "bench": "subsets",
+        "k": args.k,
+        "n": args.n,
+        "metric": "accuracy",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "backend": args.backend,
+        "compiled": e["compiled"],
+        "fresh_cache": args.fresh_cache,
+        "load_before": round(load_before[0], 2),
+        "load_after": round(load_after[0], 2),
+        "naive_combos": len(naive["combos"]),
+        "naive_combos_per_s": round(naive["rate"], 1),
+        "pairs_s": round(min(pair_times), 4),
+        "pairs_s_all": [round(t, 4) for t in pair_times],
+        "compile_s": round(compile_s, 2),
+        "triples_s": round(triples_s, 2),
+        "triples_incl_compile_s": round(triples_s + compile_s, 2),
+        "triples_combos_per_s": round(e["n_triples"] / triples_s),
+        "speedup_triples_vs_naive": round(speedup),
+        "sampled_triples": e["n_sample"],
+        "sampled_triples_s": round(e["sample_s"], 4),
+        "agree_with_naive": e["agree"],
+        **mc,
+    }
+    if args.k == 768:
+        result["targets_met"] = {
+            "pairs_s<=0.3": result["pairs_s"] <= TARGETS["pairs_s"],
+            "triples_s<=15": result["triples_s"] <= TARGETS["triples_s"],
+            "triples_incl_compile_s<=15": result["triples_incl_compile_s"] <= TARGETS["triples_s"],
+            "speedup>=1000": speedup >= TARGETS["speedup"],
+        }
+    return result
 
 
 def main() -> int:
@@ -197,149 +362,22 @@ def main() -> int:
     if args.fresh_cache:
         # Must be set before torch is imported; the directory is left for inspection.
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_subsets_inductor_")
-    import numpy as np
     import torch
-
-    from tuneatlas.analysis.subsets.combinatorics import (
-        n_combinations,
-        paper_sample_size,
-        sample_combinations,
-    )
-    from tuneatlas.analysis.subsets.kernels import compile_error, histogram_edges
-    from tuneatlas.analysis.subsets.scorer import SubsetScorer
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    k_dims, n = args.k, args.n
-    rng = np.random.default_rng(args.seed)
-    hidden = rng.normal(size=(n, k_dims)).astype(np.float32)
-    weight = (0.05 * rng.normal(size=(2, k_dims))).astype(np.float32)
-    bias = np.zeros(2, dtype=np.float32)
-    # Labels follow a few dimensions through noise, so scores spread like a trained head's.
-    labels = (hidden[:, :8].sum(1) + 2 * rng.normal(size=n) > 0).astype(np.int64)
+    problem = binary_problem(args)
     load_before = os.getloadavg()
-
-    # ---- naive: mask, run the head, argmax, accuracy; one combination at a time
-    head = torch.nn.Linear(k_dims, 2)
-    with torch.no_grad():
-        head.weight.copy_(torch.as_tensor(weight))
-        head.bias.copy_(torch.as_tensor(bias))
-    ht, yt = torch.as_tensor(hidden), torch.as_tensor(labels)
-    combos = sample_combinations(k_dims, 3, args.naive, seed=args.seed)
-    naive_scores = np.empty(len(combos))
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        for row, combo in enumerate(combos):
-            mask = torch.zeros(k_dims)
-            mask[torch.as_tensor(combo)] = 1.0
-            pred = head(ht * mask).argmax(1)
-            naive_scores[row] = (pred == yt).to(torch.float64).mean().item()
-    naive_s = time.perf_counter() - t0
-    naive_rate = len(combos) / naive_s
-
-    # ---- engine
-    t0 = time.perf_counter()
-    scorer = SubsetScorer(hidden, labels, weight, bias, "accuracy", backend=args.backend)
-    setup_s = time.perf_counter() - t0
-    agree = bool(np.allclose(scorer.score(combos), naive_scores, rtol=0, atol=1e-12))
-
-    pair_times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        pair_scores = scorer.pair_scores()
-        pair_times.append(time.perf_counter() - t0)
-    n_pairs = len(pair_scores)
-
-    # Compile the triple kernel on a tiny problem first, so that compile and scan are timed
-    # apart (one dynamic-shape graph serves every block size afterwards).
-    compile_s = 0.0
-    compiled = scorer.will_compile(3)
-    if compiled:
-        tiny = SubsetScorer(
-            hidden[:64, :8], labels[:64], weight[:, :8], bias, "accuracy", backend="compile"
-        )
-        t0 = time.perf_counter()
-        tiny.scan_triples(k=1)
-        compile_s = time.perf_counter() - t0
-        compiled = compile_error() is None
-
-    edges = histogram_edges("accuracy", 100)
-    t0 = time.perf_counter()
-    top, top_scores, counts = scorer.scan_triples(k=10, edges=edges)
-    triples_s = time.perf_counter() - t0
-    n_triples = n_combinations(k_dims, 3)
-    assert counts.sum() == n_triples
-
-    n_sample = paper_sample_size(k_dims, 3, 1e-3) or 1
-    sample = sample_combinations(k_dims, 3, n_sample, seed=args.seed)
-    t0 = time.perf_counter()
-    scorer.score(sample)
-    sample_s = time.perf_counter() - t0
+    naive = time_naive(args, problem)
+    engine = time_engine(args, problem, naive)
     load_after = os.getloadavg()
-
-    rows = [
-        ("naive masked nn.Linear loop (triples)", len(combos), naive_s),
-        ("engine: all pairs (best of 3)", n_pairs, min(pair_times)),
-        ("engine: all triples, scan only", n_triples, triples_s),
-        ("engine: all triples incl. compile", n_triples, triples_s + compile_s),
-        (f"engine: {n_sample:,} sampled triples", n_sample, sample_s),
-    ]
-    print(
-        f"K={k_dims} N={n} binary accuracy | torch {torch.__version__} "
-        f"threads={torch.get_num_threads()} cpus={os.cpu_count()} backend={args.backend} "
-        f"compiled={compiled} | load avg before {load_before[0]:.2f} after {load_after[0]:.2f}"
-    )
-    print(f"{'approach':<42} {'combinations':>14} {'seconds':>9} {'combos/s':>14} {'x naive':>9}")
-    for name, count, secs in rows:
-        rate = count / secs
-        print(f"{name:<42} {count:>14,} {secs:>9.3f} {rate:>14,.0f} {rate / naive_rate:>9,.0f}")
-    cache = "cold" if args.fresh_cache else "warm or cold (shared Inductor cache)"
-    print(f"compile (tiny problem, {cache}): {compile_s:.2f} s; scorer setup {setup_s:.3f} s")
-    print(f"engine == naive on the {len(combos):,} timed combinations: {agree}")
-    print(f"best triple {tuple(int(d) for d in top[0])} accuracy {top_scores[0]:.4f}")
+    print_binary(args, naive, engine, load_before, load_after)
     mc: dict = {}
     if not args.no_mc:
-        lines, mc = multiclass_case(args, k_dims)
+        lines, mc = multiclass_case(args, args.k)
         print("\n".join(lines))
-
-    speedup = (n_triples / triples_s) / naive_rate
-    result = {
-        "bench": "subsets",
-        "k": k_dims,
-        "n": n,
-        "metric": "accuracy",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "machine": platform.machine(),
-        "backend": args.backend,
-        "compiled": compiled,
-        "fresh_cache": args.fresh_cache,
-        "load_before": round(load_before[0], 2),
-        "load_after": round(load_after[0], 2),
-        "naive_combos": len(combos),
-        "naive_combos_per_s": round(naive_rate, 1),
-        "pairs_s": round(min(pair_times), 4),
-        "pairs_s_all": [round(t, 4) for t in pair_times],
-        "compile_s": round(compile_s, 2),
-        "triples_s": round(triples_s, 2),
-        "triples_incl_compile_s": round(triples_s + compile_s, 2),
-        "triples_combos_per_s": round(n_triples / triples_s),
-        "speedup_triples_vs_naive": round(speedup),
-        "sampled_triples": n_sample,
-        "sampled_triples_s": round(sample_s, 4),
-        "agree_with_naive": agree,
-        **mc,
-    }
-    if k_dims == 768:
-        result["targets_met"] = {
-            "pairs_s<=0.3": result["pairs_s"] <= TARGETS["pairs_s"],
-            "triples_s<=15": result["triples_s"] <= TARGETS["triples_s"],
-            "triples_incl_compile_s<=15": result["triples_incl_compile_s"] <= TARGETS["triples_s"],
-            "speedup>=1000": speedup >= TARGETS["speedup"],
-        }
-    print(json.dumps(result))
-    return 0 if agree and mc.get("mc_agree", True) else 1
+    print(json.dumps(result_json(args, naive, engine, mc, load_before, load_after)))
+    return 0 if engine["agree"] and mc.get("mc_agree", True) else 1
 
 
 if __name__ == "__main__":

@@ -40,9 +40,8 @@ import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+sys.path[:0] = [str(REPO / "src"), str(REPO)]  # tuneatlas, and tests.support (the DAG runner)
 TINY = REPO / "tests" / "workflow" / "tiny.yaml"
-BIN = Path(sys.executable).parent
 QUICK_TARGETS = ("results/tables/s1_t2.parquet", "results/tables/s3_f7.parquet")
 COUNT_METRICS = ("accuracy", "mcc", "f1", "macro_f1")
 PEARSON_RTOL = 1e-9
@@ -94,33 +93,20 @@ def cuda_info(device: str) -> dict[str, Any]:
 def run_dag(
     name: str, workdir: Path, device: str, precision: str, cores: int, targets, timeout: float
 ) -> dict[str, Any]:
+    from tests.support import snakemake
+
     config = yaml.safe_load(TINY.read_text())
     config["device"] = device
     config.setdefault("train", {})["precision"] = precision
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = workdir / "config.yaml"
     cfg.write_text(yaml.safe_dump(config, sort_keys=False))
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    cmd = [
-        str(BIN / "snakemake"),
-        *targets,
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(cfg),
-        "--cores",
-        str(cores),
-    ]
     say(f"{name}: snakemake in {workdir} (device {device}, {precision}, {cores} cores)")
     t0 = time.perf_counter()
     log = workdir / "snakemake.log"
+    args = ("--configfile", str(cfg), "--cores", str(cores), *targets)
     try:
-        with log.open("w") as f:
-            proc = subprocess.run(
-                cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=max(timeout, 1)
-            )
+        proc = snakemake(workdir, *args, check=False, timeout=max(timeout, 1), log=log)
     except subprocess.TimeoutExpired:
         raise CheckFailed(
             f"{name}: the DAG ran past the remaining budget ({timeout:.0f} s); log: {log}"
@@ -129,13 +115,6 @@ def run_dag(
     if proc.returncode != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
         raise CheckFailed(f"{name}: snakemake failed ({proc.returncode}); log {log}:\n{tail}")
-    per_rule: dict[str, dict[str, float]] = {}
-    for tsv in sorted((workdir / "results" / "benchmarks").glob("*/*.tsv")):
-        rule = tsv.parent.name
-        s = float(tsv.read_text().splitlines()[1].split("\t")[0])
-        r = per_rule.setdefault(rule, {"jobs": 0, "seconds": 0.0})
-        r["jobs"] += 1
-        r["seconds"] += s
     # what the training jobs really ran on (the engine logs it), and with which precision
     devices = set()
     for train_log in (workdir / "results" / "logs" / "train").glob("*.log"):
@@ -151,9 +130,21 @@ def run_dag(
     say(f"{name}: done in {seconds:.1f} s; training devices {sorted(devices)}")
     return {
         "seconds": round(seconds, 2),
-        "per_rule": per_rule,
+        "per_rule": rule_seconds(workdir),
         "train_devices": sorted(devices),
     }
+
+
+def rule_seconds(workdir: Path) -> dict[str, dict[str, float]]:
+    """Per rule: its jobs and their summed wall seconds (the rules' `benchmark:` files)."""
+    per_rule: dict[str, dict[str, float]] = {}
+    for tsv in sorted((workdir / "results" / "benchmarks").glob("*/*.tsv")):
+        rule = tsv.parent.name
+        s = float(tsv.read_text().splitlines()[1].split("\t")[0])
+        r = per_rule.setdefault(rule, {"jobs": 0, "seconds": 0.0})
+        r["jobs"] += 1
+        r["seconds"] += s
+    return per_rule
 
 
 def table_differences(a: Path, b: Path) -> dict[str, float]:
@@ -316,7 +307,7 @@ def compare_scorers(device: str, quick: bool) -> tuple[list[dict[str, Any]], dic
 
 
 # --- main ---------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--quick", action="store_true", help="two tables, small synthetic problems")
@@ -324,48 +315,38 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=480, help="seconds for the whole check")
     ap.add_argument("--keep", default=None, help="work directory to keep (default: a temp dir)")
     ap.add_argument("--skip-dag", action="store_true", help="only the synthetic scorer check")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    t_start = time.perf_counter()
-    info = cuda_info(args.device)
-    say(f"torch {info['torch']} (CUDA {info['torch_cuda']}); " + (
-        f"GPU {info['gpu']}, {info['gpu_memory_gib']} GiB" if args.device == "cuda" else "CPU"
-    ))  # fmt: skip
-    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="tuneatlas-gpu-check-"))
+
+def check_dags(
+    args, root: Path, left, steps: dict[str, float], result: dict[str, Any]
+) -> list[str]:
+    """Steps 1-3: the DAG in fp32 and bf16, then its subset scans recomputed on the CPU.
+    Fills `steps` and `result`; returns the failures."""
     targets = QUICK_TARGETS if args.quick else ()
-    steps: dict[str, float] = {}
-    result: dict[str, Any] = {"device": args.device, "quick": args.quick, **info}
-    failures: list[str] = []
+    for name, precision in (("dag_fp32", "fp32"), ("dag_bf16", "bf16")):
+        r = run_dag(name, root / name, args.device, precision, args.cores, targets, left())
+        result[name] = r
+        steps[f"tiny DAG, {precision}"] = r["seconds"]
+    result["fp32_vs_bf16_max_value_diff"] = table_differences(root / "dag_fp32", root / "dag_bf16")
+    t0 = time.perf_counter()
+    scans = compare_scans(root / "dag_fp32", args.device)
+    steps["DAG subset scans recomputed on cpu"] = time.perf_counter() - t0
+    result["scans"] = scans
+    return [f"scan {r['run']}: {r['problems']}" for r in scans if not r["equal"]]
 
-    def left() -> float:
-        return args.budget - (time.perf_counter() - t_start)
 
-    try:
-        if not args.skip_dag:
-            for name, precision in (("dag_fp32", "fp32"), ("dag_bf16", "bf16")):
-                r = run_dag(name, root / name, args.device, precision, args.cores, targets, left())
-                result[name] = r
-                steps[f"tiny DAG, {precision}"] = r["seconds"]
-            result["fp32_vs_bf16_max_value_diff"] = table_differences(
-                root / "dag_fp32", root / "dag_bf16"
-            )
-            t0 = time.perf_counter()
-            scans = compare_scans(root / "dag_fp32", args.device)
-            steps["DAG subset scans recomputed on cpu"] = time.perf_counter() - t0
-            result["scans"] = scans
-            failures += [f"scan {r['run']}: {r['problems']}" for r in scans if not r["equal"]]
-        t0 = time.perf_counter()
-        rows, timings = compare_scorers(args.device, args.quick)
-        steps["SubsetScorer cpu vs device"] = time.perf_counter() - t0
-        result["scorers"] = rows
-        result["scorer_seconds"] = {k: round(v, 4) for k, v in timings.items()}
-        failures += [f"scorer {r['case']}, {r['what']}" for r in rows if not r["equal"]]
-    except CheckFailed as err:
-        failures.append(str(err))
-    total = time.perf_counter() - t_start
-    if total > args.budget:
-        failures.append(f"the check took {total:.0f} s, over its budget of {args.budget:.0f} s")
+def check_scorers(args, steps: dict[str, float], result: dict[str, Any]) -> list[str]:
+    """Step 4: SubsetScorer on the device vs the CPU. Fills `steps` and `result`."""
+    t0 = time.perf_counter()
+    rows, timings = compare_scorers(args.device, args.quick)
+    steps["SubsetScorer cpu vs device"] = time.perf_counter() - t0
+    result["scorers"] = rows
+    result["scorer_seconds"] = {k: round(v, 4) for k, v in timings.items()}
+    return [f"scorer {r['case']}, {r['what']}" for r in rows if not r["equal"]]
 
+
+def print_timings(steps: dict[str, float], result: dict[str, Any], total: float) -> None:
     print()
     print(f"{'step':<58} {'seconds':>9}")
     print("-" * 68)
@@ -380,6 +361,34 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * 68)
     print(f"{'total':<58} {total:>9.1f}")
     print()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    info = cuda_info(args.device)
+    say(f"torch {info['torch']} (CUDA {info['torch_cuda']}); " + (
+        f"GPU {info['gpu']}, {info['gpu_memory_gib']} GiB" if args.device == "cuda" else "CPU"
+    ))  # fmt: skip
+    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="tuneatlas-gpu-check-"))
+    steps: dict[str, float] = {}
+    result: dict[str, Any] = {"device": args.device, "quick": args.quick, **info}
+    failures: list[str] = []
+
+    def left() -> float:
+        return args.budget - (time.perf_counter() - t_start)
+
+    try:
+        if not args.skip_dag:
+            failures += check_dags(args, root, left, steps, result)
+        failures += check_scorers(args, steps, result)
+    except CheckFailed as err:
+        failures.append(str(err))
+    total = time.perf_counter() - t_start
+    if total > args.budget:
+        failures.append(f"the check took {total:.0f} s, over its budget of {args.budget:.0f} s")
+
+    print_timings(steps, result, total)
     result.update(ok=not failures, failures=failures, total_seconds=round(total, 1),
                   steps={k: round(v, 2) for k, v in steps.items()}, workdir=str(root))  # fmt: skip
     if failures:

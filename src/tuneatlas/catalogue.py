@@ -2,7 +2,7 @@
 
 Artifact `S1.T2` lives at results/tables/s1_t2.parquet with its figure at
 results/figures/s1_t2.png (DESIGN.md principle 4). `built` says whether the workflow already
-has rules for it; the README's catalogue is generated from this table.
+has rules for it; the README's catalogue is generated from this table (`catalogue_markdown`).
 """
 
 from __future__ import annotations
@@ -167,3 +167,27 @@ def from_slug(slug: str) -> Artifact:
         if artifact.slug == slug:
             return artifact
     raise ValueError(f"no artifact has the file name {slug!r}")
+
+
+# the README's catalogue is the text between these markers (`tuneatlas catalogue --readme`)
+README_START, README_END = "<!-- catalogue:start -->\n", "<!-- catalogue:end -->"
+
+
+def catalogue_markdown() -> str:
+    """The catalogue as the README's Markdown table: one row per artifact, its paths and columns."""
+    lines = [
+        "| ID | reproduces | table | figure | columns |",
+        "|---|---|---|---|---|",
+    ]
+    for a in ARTIFACTS.values():
+        figures = "<br>".join(f"`{f}`" for f in a.figures)
+        lines.append(
+            f"| {a.id} | {a.study}: {a.title} | `{a.table}` | {figures} | {', '.join(a.columns)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def with_catalogue(readme: str) -> str:
+    """`readme` with the text between the catalogue markers replaced by `catalogue_markdown()`."""
+    head, rest = readme.split(README_START)
+    return head + README_START + catalogue_markdown() + README_END + rest.split(README_END, 1)[1]

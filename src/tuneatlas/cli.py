@@ -4,6 +4,10 @@ Rules pass their run/artifact spec as a JSON string (`--spec`), so the command l
 holds everything that determines its result.
 """
 
+# Each sub-command is a row of COMMANDS; the options several share (--spec, --out, --data,
+# --model, --device, --config-hash, ...) are declared once. The cmd_* functions import the layers
+# below lazily: every job pays the start-up of only what it uses.
+
 from __future__ import annotations
 
 import argparse
@@ -12,8 +16,12 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tuneatlas import __version__
 
 log = logging.getLogger("tuneatlas")
 
@@ -30,7 +38,7 @@ def _setup(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _spec(text: str) -> dict[str, Any]:
+def _json(text: str) -> dict[str, Any]:
     return json.loads(text)
 
 
@@ -58,7 +66,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
     written = prepare_dataset(
         args.name,
-        _spec(args.spec),
+        _json(args.spec),
         Path(args.out),
         seed=args.seed,
         meta={"spec_hash": args.spec_hash, "dataset": args.name},
@@ -79,7 +87,7 @@ def cmd_livedoor_convert(args: argparse.Namespace) -> None:
 def cmd_fetch_hub(args: argparse.Namespace) -> None:
     from tuneatlas.data.sources import fetch_hub_dataset
 
-    fetch_hub_dataset(args.name, _spec(args.spec), Path(args.out))
+    fetch_hub_dataset(args.name, _json(args.spec), Path(args.out))
 
 
 def _corpus_texts(data_root: Path, datasets: list[str]) -> list[str]:
@@ -99,7 +107,7 @@ def cmd_build_model(args: argparse.Namespace) -> None:
     from tuneatlas.models.build import build_bert
     from tuneatlas.models.hub import fetch_model
 
-    spec = _spec(args.spec)
+    spec = _json(args.spec)
     source = spec["source"]
     if source == "build":
         texts = _corpus_texts(Path(args.data_root), spec["corpus"])
@@ -118,28 +126,18 @@ def cmd_build_model(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from tuneatlas.analysis.hooks import training_hooks
     from tuneatlas.engine.recipes.classify import finetune
     from tuneatlas.spec import TrainSpec
 
-    spec = TrainSpec.from_dict(_spec(args.spec))
-    hooks = []
-    if spec.capture.every:
-        from tuneatlas.analysis.capture import EmbeddingCapture
-
-        hooks.append(EmbeddingCapture(spec.capture))
-    if spec.fisher.every or spec.polar_every:
-        from tuneatlas.analysis.fisher.trace import FisherTrace
-        from tuneatlas.analysis.polar import PolarTrace
-
-        hooks += [FisherTrace(spec.fisher)] if spec.fisher.every else []
-        hooks += [PolarTrace(spec.polar_every)] if spec.polar_every else []
+    spec = TrainSpec.from_dict(_json(args.spec))
     finetune(
         spec,
         Path(args.data),
         Path(args.model),
         Path(args.out),
         init_dir=Path(args.init) if args.init else None,
-        hooks=hooks,
+        hooks=training_hooks(spec),
         device=args.device,
     )
     (Path(args.out) / "captures").mkdir(exist_ok=True)  # declared output, empty without capture
@@ -161,7 +159,7 @@ def cmd_simcse(args: argparse.Namespace) -> None:
     from tuneatlas.engine.recipes.simcse import SimCSESpec, simcse
 
     simcse(
-        SimCSESpec.from_dict(_spec(args.spec)),
+        SimCSESpec.from_dict(_json(args.spec)),
         Path(args.data),
         Path(args.model),
         Path(args.out),
@@ -189,7 +187,7 @@ def cmd_subsets(args: argparse.Namespace) -> None:
 
     frames = scan_run(
         Path(args.embeddings),
-        _spec(args.params),
+        _json(args.params),
         Path(args.out),
         device=args.device,
         backend=args.backend,
@@ -218,7 +216,7 @@ def cmd_cluster(args: argparse.Namespace) -> None:
     from tuneatlas.analysis.clusters import cluster_dataset
 
     cluster_dataset(
-        _spec(args.spec),
+        _json(args.spec),
         Path(args.data),
         Path(args.embedder),
         Path(args.out),
@@ -243,7 +241,7 @@ def cmd_fisher(args: argparse.Namespace) -> None:
     from tuneatlas.analysis.fisher.trials import fisher_trial
 
     fisher_trial(
-        _spec(args.spec),
+        _json(args.spec),
         Path(args.data),
         Path(args.model),
         Path(args.out),
@@ -262,7 +260,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from tuneatlas.engine.recipes.causal_lm import pretrain
     from tuneatlas.spec import PretrainSpec
 
-    spec = PretrainSpec.from_dict(_spec(args.spec))
+    spec = PretrainSpec.from_dict(_json(args.spec))
     with _torchrun_group(args.device) as device:
         pretrain(spec, Path(args.tokens), Path(args.out), device=device)
 
@@ -295,7 +293,7 @@ def cmd_lm_eval(args: argparse.Namespace) -> None:
     from tuneatlas.analysis.lmeval import evaluate_run
 
     evaluate_run(
-        _spec(args.spec),
+        _json(args.spec),
         Path(args.model),
         Path(args.data),
         Path(args.out),
@@ -304,30 +302,11 @@ def cmd_lm_eval(args: argparse.Namespace) -> None:
     )
 
 
-def input_spec_hashes(target: dict[str, Any], results: Path) -> dict[str, str]:
-    """Run id -> spec hash of every run a table is built from (its runs, embeddings and
-    subsets): the eval.parquet metadata's `spec_hash`, else the hash of the run's spec.yaml."""
-    import yaml
-
-    from tuneatlas.io import read_parquet_meta, stable_hash
-
-    runs = sorted({r for key in ("runs", "embeddings", "subsets") for r in target.get(key) or ()})
-    hashes: dict[str, str] = {}
-    for run in runs:
-        run_dir = results / "runs" / run
-        eval_file, spec_file = run_dir / "eval.parquet", run_dir / "spec.yaml"
-        found = read_parquet_meta(eval_file).get("spec_hash") if eval_file.is_file() else None
-        if not found and spec_file.is_file():
-            found = stable_hash(yaml.safe_load(spec_file.read_text()))
-        hashes[run] = found or "unknown"
-    return hashes
-
-
 def cmd_table(args: argparse.Namespace) -> None:
     from tuneatlas.io import provenance, stable_hash, write_parquet
-    from tuneatlas.studies.registry import build_table
+    from tuneatlas.studies.registry import build_table, input_spec_hashes
 
-    spec = _spec(args.spec)
+    spec = _json(args.spec)
     df = build_table(args.artifact, spec, Path(args.results))
     meta = provenance(
         args.config_hash,
@@ -345,31 +324,14 @@ def cmd_plot(args: argparse.Namespace) -> None:
     plot_artifact(args.artifact, Path(args.table), [Path(p) for p in args.out])
 
 
-def catalogue_markdown() -> str:
-    from tuneatlas.catalogue import ARTIFACTS
-
-    lines = [
-        "| ID | reproduces | table | figure | columns |",
-        "|---|---|---|---|---|",
-    ]
-    for a in ARTIFACTS.values():
-        figures = "<br>".join(f"`{f}`" for f in a.figures)
-        lines.append(
-            f"| {a.id} | {a.study}: {a.title} | `{a.table}` | {figures} | {', '.join(a.columns)} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
 def cmd_catalogue(args: argparse.Namespace) -> None:
-    table = catalogue_markdown()
+    from tuneatlas.catalogue import catalogue_markdown, with_catalogue
+
     if not args.readme:
-        print(table, end="")
+        print(catalogue_markdown(), end="")
         return
     readme = Path(args.readme)
-    text = readme.read_text()
-    start, end = "<!-- catalogue:start -->\n", "<!-- catalogue:end -->"
-    head, rest = text.split(start)
-    readme.write_text(head + start + table + end + rest.split(end, 1)[1])
+    readme.write_text(with_catalogue(readme.read_text()))
 
 
 def cmd_layouts(args: argparse.Namespace) -> None:
@@ -397,197 +359,343 @@ def cmd_layouts(args: argparse.Namespace) -> None:
     print(f"largest |rel_diff|: {abs(worst['rel_diff']):.2e} ({worst['size']} {worst['variant']})")
 
 
-def _add_device(p: argparse.ArgumentParser) -> None:
-    # The workflow exports the config's device as $TUNEATLAS_DEVICE instead of passing it as a
-    # rule param, so that moving to a GPU re-runs nothing.
-    p.add_argument(
-        "--device",
-        default=os.environ.get("TUNEATLAS_DEVICE") or None,
-        help="cpu, cuda, cuda:1 or auto (default: $TUNEATLAS_DEVICE, else auto)",
-    )
+@dataclass(frozen=True)
+class Option:
+    """One argument of a sub-command, as `argparse.add_argument` takes it. `env` names the
+    environment variable that replaces the default, read when the parser is built: the workflow
+    exports the device and the global config hash instead of passing them as rule params, so
+    that moving to a GPU or editing an unrelated config key re-runs nothing."""
+
+    flags: tuple[str, ...]
+    settings: dict[str, Any]
+    env: str | None = None
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        settings = dict(self.settings)
+        if self.env:
+            settings["default"] = os.environ.get(self.env) or settings.get("default")
+        parser.add_argument(*self.flags, **settings)
 
 
-def _add_config_hash(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--config-hash",
-        default=os.environ.get("TUNEATLAS_CONFIG_HASH", ""),
-        help="global config hash, information for the metadata (default: $TUNEATLAS_CONFIG_HASH)",
-    )
+def option(*flags: str, env: str | None = None, **settings: Any) -> Option:
+    return Option(flags, settings, env)
+
+
+# The options several sub-commands share, declared once; the help says what each command reads.
+def spec_option(what: str) -> Option:
+    return option("--spec", required=True, help=f"{what} as JSON")
+
+
+def out_option(what: str) -> Option:
+    return option("--out", required=True, help=what)
+
+
+def data_option(
+    what: str = "the prepared dataset directory (one Parquet file per split)",
+) -> Option:
+    return option("--data", required=True, help=what)
+
+
+def model_option(what: str) -> Option:
+    return option("--model", required=True, help=what)
+
+
+def seed_option(what: str) -> Option:
+    return option("--seed", type=int, default=0, help=what)
+
+
+CONFIG = option("config", help="the config file (YAML)")
+ARTIFACT = option("artifact", help="artifact ID, e.g. S1.T2 (any case)")
+DATASET_NAME = option("--name", required=True, help="dataset id (the config's datasets key)")
+DEVICE = option(
+    "--device",
+    env="TUNEATLAS_DEVICE",
+    default=None,
+    help="cpu, cuda, cuda:1 or auto (default: $TUNEATLAS_DEVICE, else auto)",
+)
+CONFIG_HASH = option(
+    "--config-hash",
+    env="TUNEATLAS_CONFIG_HASH",
+    default="",
+    help="global config hash, information for the metadata (default: $TUNEATLAS_CONFIG_HASH)",
+)
+BATCH_SIZE = option("--batch-size", type=int, default=128, help="examples per forward pass")
+# the analyses rank on valid and report test; train-split embeddings of QQP alone are ~12 GB
+SPLITS = option("--splits", nargs="+", default=["valid", "test"], help="splits to read")
+RUN_MODEL = model_option("the run's model directory")
+BASE_MODEL = model_option("the base model directory")
+
+
+@dataclass(frozen=True)
+class Command:
+    """One sub-command: its name, the function that runs it, its help and its options."""
+
+    name: str
+    run: Callable[[argparse.Namespace], None]
+    help: str
+    options: tuple[Option, ...]
+
+
+COMMANDS = (
+    Command(
+        "validate",
+        cmd_validate,
+        "validate a config and summarise its plan",
+        (
+            CONFIG,
+            option(
+                "--no-device-check",
+                action="store_true",
+                help="skip the check that device: cuda has CUDA here (jobs run on other machines)",
+            ),
+        ),
+    ),
+    Command(
+        "prepare",
+        cmd_prepare,
+        "prepare one dataset into normalised Parquet splits",
+        (
+            DATASET_NAME,
+            spec_option("dataset config"),
+            seed_option("seed of synthetic data, resplit, imbalance and subsampling"),
+            out_option("the prepared dataset directory"),
+            option("--spec-hash", default="", help="the dataset spec's hash, for the metadata"),
+            option("--hub-copy", default=None, help="local copy of a hub source (fetch-hub)"),
+        ),
+    ),
+    Command(
+        "fetch-hub",
+        cmd_fetch_hub,
+        "download a hub dataset's splits as they are (needs the network)",
+        (DATASET_NAME, spec_option("dataset config"), out_option("directory of the copy")),
+    ),
+    Command(
+        "livedoor-convert",
+        cmd_livedoor_convert,
+        "livedoor archive (ldcc-20140209.tar.gz) -> train/valid/test TSVs (source: file)",
+        (
+            option("archive", help="ldcc-20140209.tar.gz, or the directory it unpacks to"),
+            option("out_dir", help="directory of train.tsv, valid.tsv, test.tsv"),
+            seed_option("seed of the stratified split"),
+        ),
+    ),
+    Command(
+        "build-model",
+        cmd_build_model,
+        "build a tiny model offline or fetch one by name",
+        (
+            spec_option("model config"),
+            option(
+                "--data-root",
+                default="results/data",
+                help="prepared datasets, the corpus of a built tokenizer and model",
+            ),
+            seed_option("seed of the built model's weights"),
+            out_option("the model directory"),
+        ),
+    ),
+    Command(
+        "train",
+        cmd_train,
+        "fine-tune one run (resumes from its last checkpoint)",
+        (
+            spec_option("TrainSpec"),
+            data_option(),
+            BASE_MODEL,
+            option("--init", default=None, help="model dir of the run this one continues from"),
+            out_option("the run directory"),
+            option(
+                "--predictions",
+                default=None,
+                help="also write the per-example logits here (S5 members)",
+            ),
+            DEVICE,
+        ),
+    ),
+    Command(
+        "simcse",
+        cmd_simcse,
+        "SimCSE continued training of a base model (S2)",
+        (
+            spec_option("SimCSESpec"),
+            data_option("prepared sentence corpus"),
+            BASE_MODEL,
+            out_option("the new base model directory"),
+            option("--run-dir", required=True, help="checkpoint, metrics and held-out scores"),
+            DEVICE,
+        ),
+    ),
+    Command(
+        "embed",
+        cmd_embed,
+        "extract per-layer CLS and max-norm vectors of a run",
+        (
+            RUN_MODEL,
+            data_option(),
+            out_option("the embeddings directory"),
+            BATCH_SIZE,
+            option("--max-length", type=int, default=None, help="default: the run's own"),
+            SPLITS,
+            DEVICE,
+        ),
+    ),
+    Command(
+        "subsets",
+        cmd_subsets,
+        "scan the CLS-dimension subsets of one run (S1)",
+        (
+            option("--embeddings", required=True, help="embeddings dir (or its .safetensors)"),
+            option("--params", required=True, help="scan spec as JSON (plan.scans[run])"),
+            out_option("directory of the scan's Parquet files"),
+            DEVICE,
+            option(
+                "--backend",
+                default="auto",
+                choices=["auto", "compile", "eager"],
+                help="the scorer's kernels: torch.compile'd, eager, or auto (compile on CUDA)",
+            ),
+            CONFIG_HASH,
+        ),
+    ),
+    Command(
+        "predict",
+        cmd_predict,
+        "per-example logits of a run on its evaluation splits",
+        (
+            RUN_MODEL,
+            data_option(),
+            out_option("predictions.parquet to write"),
+            BATCH_SIZE,
+            SPLITS,
+            DEVICE,
+            CONFIG_HASH,
+        ),
+    ),
+    Command(
+        "cluster",
+        cmd_cluster,
+        "embed a dataset and cluster its training split (S5)",
+        (
+            spec_option("clustering spec (plan.clusterings)"),
+            data_option(),
+            option("--embedder", required=True, help="encoder model directory"),
+            out_option("the clustering's directory"),
+            DEVICE,
+            CONFIG_HASH,
+        ),
+    ),
+    Command(
+        "cluster-data",
+        cmd_cluster_data,
+        "derive a member dataset from a clustering (S5)",
+        (
+            data_option("the clustered dataset"),
+            option("--clusters", required=True, help="the clustering's directory"),
+            option("--keep", dest="clusters_kept", nargs="+", required=True, help="cluster names"),
+            out_option("the member dataset's directory (its name is the dataset id)"),
+            CONFIG_HASH,
+        ),
+    ),
+    Command(
+        "fisher",
+        cmd_fisher,
+        "per-layer Fisher spectra of a base model (S2)",
+        (
+            spec_option("Fisher trial spec (plan.fishers)"),
+            data_option("the fine-tuning dataset (its train split)"),
+            BASE_MODEL,
+            out_option("the trial's Parquet file"),
+            DEVICE,
+            CONFIG_HASH,
+        ),
+    ),
+    Command(
+        "tokenize",
+        cmd_tokenize,
+        "tokenise a corpus into packed token files (S4)",
+        (
+            data_option("the prepared corpus (its train split)"),
+            option("--tokenizer", required=True, help="'build' (BPE) or a model directory"),
+            option("--vocab-size", type=int, default=None, help="entries of a built BPE"),
+            out_option("the tokens directory"),
+        ),
+    ),
+    Command(
+        "pretrain",
+        cmd_pretrain,
+        "pre-train one FFN-layout causal LM (S4)",
+        (
+            spec_option("PretrainSpec"),
+            option("--tokens", required=True, help="the tokens directory"),
+            out_option("the run directory"),
+            DEVICE,
+        ),
+    ),
+    Command(
+        "lm-eval",
+        cmd_lm_eval,
+        "lm-evaluation-harness + zsRE probe of a model (S4)",
+        (
+            spec_option("evaluation spec (plan.lm_evals)"),
+            model_option("the pre-trained model directory"),
+            data_option("the prepared corpus (documents and facts)"),
+            out_option("the evaluation's Parquet file"),
+            DEVICE,
+            CONFIG_HASH,
+        ),
+    ),
+    Command(
+        "table",
+        cmd_table,
+        "build one artifact table",
+        (
+            ARTIFACT,
+            spec_option("artifact target (runs, params)"),
+            option("--results", default="results", help="the results root the table reads"),
+            CONFIG_HASH,
+            out_option("the table's Parquet file"),
+        ),
+    ),
+    Command(
+        "plot",
+        cmd_plot,
+        "draw one artifact's figure(s) from its table",
+        (
+            ARTIFACT,
+            option("--table", required=True, help="the artifact's table (Parquet)"),
+            option("--out", required=True, nargs="+", help="the figure file(s) to write"),
+        ),
+    ),
+    Command(
+        "layouts",
+        cmd_layouts,
+        "S4: per-layer FFN widths and parameter counts of every variant",
+        (CONFIG, option("--json", action="store_true", help="one JSON list instead of a table")),
+    ),
+    Command(
+        "catalogue",
+        cmd_catalogue,
+        "print the artifact catalogue as a Markdown table",
+        (option("--readme", help="rewrite the catalogue between the markers of this file"),),
+    ),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tuneatlas", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        for opt in command.options:
+            opt.add_to(p)
+        p.set_defaults(func=command.run)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="tuneatlas", description=__doc__)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("validate", help="validate a config and summarise its plan")
-    p.add_argument("config")
-    p.add_argument(
-        "--no-device-check",
-        action="store_true",
-        help="skip the check that device: cuda has CUDA here (jobs run on other machines)",
-    )
-    p.set_defaults(func=cmd_validate)
-
-    p = sub.add_parser("prepare", help="prepare one dataset into normalised Parquet splits")
-    p.add_argument("--name", required=True)
-    p.add_argument("--spec", required=True, help="dataset config as JSON")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
-    p.add_argument("--spec-hash", default="", help="hash of the dataset spec, for the metadata")
-    p.add_argument("--hub-copy", default=None, help="local copy of a hub source (fetch-hub)")
-    p.set_defaults(func=cmd_prepare)
-
-    p = sub.add_parser(
-        "fetch-hub", help="download a hub dataset's splits as they are (needs the network)"
-    )
-    p.add_argument("--name", required=True)
-    p.add_argument("--spec", required=True, help="dataset config as JSON")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_fetch_hub)
-
-    p = sub.add_parser(
-        "livedoor-convert",
-        help="livedoor archive (ldcc-20140209.tar.gz) -> train/valid/test TSVs (source: file)",
-    )
-    p.add_argument("archive", help="ldcc-20140209.tar.gz, or the directory it unpacks to")
-    p.add_argument("out_dir", help="directory of train.tsv, valid.tsv, test.tsv")
-    p.add_argument("--seed", type=int, default=0, help="seed of the stratified split")
-    p.set_defaults(func=cmd_livedoor_convert)
-
-    p = sub.add_parser("build-model", help="build a tiny model offline or fetch one by name")
-    p.add_argument("--spec", required=True, help="model config as JSON")
-    p.add_argument("--data-root", default="results/data")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_build_model)
-
-    p = sub.add_parser("train", help="fine-tune one run (resumes from its last checkpoint)")
-    p.add_argument("--spec", required=True, help="TrainSpec as JSON")
-    p.add_argument("--data", required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--init", default=None, help="model dir of the run this one continues from")
-    p.add_argument("--out", required=True)
-    p.add_argument(
-        "--predictions", default=None, help="also write the per-example logits here (S5 members)"
-    )
-    _add_device(p)
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("simcse", help="SimCSE continued training of a base model (S2)")
-    p.add_argument("--spec", required=True, help="SimCSESpec as JSON")
-    p.add_argument("--data", required=True, help="prepared sentence corpus")
-    p.add_argument("--model", required=True, help="base model directory")
-    p.add_argument("--out", required=True, help="the new base model directory")
-    p.add_argument("--run-dir", required=True, help="checkpoint, metrics and held-out scores")
-    _add_device(p)
-    p.set_defaults(func=cmd_simcse)
-
-    p = sub.add_parser("embed", help="extract per-layer CLS and max-norm vectors of a run")
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--max-length", type=int, default=None, help="default: the run's own")
-    # the analyses rank on valid and report test; train-split embeddings of QQP alone are ~12 GB
-    p.add_argument("--splits", nargs="+", default=["valid", "test"])
-    _add_device(p)
-    p.set_defaults(func=cmd_embed)
-
-    p = sub.add_parser("subsets", help="scan the CLS-dimension subsets of one run (S1)")
-    p.add_argument("--embeddings", required=True, help="embeddings dir (or its .safetensors)")
-    p.add_argument("--params", required=True, help="scan spec as JSON (plan.scans[run])")
-    p.add_argument("--out", required=True, help="directory of the scan's Parquet files")
-    _add_device(p)
-    p.add_argument("--backend", default="auto", choices=["auto", "compile", "eager"])
-    _add_config_hash(p)
-    p.set_defaults(func=cmd_subsets)
-
-    p = sub.add_parser("predict", help="per-example logits of a run on its evaluation splits")
-    p.add_argument("--model", required=True, help="the run's model directory")
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True, help="predictions.parquet to write")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--splits", nargs="+", default=["valid", "test"])
-    _add_device(p)
-    _add_config_hash(p)
-    p.set_defaults(func=cmd_predict)
-
-    p = sub.add_parser("cluster", help="embed a dataset and cluster its training split (S5)")
-    p.add_argument("--spec", required=True, help="clustering spec as JSON (plan.clusterings)")
-    p.add_argument("--data", required=True)
-    p.add_argument("--embedder", required=True, help="encoder model directory")
-    p.add_argument("--out", required=True)
-    _add_device(p)
-    _add_config_hash(p)
-    p.set_defaults(func=cmd_cluster)
-
-    p = sub.add_parser("cluster-data", help="derive a member dataset from a clustering (S5)")
-    p.add_argument("--data", required=True, help="the clustered dataset")
-    p.add_argument("--clusters", required=True, help="the clustering's directory")
-    p.add_argument("--keep", dest="clusters_kept", nargs="+", required=True, help="cluster names")
-    p.add_argument("--out", required=True)
-    _add_config_hash(p)
-    p.set_defaults(func=cmd_cluster_data)
-
-    p = sub.add_parser("fisher", help="per-layer Fisher spectra of a base model (S2)")
-    p.add_argument("--spec", required=True, help="Fisher trial spec as JSON (plan.fishers)")
-    p.add_argument("--data", required=True, help="the fine-tuning dataset (its train split)")
-    p.add_argument("--model", required=True, help="the base model directory")
-    p.add_argument("--out", required=True, help="the trial's Parquet file")
-    _add_device(p)
-    _add_config_hash(p)
-    p.set_defaults(func=cmd_fisher)
-
-    p = sub.add_parser("tokenize", help="tokenise a corpus into packed token files (S4)")
-    p.add_argument("--data", required=True, help="the prepared corpus (its train split)")
-    p.add_argument("--tokenizer", required=True, help="'build' (BPE) or a model directory")
-    p.add_argument("--vocab-size", type=int, default=None, help="entries of a built BPE")
-    p.add_argument("--out", required=True, help="the tokens directory")
-    p.set_defaults(func=cmd_tokenize)
-
-    p = sub.add_parser("pretrain", help="pre-train one FFN-layout causal LM (S4)")
-    p.add_argument("--spec", required=True, help="PretrainSpec as JSON")
-    p.add_argument("--tokens", required=True, help="the tokens directory")
-    p.add_argument("--out", required=True, help="the run directory")
-    _add_device(p)
-    p.set_defaults(func=cmd_pretrain)
-
-    p = sub.add_parser("lm-eval", help="lm-evaluation-harness + zsRE probe of a model (S4)")
-    p.add_argument("--spec", required=True, help="evaluation spec as JSON (plan.lm_evals)")
-    p.add_argument("--model", required=True, help="the pre-trained model directory")
-    p.add_argument("--data", required=True, help="the prepared corpus (documents and facts)")
-    p.add_argument("--out", required=True, help="the evaluation's Parquet file")
-    _add_device(p)
-    _add_config_hash(p)
-    p.set_defaults(func=cmd_lm_eval)
-
-    p = sub.add_parser("table", help="build one artifact table")
-    p.add_argument("artifact")
-    p.add_argument("--spec", required=True, help="artifact target as JSON (runs, params)")
-    p.add_argument("--results", default="results")
-    _add_config_hash(p)
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_table)
-
-    p = sub.add_parser("plot", help="draw one artifact's figure(s) from its table")
-    p.add_argument("artifact")
-    p.add_argument("--table", required=True)
-    p.add_argument("--out", required=True, nargs="+")
-    p.set_defaults(func=cmd_plot)
-
-    p = sub.add_parser(
-        "layouts", help="S4: per-layer FFN widths and parameter counts of every variant"
-    )
-    p.add_argument("config")
-    p.add_argument("--json", action="store_true", help="one JSON list instead of a table")
-    p.set_defaults(func=cmd_layouts)
-
-    p = sub.add_parser("catalogue", help="print the artifact catalogue as a Markdown table")
-    p.add_argument("--readme", help="rewrite the catalogue between the markers of this file")
-    p.set_defaults(func=cmd_catalogue)
-
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     _setup(args.threads)
     if os.environ.get("TUNEATLAS_DETERMINISTIC", "1") == "1":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -75,7 +75,7 @@ class Plan:
     models: dict[str, dict[str, Any]]
     runs: dict[str, Run]
     targets: dict[str, Target]
-    # run id -> spec of its subset scan (tuneatlas.analysis.subset_scan): the `subsets` rule
+    # run id -> spec of its subset scan (tuneatlas.analysis.subsets.scan): the `subsets` rule
     scans: dict[str, dict[str, Any]] = field(default_factory=dict)
     # clustering id -> spec of the `cluster` rule (S5)
     clusterings: dict[str, dict[str, Any]] = field(default_factory=dict)

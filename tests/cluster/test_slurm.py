@@ -13,10 +13,8 @@ Only the command line adds test-only options (fast status polling, squeue as sta
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,10 +23,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO, snakemake, snakemake_command, snakemake_env
+
 PROFILE = REPO / "profiles" / "slurm"
 CONFIG = Path(__file__).with_name("tiny_slurm.yaml")
-BIN = Path(sys.executable).parent
 TARGET = "results/tables/s1_t1.parquet"
 TRAIN_RUNS = ("s1-sst2-s42", "s1-sst2-maxnorm-s42")  # the fine-tunes S1.T1 needs in tiny_slurm
 EXPECTED_JOBS = {"prepare_data": 1, "build_model": 1, "train": 2, "table": 1}
@@ -63,51 +61,33 @@ TEST_ONLY = [
     "5",
 ]
 RUN_TIMEOUT = 600  # seconds; SIGINT makes snakemake cancel its SLURM jobs
+LAUNCHER = ["timeout", "-s", "INT", "-k", "30", str(RUN_TIMEOUT)]
 
 pytestmark = pytest.mark.cluster
 
 
 # --------------------------------------------------------------------------- helpers
-def snakemake_cmd(workdir: Path, *args: str, slurm: bool = True) -> list[str]:
-    cmd = [
-        "timeout",
-        "-s",
-        "INT",
-        "-k",
-        "30",
-        str(RUN_TIMEOUT),
-        str(BIN / "snakemake"),
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(CONFIG),
-    ]
-    if slurm:
-        cmd += ["--profile", str(PROFILE), *TEST_ONLY]
-    return cmd + list(args)
+def slurm_args(*args: str, slurm: bool = True) -> list[str]:
+    """The test's config, on SLURM the users' profile and the test-only options, then `args`."""
+    profile = ["--profile", str(PROFILE), *TEST_ONLY] if slurm else []
+    return ["--configfile", str(CONFIG), *profile, *args]
 
 
-def snakemake_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in SITE_VARS and k != "SNAKEMAKE_PROFILE"}
-    # the jobs' `python -m tuneatlas` must find the venv: sbatch --export=ALL passes PATH on
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
-    env.update(extra)
-    return env
+def cluster_env(**extra: str) -> dict[str, str]:
+    # the profile's site settings unset (so its defaults apply); sbatch --export=ALL passes the
+    # venv's PATH on to the jobs' `python -m tuneatlas`
+    return snakemake_env(drop=(*SITE_VARS, "SNAKEMAKE_PROFILE"), **extra)
 
 
 def run_snakemake(workdir: Path, *args: str, slurm: bool = True, **env: str):
-    workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    proc = subprocess.run(
-        snakemake_cmd(workdir, *args, slurm=slurm),
-        cwd=workdir,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=snakemake_env(**env),
+    proc = snakemake(
+        workdir,
+        *slurm_args(*args, slurm=slurm),
+        check=False,
         timeout=RUN_TIMEOUT + 60,
+        env=cluster_env(**env),
+        launcher=LAUNCHER,
     )
     return proc, time.monotonic() - t0
 
@@ -238,12 +218,12 @@ class Background:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir, self.t0, self.lines = workdir, time.monotonic(), []
         self.proc = subprocess.Popen(
-            snakemake_cmd(workdir, *args, slurm=slurm),
+            [*LAUNCHER, *snakemake_command(workdir, *slurm_args(*args, slurm=slurm))],
             cwd=workdir,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=snakemake_env(),
+            env=cluster_env(),
         )
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()

@@ -594,12 +594,12 @@ def _custom_code_model(src: Path, out: Path) -> None:
 
 
 def test_trust_remote_code_reaches_fine_tuning_and_permissions_follow_the_umask(tmp_path):
+    from tests.factories import train_spec
     from tuneatlas.data.tasks import get_task
     from tuneatlas.engine.recipes.classify import build_classifier
     from tuneatlas.models.build import build_bert
     from tuneatlas.models.classifier import SequenceClassifier
     from tuneatlas.models.hub import fetch_model
-    from tuneatlas.spec import TrainSpec
 
     tiny = {
         "hidden_size": 32,
@@ -615,7 +615,7 @@ def test_trust_remote_code_reaches_fine_tuning_and_permissions_follow_the_umask(
     fetched = fetch_model(
         str(tmp_path / "custom"), tmp_path / "models" / "custom", trust_remote_code=True
     )
-    spec = TrainSpec(run="r", task="sst2", dataset="d", model="custom", max_length=16)
+    spec = train_spec(model="custom")
     model = build_classifier(spec, get_task("sst2"), fetched, None)
     assert type(model.encoder).__name__ == "TinyModel" and model.trust_remote_code
     model.save(tmp_path / "run" / "model")
@@ -646,7 +646,7 @@ def test_atomic_dir_follows_a_strict_umask_too(tmp_path, monkeypatch):
 def test_bad_config_schedules_nothing(base, files, tmp_path):
     """The workflow runs the same checks before scheduling: a header-only train file with
     resplit, and a duplicate key, stop a dry run with the message and no job."""
-    from tests.workflow.conftest import snakemake
+    from tests.support import snakemake
 
     base["datasets"]["f"]["resplit"] = [8, 1, 1]
     files["train"].write_text("sentence\tlabel\n")

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.factories import train_spec
 from tuneatlas.analysis.capture import (
     EmbeddingCapture,
     load_captures,
@@ -45,15 +46,13 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _spec(**kw) -> TrainSpec:
-    base = TrainSpec(
+    base = train_spec(
         run="cap",
         task="livedoor",
         dataset="tiny",
         model="tiny",
         seed=3,
-        epochs=2,
         max_steps=9,
-        batch_size=16,
         eval_batch_size=16,
         max_length=32,
         checkpoint_every=4,

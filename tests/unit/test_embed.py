@@ -8,13 +8,14 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from tests.factories import train_spec
 from tuneatlas.analysis.embed import extract
 from tuneatlas.engine.recipes.classify import finetune as train
 from tuneatlas.io import load_tensors
 from tuneatlas.models.build import build_bert
 from tuneatlas.models.classifier import SequenceClassifier
 from tuneatlas.models.hub import load_encoder, load_tokenizer
-from tuneatlas.spec import OptimSpec, TrainSpec
+from tuneatlas.spec import OptimSpec
 
 FILLER = "the a movie film plot actor scene story music ending was is very quite".split()
 MARKS = ["yes", "maybe", "no"]
@@ -43,16 +44,7 @@ def run(tmp_path_factory):
     texts = corpus["text_a"].tolist() + corpus["text_b"].tolist()
     cfg = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, vocab_size=100)
     base = build_bert(cfg, texts, root / "base", seed=0)
-    spec = TrainSpec(
-        run="e",
-        task="mnli",
-        dataset="d",
-        model="m",
-        epochs=1,
-        batch_size=16,
-        max_length=20,
-        optim=OptimSpec(lr=3e-3),
-    )
+    spec = train_spec(run="e", task="mnli", epochs=1, max_length=20, optim=OptimSpec(lr=3e-3))
     train(spec, data, base, root / "run")
     return {"root": root, "data": data, "base": base, "model": root / "run" / "model"}
 

@@ -21,6 +21,7 @@ import torch
 from pandas.testing import assert_frame_equal
 from safetensors.torch import load_file
 
+from tests.factories import train_spec
 from tuneatlas.data.tasks import fine_tuning_task
 from tuneatlas.engine.checkpoint import CKPT_DIR, CKPT_FILE
 from tuneatlas.engine.loop import seed_everything
@@ -87,21 +88,10 @@ def write_data(path: Path, make, sizes=(96, 48, 48)) -> Path:
 
 
 def spec(**kw) -> TrainSpec:
-    base = dict(
-        run="r",
-        task="sst2",
-        dataset="d",
-        model="m",
-        seed=7,
-        epochs=2,
-        batch_size=16,
-        eval_batch_size=64,
-        max_length=24,
-        optim=OptimSpec(lr=3e-3),
-        checkpoint_every=4,
+    engine = dict(
+        seed=7, eval_batch_size=64, max_length=24, optim=OptimSpec(lr=3e-3), checkpoint_every=4
     )
-    base.update(kw)
-    return TrainSpec(**base)
+    return train_spec(**{**engine, **kw})
 
 
 @pytest.fixture(scope="module")

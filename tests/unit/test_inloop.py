@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.factories import train_spec
 from tuneatlas.analysis.fisher.reference import reference_grams
 from tuneatlas.analysis.fisher.spectrum import effective_rank, eigenvalues, relative_error
 from tuneatlas.analysis.fisher.trace import FISHER_FILE, FisherTrace
@@ -34,15 +35,13 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return tiny_livedoor(tmp_path_factory.mktemp("inloop"), {**cfg, "dropout": 0.1})
 
 
-SPEC = TrainSpec(
+SPEC = train_spec(
     run="inloop",
     task="livedoor",
     dataset="tiny",
     model="tiny",
     seed=5,
-    epochs=2,
     max_steps=9,
-    batch_size=16,
     eval_batch_size=16,
     max_length=32,
     checkpoint_every=4,

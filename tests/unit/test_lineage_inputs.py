@@ -7,10 +7,11 @@ import json
 import pandas as pd
 import pytest
 
-from tuneatlas.cli import input_spec_hashes, main
+from tuneatlas.cli import main
 from tuneatlas.data.prepare import local_source_files
 from tuneatlas.errors import DataError
 from tuneatlas.io import read_parquet_meta, stable_hash, write_parquet, write_yaml
+from tuneatlas.studies.registry import input_spec_hashes
 
 
 def test_local_source_files_of_files_dir_and_facts(tmp_path):

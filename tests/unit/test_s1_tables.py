@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.factories import train_spec
 from tuneatlas.analysis.subsets.scan import scan_run
 from tuneatlas.catalogue import ARTIFACTS
 from tuneatlas.io import save_tensors, write_yaml
 from tuneatlas.plan import _s1_scan_spec
-from tuneatlas.spec import TrainSpec
 from tuneatlas.studies.registry import build_table
 from tuneatlas.studies.s1 import run_spec
 
@@ -34,7 +34,7 @@ def _fake_run(results, run, dataset, task, seed, rng, dropout=0.1, informative=(
     w[1] += 0.05 * rng.normal(size=K).astype(np.float32)
     tensors["head.weight"], tensors["head.bias"] = w, np.zeros(2, dtype=np.float32)
     save_tensors(tensors, results / "embeddings" / run / "embeddings.safetensors")
-    spec = TrainSpec(run=run, task=task, dataset=dataset, model="m", seed=seed, dropout=dropout)
+    spec = train_spec(run=run, task=task, dataset=dataset, seed=seed, dropout=dropout)
     write_yaml(spec.to_dict(), results / "runs" / run / "spec.yaml")
     return tensors
 

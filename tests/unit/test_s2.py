@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.factories import train_spec
 from tuneatlas.analysis.fisher.reference import reference_grams
 from tuneatlas.analysis.fisher.spectrum import effective_rank, eigenvalues, relative_error
 from tuneatlas.analysis.fisher.trials import FISHER_COLUMNS, fisher_trial, log_probs, trial_rows
@@ -140,7 +141,7 @@ def base(tmp_path_factory):
     )
     cfg = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, vocab_size=60)
     model = build_bert(cfg, [" ".join(r[1:3]) for r in rows], root / "base", seed=0)
-    head = TrainSpec(run="f", task="rte", dataset="rte", model="base", max_length=16).to_dict()
+    head = train_spec(run="f", task="rte", dataset="rte", model="base").to_dict()
     spec = {"label": "vanilla", "trial": 3, "batch_size": 8, "energy": 0.99, "train": head}
     return {"root": root, "data": data, "model": model, "spec": spec}
 

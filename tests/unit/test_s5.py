@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.factories import train_spec
 from tuneatlas.analysis import clusters as cl
 from tuneatlas.analysis.ensemble import (
     bootstrap_ci,
@@ -33,7 +34,7 @@ from tuneatlas.models.build import build_bert
 from tuneatlas.models.hub import load_encoder, load_tokenizer
 from tuneatlas.plan import make_plan
 from tuneatlas.preflight import preflight
-from tuneatlas.spec import OptimSpec, TrainSpec
+from tuneatlas.spec import OptimSpec
 from tuneatlas.studies import s5
 
 RUN_ID = re.compile(r"[A-Za-z0-9_.\-]+")  # the Snakefile's wildcard constraint for runs
@@ -252,16 +253,7 @@ def test_member_datasets_partition_the_training_rows(world, tmp_path):
 def test_predictions_match_the_runs_own_test_score(world, tmp_path):
     from tuneatlas.engine.recipes.classify import finetune
 
-    spec = TrainSpec(
-        run="m",
-        task="sst2",
-        dataset="d",
-        model="b",
-        epochs=2,
-        batch_size=16,
-        max_length=16,
-        optim=OptimSpec(lr=3e-3),
-    )
+    spec = train_spec(run="m", model="b", optim=OptimSpec(lr=3e-3))
     finetune(spec, world["data"], world["base"], tmp_path / "run")
     df = write_predictions(tmp_path / "run" / "model", world["data"], tmp_path / "p.parquet")
     assert set(df["split"]) == {"valid", "test"}

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.factories import train_spec
 from tuneatlas.analysis.subsets.effective import (
     DEGENERATE_STD,
     effective_dimensions,
@@ -22,7 +23,6 @@ from tuneatlas.analysis.subsets.scan_files import SCAN_FILES, read_scan
 from tuneatlas.analysis.subsets.scorer import SubsetScorer
 from tuneatlas.analysis.subsets.search import search_subsets
 from tuneatlas.io import read_parquet_meta, save_tensors, write_yaml
-from tuneatlas.spec import TrainSpec
 
 K, LAYERS = 9, 2  # C(9, 2) = 36 pairs, C(9, 3) = 84 triples; layers 0..2
 CASES = {  # task -> (classes of the head, regression)
@@ -260,7 +260,7 @@ def test_t3_takes_the_largest_sample_without_exhaustive_triples(tmp_path):
 
     results = tmp_path / "results"
     tensors = make_embeddings(results / "embeddings" / "r" / "embeddings.safetensors", "sst2")
-    spec = TrainSpec(run="r", task="sst2", dataset="sst2", model="m", seed=3)
+    spec = train_spec(dataset="sst2", seed=3)
     write_yaml(spec.to_dict(), results / "runs" / "r" / "spec.yaml")
     triples = {"exhaustive": False, "sample_sizes": [7, 30, 12]}
     frames = scan_run(
@@ -354,7 +354,7 @@ def test_degenerate_layer_has_no_best_pair(tmp_path):
     path = results / "embeddings" / "r" / "embeddings.safetensors"
     make_embeddings(path, "sst2", constant_layer=1)
     write_yaml(
-        TrainSpec(run="r", task="sst2", dataset="sst2", model="m", seed=3).to_dict(),
+        train_spec(dataset="sst2", seed=3).to_dict(),
         results / "runs" / "r" / "spec.yaml",
     )
     frames = scan_run(path, spec_for("sst2", triples=None), results / "subsets" / "r")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from .conftest import snakemake
+from tests.support import snakemake
 
 pytestmark = pytest.mark.workflow
 

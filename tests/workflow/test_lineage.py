@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support import snakemake
 from tuneatlas.io import read_parquet_meta
 
-from .conftest import TINY, snakemake
+from .conftest import TINY
 from .test_workflow import job_counts
 
 pytestmark = pytest.mark.workflow

@@ -17,11 +17,12 @@ import pytest
 import torch
 import yaml
 
+from tests.support import REPO, snakemake, snakemake_command, snakemake_env
 from tuneatlas.catalogue import ARTIFACTS
 from tuneatlas.engine.checkpoint import CKPT_DIR, CKPT_FILE
 from tuneatlas.io import read_parquet_meta
 
-from .conftest import BIN, REPO, TINY, snakemake
+from .conftest import TINY
 
 pytestmark = pytest.mark.workflow
 
@@ -272,21 +273,9 @@ def test_kill_9_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
     snakemake(clean, "--configfile", str(long_cfg), "--cores", "1", target)
 
     killed = tmp_path / "killed"
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    cmd = [
-        str(BIN / "snakemake"),
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(killed),
-        "--configfile",
-        str(long_cfg),
-        "--cores",
-        "1",
-        target,
-    ]
+    cmd = snakemake_command(killed, "--configfile", str(long_cfg), "--cores", "1", target)
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=snakemake_env()
     )
     ckpt = killed / "results/runs" / run / CKPT_DIR
     # wait for the finished checkpoint itself: the directory also holds the atomic-write temp file
