@@ -322,6 +322,14 @@ def input_spec_hashes(target: dict[str, Any], results: Path) -> dict[str, str]:
     return hashes
 
 
+def cmd_track(args: argparse.Namespace) -> None:
+    from tuneatlas.tracking import track_runs
+
+    runs = _spec(args.runs)
+    counts = track_runs(runs, Path(args.results), Path(args.out), args.uri, args.failure_table)
+    logging.getLogger(__name__).info("MLflow store %s: %s", args.uri or args.out, counts)
+
+
 def cmd_table(args: argparse.Namespace) -> None:
     from tuneatlas.io import provenance, stable_hash, write_parquet
     from tuneatlas.studies.registry import build_table
@@ -573,6 +581,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--table", required=True)
     p.add_argument("--out", required=True, nargs="+")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("track", help="write the finished runs into an MLflow tracking store")
+    p.add_argument("--runs", required=True, help="JSON {study: {kind: [run ids]}} (the plan's)")
+    p.add_argument("--results", default="results")
+    p.add_argument("--out", required=True, help="the SQLite store (a marker file with --uri)")
+    p.add_argument("--uri", default=None, help="an MLflow server or database URI to write to")
+    p.add_argument(
+        "--failure-table", action="append", default=[], help="a table with run, failed (S2.T1)"
+    )
+    p.set_defaults(func=cmd_track)
 
     p = sub.add_parser(
         "layouts", help="S4: per-layer FFN widths and parameter counts of every variant"
