@@ -131,3 +131,16 @@ def test_a_server_uri_leaves_a_marker_file(results, tmp_path):
 def test_flatten_joins_nested_keys_with_dots():
     flat = flatten({"a": 1, "b": {"c": "x", "d": {"e": None}}, "f": [1, 2], "g": {}})
     assert flat == {"a": "1", "b.c": "x", "b.d.e": "null", "f": "[1, 2]", "g": "{}"}
+
+
+def test_the_store_is_a_final_output_only_when_asked_for(repo):
+    from tuneatlas.config import validate_config
+    from tuneatlas.plan import make_plan
+
+    raw = yaml.safe_load((repo / "config.yaml").read_text())
+    assert raw["tracking"]["mlflow"] is True  # the demo shows it
+    assert "results/mlflow.db" in make_plan(validate_config(raw)).final_outputs()
+    raw["tracking"] = {}  # the schema's default: off
+    config = validate_config(raw)
+    assert config["tracking"] == {"mlflow": False, "uri": None}
+    assert "results/mlflow.db" not in make_plan(config).final_outputs()
