@@ -45,6 +45,7 @@ rule track:
         f"{RESULTS}/logs/track.log",
     params:
         runs=tracked_runs,
+        results=RESULTS,
         uri=(
             f"--uri {shlex.quote(config['tracking']['uri'])}"
             if config["tracking"]["uri"]
@@ -52,5 +53,5 @@ rule track:
         ),
         failure=" ".join(f"--failure-table {t}" for t in FAILURE_TABLES),
     shell:
-        "python -m tuneatlas track --runs {params.runs:q} --results {RESULTS} --out {output}"
+        "python -m tuneatlas track --runs {params.runs:q} --results {params.results} --out {output}"
         " {params.uri} {params.failure} 2> {log}"
