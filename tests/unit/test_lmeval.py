@@ -82,7 +82,7 @@ def test_the_harness_runs_offline_and_its_perplexity_is_the_models(world):
     cite = {(r["task"], r["metric"]): r for r in rows}
     assert {r["harness_version"] for r in rows} == {importlib.metadata.version("lm_eval")}
     assert cite["toy_hellaswag", "acc"]["harness_metric"] == "acc,none"
-    assert all(r["n_shot"] == 0 and r["task_version"] != "None" for r in rows)
+    assert all(r["n_shot"] == 0 and r["task_version"] == "1.0" for r in rows)
     acc = cite["toy_hellaswag", "acc"]["value"]
     n = len((world["tasks"] / "toy_hellaswag.jsonl").read_text().splitlines())
     assert cite["toy_hellaswag", "acc"]["stderr"] == pytest.approx(

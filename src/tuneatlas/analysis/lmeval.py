@@ -1,8 +1,8 @@
 """S4's evaluation of a pre-trained causal LM: the real lm-evaluation-harness and a zsRE probe.
 
 Harness tasks come by name: hub tasks at paper scale (wikitext, lambada_openai, hellaswag, ...),
-and at toy scale three local tasks that `toy_tasks` writes from the synthetic pre-training
-corpus, so that the harness's own code computes every metric offline:
+and at toy scale three local tasks (version 1.0) that `toy_tasks` writes from the synthetic
+pre-training corpus, so that the harness's own code computes every metric offline:
 
 - ``toy_wikitext``: rolling log-likelihood over the held-out documents (the last documents of
   the corpus, which `tuneatlas.data.tokens.pack` keeps out of training): word perplexity;
@@ -81,6 +81,7 @@ metric_list:
   - metric: bits_per_byte
     aggregation: bits_per_byte
     higher_is_better: false
+metadata: {{version: 1.0}}
 """,
     "toy_lambada": """task: toy_lambada
 dataset_path: json
@@ -96,6 +97,7 @@ metric_list:
   - metric: acc
     aggregation: mean
     higher_is_better: true
+metadata: {{version: 1.0}}
 """,
     "toy_hellaswag": """task: toy_hellaswag
 dataset_path: json
@@ -112,6 +114,7 @@ metric_list:
   - metric: acc_norm
     aggregation: mean
     higher_is_better: true
+metadata: {{version: 1.0}}
 """,
 }
 
