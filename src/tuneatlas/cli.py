@@ -588,7 +588,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="the SQLite store (a marker file with --uri)")
     p.add_argument("--uri", default=None, help="an MLflow server or database URI to write to")
     p.add_argument(
-        "--failure-table", action="append", default=[], help="a table with run, failed (S2.T1)"
+        "--failure-table", action="append", default=[], help="a table with run, failed (S2.F1)"
     )
     p.set_defaults(func=cmd_track)
 

@@ -12,7 +12,7 @@ them that researchers browse with `mlflow ui`:
   ``<split>/<metric>`` at their step; the final scores of eval.parquet as
   ``final/<split>/<metric>``; S4's lm-evaluation-harness scores as ``lm_eval/<task>/<metric>``;
 - tags: study, kind, model, dataset, seed, lr, `failed` where the study defines failure (S2:
-  its S2.T1 table's flag), the paths of the run's outputs, and the tuneatlas run id + spec hash
+  its S2.F1 table's flag), the paths of the run's outputs, and the tuneatlas run id + spec hash
   that make a second call idempotent: a run already in the store with the same spec hash is
   skipped; one with another hash (the run was re-trained) is replaced.
 """
@@ -134,7 +134,7 @@ def run_tags(
 
 
 def failed_runs(tables: list[Path]) -> dict[str, bool]:
-    """Run id -> failed, from study tables with `run` and `failed` columns (S2.T1)."""
+    """Run id -> failed, from study tables with `run` and `failed` columns (S2.F1)."""
     flags: dict[str, bool] = {}
     for table in tables:
         df = pd.read_parquet(table, columns=["run", "failed"])

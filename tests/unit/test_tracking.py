@@ -64,7 +64,7 @@ def results(tmp_path):
     tables.mkdir()
     pd.DataFrame(
         {"run": ["s2-vanilla-lr2e-5-s0", "s2-vanilla-lr2e-5-s1"], "failed": [True, False]}
-    ).to_parquet(tables / "s2_t1.parquet")
+    ).to_parquet(tables / "s2_f1.parquet")
     return results
 
 
@@ -76,7 +76,7 @@ PLANNED = {
 
 def test_every_finished_run_lands_once_in_its_studys_experiment(results):
     store = results / "mlflow.db"
-    failure = [results / "tables" / "s2_t1.parquet"]
+    failure = [results / "tables" / "s2_f1.parquet"]
     counts = track_runs(PLANNED, results, store, failure_tables=failure)
     # s2-...-s2 has not finished yet (no run directory): left for a later call
     assert counts == {"added": 4, "replaced": 0, "kept": 0, "missing": 1}

@@ -9,7 +9,7 @@ localrules:
 
 # tables whose `failed` column defines a failed run (S2: accuracy at or below the threshold)
 FAILURE_TABLES = [
-    PLAN.targets[a].artifact.table for a in ("S2.T1",) if a in PLAN.targets
+    PLAN.targets[a].artifact.table for a in ("S2.F1",) if a in PLAN.targets
 ]
 
 
