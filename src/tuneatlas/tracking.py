@@ -15,6 +15,10 @@ them that researchers browse with `mlflow ui`:
   its S2.F1 table's flag), the paths of the run's outputs, and the tuneatlas run id + spec hash
   that make a second call idempotent: a run already in the store with the same spec hash is
   skipped; one with another hash (the run was re-trained) is replaced.
+
+Snakemake removes a job's output before the job runs, so the rule rebuilds a local SQLite
+store whole (the same runs, none twice, in seconds for the toy DAG); a server's store
+(`tracking.uri`, the rule's output then a marker file) only ever gets what is new.
 """
 
 from __future__ import annotations
