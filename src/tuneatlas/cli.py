@@ -302,6 +302,14 @@ def cmd_lm_eval(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_track(args: argparse.Namespace) -> None:
+    from tuneatlas.tracking import track_runs
+
+    runs = _json(args.runs)
+    counts = track_runs(runs, Path(args.results), Path(args.out), args.uri, args.failure_table)
+    log.info("MLflow store %s: %s", args.uri or args.out, counts)
+
+
 def cmd_table(args: argparse.Namespace) -> None:
     from tuneatlas.io import provenance, stable_hash, write_parquet
     from tuneatlas.studies.registry import build_table, input_spec_hashes
@@ -664,6 +672,23 @@ COMMANDS = (
             ARTIFACT,
             option("--table", required=True, help="the artifact's table (Parquet)"),
             option("--out", required=True, nargs="+", help="the figure file(s) to write"),
+        ),
+    ),
+    Command(
+        "track",
+        cmd_track,
+        "write the finished runs into an MLflow tracking store",
+        (
+            option("--runs", required=True, help="JSON {study: {kind: [run ids]}} (the plan's)"),
+            option("--results", default="results", help="the results root the runs live in"),
+            out_option("the SQLite store (a marker file with --uri)"),
+            option("--uri", default=None, help="an MLflow server or database URI to write to"),
+            option(
+                "--failure-table",
+                action="append",
+                default=[],
+                help="a table with run, failed columns (S2.F1)",
+            ),
         ),
     ),
     Command(

@@ -84,10 +84,15 @@ class Plan:
     # tokens id -> spec of the `tokenize` rule; pre-training run -> its `lm_eval` spec (S4)
     tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
     lm_evals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    mlflow: bool = False  # config `tracking.mlflow`: rule all also builds the MLflow store
 
     def final_outputs(self) -> list[str]:
-        """Table and figure paths of every artifact of the enabled studies (`rule all`)."""
-        return [p for t in self.targets.values() for p in (t.artifact.table, *t.artifact.figures)]
+        """Table and figure paths of every artifact of the enabled studies, and the MLflow
+        store when asked for (`rule all`)."""
+        outputs = [
+            p for t in self.targets.values() for p in (t.artifact.table, *t.artifact.figures)
+        ]
+        return outputs + ([f"{RESULTS}/mlflow.db"] if self.mlflow else [])
 
     def scan_spec(self, run_id: str) -> dict[str, Any]:
         """Spec of the subset scan of `run_id` (the `subsets` rule's params)."""
@@ -142,6 +147,7 @@ def make_plan(config: dict[str, Any]) -> Plan:
         models=dict(config["models"]),
         runs={},
         targets={},
+        mlflow=config.get("tracking", {}).get("mlflow", False),
     )
     studies = config["studies"]
     builders = {"s1": _plan_s1, "s2": _plan_s2, "s3": _plan_s3, "s4": _plan_s4, "s5": _plan_s5}

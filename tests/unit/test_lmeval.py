@@ -4,6 +4,7 @@ computation, and S4's tables (relative improvements against hand-computed values
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 
@@ -71,10 +72,24 @@ def test_toy_tasks_hold_the_documents_and_facts(world):
 
 
 def test_the_harness_runs_offline_and_its_perplexity_is_the_models(world):
-    scores = run_harness(
-        world["model"], world["tok"], list(TOY_TASKS), world["tasks"], "cpu", 8, 512
-    )
+    rows = run_harness(world["model"], world["tok"], list(TOY_TASKS), world["tasks"], "cpu", 8, 512)
+    scores: dict[str, dict[str, float]] = {}
+    for row in rows:
+        scores.setdefault(row["task"], {})[row["metric"]] = row["value"]
     assert set(scores) == set(TOY_TASKS)
+    # what a reader cites with each score: the harness's version, metric key, task version,
+    # n-shot and stderr (closed form for means, bootstrap for perplexity, none for word ppl)
+    cite = {(r["task"], r["metric"]): r for r in rows}
+    assert {r["harness_version"] for r in rows} == {importlib.metadata.version("lm_eval")}
+    assert cite["toy_hellaswag", "acc"]["harness_metric"] == "acc,none"
+    assert all(r["n_shot"] == 0 and r["task_version"] == "1.0" for r in rows)
+    acc = cite["toy_hellaswag", "acc"]["value"]
+    n = len((world["tasks"] / "toy_hellaswag.jsonl").read_text().splitlines())
+    assert cite["toy_hellaswag", "acc"]["stderr"] == pytest.approx(
+        math.sqrt(acc * (1 - acc) / (n - 1))
+    )
+    assert cite["toy_lambada", "perplexity"]["stderr"] > 0
+    assert math.isnan(cite["toy_wikitext", "word_perplexity"]["stderr"])
     assert 0 <= scores["toy_hellaswag"]["acc_norm"] <= 1 and 0 <= scores["toy_lambada"]["acc"] <= 1
     # word perplexity = exp(-sum log p(doc) / words), each document scored from its start (the
     # harness prefixes the end-of-text token; the documents fit in one window here)

@@ -226,7 +226,7 @@ def test_paper_dry_run_builds_every_studys_full_grid(tmp_path):
     assert counts["fetch_model"] == 5 and "build_model" not in counts
 
 
-def test_only_the_hub_fetches_are_local_rules(tmp_path):
+def test_only_the_hub_fetches_and_the_tracking_store_are_local_rules(tmp_path):
     """On SLURM, localrules run on the submit host (compute nodes often have no network)."""
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import ConfigSettings, ResourceSettings
@@ -239,7 +239,7 @@ def test_only_the_hub_fetches_are_local_rules(tmp_path):
             snakefile=REPO / "Snakefile",
             workdir=tmp_path,
         )._workflow
-        assert workflow._localrules == {"fetch_hub_data", "fetch_model"}
+        assert workflow._localrules == {"fetch_hub_data", "fetch_model", "track"}
 
 
 def test_lint_is_clean(tmp_path):

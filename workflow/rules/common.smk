@@ -253,3 +253,33 @@ def tokens_inputs(wildcards):
     if spec["tokenizer"] != "build":
         inputs["tokenizer"] = f"{RESULTS}/models/{spec['tokenizer']}"
     return inputs
+
+
+# The MLflow tracking store (tracking.smk): what the `track` rule reads.
+# tables whose `failed` column defines a failed run (S2: accuracy at or below the threshold)
+FAILURE_TABLES = [
+    PLAN.targets[a].artifact.table for a in ("S2.F1",) if a in PLAN.targets
+]
+
+
+def tracking_inputs(wildcards):
+    """Every run's outputs (a SimCSE run's declared output is its model directory), S4's
+    harness scores and the failure tables."""
+    files = [
+        (
+            f"{RESULTS}/models/{r}"
+            if run.kind == "simcse"
+            else f"{RESULTS}/runs/{r}/metrics.parquet"
+        )
+        for r, run in PLAN.runs.items()
+    ]
+    files += [f"{RESULTS}/lm_eval/{r}.parquet" for r in PLAN.lm_evals]
+    return files + FAILURE_TABLES
+
+
+def tracked_runs(wildcards):
+    """{study: {kind: [run ids]}}: compact, so the 1,248 paper-scale ids fit in one argument."""
+    grouped = {}
+    for r, run in PLAN.runs.items():
+        grouped.setdefault(run.study, {}).setdefault(run.kind, []).append(r)
+    return as_json(grouped)

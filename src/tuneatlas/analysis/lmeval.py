@@ -1,8 +1,8 @@
 """S4's evaluation of a pre-trained causal LM: the real lm-evaluation-harness and a zsRE probe.
 
 Harness tasks come by name: hub tasks at paper scale (wikitext, lambada_openai, hellaswag, ...),
-and at toy scale three local tasks that `toy_tasks` writes from the synthetic pre-training
-corpus, so that the harness's own code computes every metric offline:
+and at toy scale three local tasks (version 1.0) that `toy_tasks` writes from the synthetic
+pre-training corpus, so that the harness's own code computes every metric offline:
 
 - ``toy_wikitext``: rolling log-likelihood over the held-out documents (the last documents of
   the corpus, which `tuneatlas.data.tokens.pack` keeps out of training): word perplexity;
@@ -14,6 +14,9 @@ corpus, so that the harness's own code computes every metric offline:
 The zsRE probe (`zsre_probe`): for each (question, answer) fact, the question, then the answer
 token by token with the gold prefix appended; the per-example token-match rate is the share of
 answer tokens the model's greedy next token gets right; the score is its mean over facts.
+
+Each harness score is stored with what a reader needs to cite it (CITATION_COLUMNS): its
+standard error, the harness's metric key, the task version, the n-shot and the harness version.
 
 `PRIMARY` names the score of each task that relative improvements use; perplexities are
 lower-is-better (RI flips their sign). A task whose baseline scores 0 (a toy model's zsRE
@@ -52,6 +55,13 @@ PRIMARY: dict[str, tuple[str, bool]] = {
 }
 TOY_TASKS = ("toy_wikitext", "toy_lambada", "toy_hellaswag")
 EVAL_COLUMNS = ["model", "task", "metric", "value", "higher_is_better"]
+# what the harness's README asks anyone who reports its numbers to give, per (task, metric):
+# the standard error, the metric's key as the harness reports it (`acc,none`: metric, filter),
+# the task's version, the number of few-shot examples and the harness's own version
+CITATION_COLUMNS = ["stderr", "harness_metric", "task_version", "n_shot", "harness_version"]
+# resamples of the bootstrapped standard errors (perplexity); means (acc, acc_norm) have a
+# closed form, and the harness gives none for word perplexity or bits per byte (NaN here)
+STDERR_BOOTSTRAP_ITERS = 1000
 
 _YAML = {
     "toy_wikitext": """task: toy_wikitext
@@ -71,6 +81,7 @@ metric_list:
   - metric: bits_per_byte
     aggregation: bits_per_byte
     higher_is_better: false
+metadata: {{version: 1.0}}
 """,
     "toy_lambada": """task: toy_lambada
 dataset_path: json
@@ -86,6 +97,7 @@ metric_list:
   - metric: acc
     aggregation: mean
     higher_is_better: true
+metadata: {{version: 1.0}}
 """,
     "toy_hellaswag": """task: toy_hellaswag
 dataset_path: json
@@ -102,6 +114,7 @@ metric_list:
   - metric: acc_norm
     aggregation: mean
     higher_is_better: true
+metadata: {{version: 1.0}}
 """,
 }
 
@@ -168,8 +181,10 @@ def run_harness(
     device: str,
     batch_size: int,
     max_length: int,
-) -> dict[str, dict[str, float]]:
-    """{task: {metric: value}} from lm-evaluation-harness's `simple_evaluate` on `model`."""
+) -> list[dict[str, Any]]:
+    """The rows of `harness_rows` from lm-evaluation-harness's `simple_evaluate` on `model`."""
+    import os
+
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -185,17 +200,42 @@ def run_harness(
         batch_size=batch_size,
         max_length=max_length,
     )
-    results = lm_eval.simple_evaluate(
-        model=lm, tasks=list(tasks), task_manager=manager, log_samples=False, bootstrap_iters=0
-    )["results"]
-    out: dict[str, dict[str, float]] = {}
-    for task, metrics in results.items():
-        out[task] = {
-            key.split(",")[0]: float(v)
-            for key, v in metrics.items()
-            if "," in key and "stderr" not in key and isinstance(v, (int, float))
-        }
-    return out
+    # one chunk of resamples: a process pool would only fork the process that holds the model
+    os.environ.setdefault("DISABLE_MULTIPROC", "1")
+    output = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=list(tasks),
+        task_manager=manager,
+        log_samples=False,
+        bootstrap_iters=STDERR_BOOTSTRAP_ITERS,
+    )
+    return harness_rows(output)
+
+
+def harness_rows(output: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (task, metric) of `simple_evaluate`'s output: task, metric, value and the
+    CITATION_COLUMNS (a stderr the harness leaves "N/A" becomes NaN)."""
+    version = output.get("lm_eval_version")
+    rows = []
+    for task, metrics in output["results"].items():
+        for key, value in metrics.items():
+            if "," not in key or "_stderr," in key or not isinstance(value, (int, float)):
+                continue  # the alias, and the stderr entries (read with their metric)
+            metric, filter_name = key.split(",", 1)
+            stderr = metrics.get(f"{metric}_stderr,{filter_name}")
+            rows.append(
+                {
+                    "task": task,
+                    "metric": metric,
+                    "value": float(value),
+                    "stderr": float(stderr) if isinstance(stderr, (int, float)) else np.nan,
+                    "harness_metric": key,
+                    "task_version": str(output["versions"].get(task)),
+                    "n_shot": int(output["n-shot"].get(task, 0)),
+                    "harness_version": version,
+                }
+            )
+    return rows
 
 
 def zsre_probe(model: Any, tokenizer: Any, facts: pd.DataFrame, device: str) -> float:
@@ -252,18 +292,17 @@ def evaluate_run(
             model, tokenizer, tasks, include, dev, batch_size, int(spec["max_length"])
         )
     rows = [
-        {"model": spec["run"], "task": task, "metric": metric,
-         "value": value, "higher_is_better": _higher_is_better(metric)}
-        for task, metrics in scores.items()
-        for metric, value in metrics.items()
-    ]  # fmt: skip
+        {"model": spec["run"], "higher_is_better": _higher_is_better(row["metric"]), **row}
+        for row in scores
+    ]
     if len(facts):
+        # tuneatlas's own probe, not a harness task: no harness version, task version or stderr
         rows.append(
             {"model": spec["run"], "task": "zsre",
              "metric": "token_match", "value": zsre_probe(model, tokenizer, facts, dev),
-             "higher_is_better": True}
+             "higher_is_better": True, "n_shot": 0}
         )  # fmt: skip
-    df = pd.DataFrame(rows, columns=EVAL_COLUMNS)
+    df = pd.DataFrame(rows, columns=EVAL_COLUMNS + CITATION_COLUMNS)
     write_parquet(df, out, provenance(config_hash, tasks=tasks))
     return df
 
