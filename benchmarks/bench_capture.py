@@ -48,7 +48,7 @@ from tuneatlas.analysis.capture import (  # noqa: E402
     EmbeddingCapture,
 )
 from tuneatlas.data import synthetic  # noqa: E402
-from tuneatlas.engine.recipes.classify import finetune as train  # noqa: E402
+from tuneatlas.engine.recipes.finetune import finetune as train  # noqa: E402
 from tuneatlas.models.build import build_bert  # noqa: E402
 from tuneatlas.spec import CaptureSpec, OptimSpec, ScheduleSpec, TrainSpec  # noqa: E402
 

@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 
 from tuneatlas.analysis.embed import extract
-from tuneatlas.engine.recipes.classify import finetune as train
+from tuneatlas.engine.recipes.finetune import finetune as train
 from tuneatlas.io import load_tensors
 from tuneatlas.models.build import build_bert
 from tuneatlas.models.classifier import SequenceClassifier

@@ -1,5 +1,5 @@
 """The engine: AdamW variants (multi-tensor vs per-tensor), schedules, and the loop with the
-classify recipe (determinism, resume after a real SIGKILL for every recipe, hooks, checkpoint
+fine-tuning recipe (determinism, resume after a real SIGKILL for every recipe, hooks, checkpoint
 policy, gradient accumulation, save_model, frozen encoder, cross fine-tuning, regression,
 keep-best)."""
 
@@ -23,11 +23,11 @@ from safetensors.torch import load_file
 
 from tuneatlas.data.tasks import fine_tuning_task
 from tuneatlas.engine.checkpoint import CKPT_DIR, CKPT_FILE
-from tuneatlas.engine.loop import seed_everything
+from tuneatlas.engine.device import seed_everything
 from tuneatlas.engine.optim import AdamW, lr_factor, make_scheduler, warmup_steps
-from tuneatlas.engine.recipes.classify import build_classifier
-from tuneatlas.engine.recipes.classify import finetune as train
+from tuneatlas.engine.recipes.finetune import finetune as train
 from tuneatlas.models.build import build_bert
+from tuneatlas.models.classifier import build_classifier
 from tuneatlas.models.hub import load_encoder
 from tuneatlas.spec import OptimSpec, ScheduleSpec, TrainSpec
 
@@ -422,13 +422,13 @@ def test_changed_data_discards_checkpoint(env, tmp_path, caplog):
 # JSON, data, model, out) and how to run the same training in-process. A recipe added without a
 # case here fails test_every_recipe_has_a_sigkill_case.
 KILL_CASES = {
-    "classify": """
+    "finetune": """
 import json, logging, sys
 import torch
 logging.basicConfig(level=logging.INFO)
 torch.set_num_threads(1)
 from tuneatlas.spec import TrainSpec
-from tuneatlas.engine.recipes.classify import finetune
+from tuneatlas.engine.recipes.finetune import finetune
 finetune(TrainSpec.from_dict(json.loads(sys.argv[1])), sys.argv[2], sys.argv[3], sys.argv[4])
 """,
     # the classification data's sentences as the corpus; the encoder lands in <out>/model
@@ -594,7 +594,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from tuneatlas.spec import TrainSpec
-from tuneatlas.engine.recipes.classify import finetune
+from tuneatlas.engine.recipes.finetune import finetune
 
 def rank_main(rank, spec, data, model, out, rendezvous):
     torch.set_num_threads(1)

@@ -247,7 +247,7 @@ def test_member_datasets_partition_the_training_rows(world, tmp_path):
 
 
 def test_predictions_match_the_runs_own_test_score(world, tmp_path):
-    from tuneatlas.engine.recipes.classify import finetune
+    from tuneatlas.engine.recipes.finetune import finetune
 
     spec = TrainSpec(
         run="m",

@@ -21,11 +21,11 @@ import pandas as pd
 import torch
 
 from tuneatlas import __version__
+from tuneatlas.data.labelled import tokenize_splits
 from tuneatlas.data.tasks import SPLITS
-from tuneatlas.engine.loop import resolve_device
-from tuneatlas.engine.recipes.classify import task_of_model, tokenize_splits
+from tuneatlas.engine.device import resolve_device
 from tuneatlas.io import git_commit, save_tensors, write_parquet
-from tuneatlas.models.classifier import SequenceClassifier, maxnorm_pool
+from tuneatlas.models.classifier import SequenceClassifier, maxnorm_pool, task_of_model
 
 log = logging.getLogger(__name__)
 

@@ -34,9 +34,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tuneatlas.analysis.capture import CAPTURES_DIR, preserved_rng
+from tuneatlas.analysis.capture import CAPTURES_DIR
 from tuneatlas.analysis.fisher import layer_grams
 from tuneatlas.analysis.fisher_trials import log_probs, spectrum_rows, trial_rows
+from tuneatlas.engine.checkpoint import preserved_rng
 from tuneatlas.io import load_tensors, save_tensors, write_parquet
 from tuneatlas.spec import FisherSpec
 

@@ -314,7 +314,7 @@ def scan_run(
     """
     from tuneatlas.analysis import subsets as ss
     from tuneatlas.data.tasks import get_task
-    from tuneatlas.engine.loop import resolve_device
+    from tuneatlas.engine.device import resolve_device
 
     spec = validate_spec(spec)
     dev = resolve_device(device)
