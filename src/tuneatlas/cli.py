@@ -95,7 +95,7 @@ def _corpus_texts(data_root: Path, datasets: list[str]) -> list[str]:
 
 
 def cmd_build_model(args: argparse.Namespace) -> None:
-    from tuneatlas.models.build import build_bert
+    from tuneatlas.engine.recipes.mlm import build_bert
     from tuneatlas.models.hub import fetch_model
 
     spec = _spec(args.spec)

@@ -1,4 +1,5 @@
-"""Run specifications: the full, serialisable description of one fine-tuning run.
+"""Run specifications: the full, serialisable description of one training run (fine-tuning,
+pre-training, the toy BERT's masked-LM warm-up).
 
 The plan builds these from the config; the training engine consumes them; `spec.yaml` beside
 every run's outputs is `asdict(spec)`. Every field that changes a result lives here, so a
@@ -135,3 +136,33 @@ class PretrainSpec(TrainSpec):
     num_layers: int = 12
     num_heads: int = 20
     ffn_widths: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MLMSpec:
+    """Masked-LM pre-training of a toy BERT (`models.<id>` with `source: build`): the fields the
+    training loop reads, plus BERT's masking. No split is scored during training; the loop runs
+    `max_steps` steps (`epochs` only bounds them) of a constant learning rate."""
+
+    run: str
+    seed: int = 0
+    epochs: float = 1.0
+    max_steps: int | None = None
+    batch_size: int = 32  # texts per optimiser step
+    max_length: int = 64  # tokens per text (truncated)
+    mlm_probability: float = 0.15  # share of non-special tokens chosen (80% [MASK], 10% random)
+    optim: OptimSpec = field(default_factory=lambda: OptimSpec(lr=1e-3, weight_decay=0.01))
+    schedule: ScheduleSpec = field(default_factory=lambda: ScheduleSpec(name="constant"))
+    grad_clip: float | None = 1.0
+    micro_batch_size: int | None = None
+    precision: Precision = "fp32"
+    tf32: bool = False
+    checkpoint_every: int | str = 0
+    eval_every: int = 0
+    max_train_samples: int | None = None
+    keep_best: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["optim"]["betas"] = list(self.optim.betas)
+        return d

@@ -590,7 +590,7 @@ def _custom_code_model(src: Path, out: Path) -> None:
 
 def test_trust_remote_code_reaches_fine_tuning_and_permissions_follow_the_umask(tmp_path):
     from tuneatlas.data.tasks import get_task
-    from tuneatlas.models.build import build_bert
+    from tuneatlas.engine.recipes.mlm import build_bert
     from tuneatlas.models.classifier import SequenceClassifier, build_classifier
     from tuneatlas.models.hub import fetch_model
     from tuneatlas.spec import TrainSpec

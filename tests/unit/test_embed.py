@@ -10,8 +10,8 @@ from safetensors import safe_open
 
 from tuneatlas.analysis.embed import extract
 from tuneatlas.engine.recipes.finetune import finetune as train
+from tuneatlas.engine.recipes.mlm import build_bert
 from tuneatlas.io import load_tensors
-from tuneatlas.models.build import build_bert
 from tuneatlas.models.classifier import SequenceClassifier
 from tuneatlas.models.hub import load_encoder, load_tokenizer
 from tuneatlas.spec import OptimSpec, TrainSpec

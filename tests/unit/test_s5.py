@@ -26,8 +26,8 @@ from tuneatlas.analysis.ensemble import (
 )
 from tuneatlas.analysis.predict import write_predictions
 from tuneatlas.config import ConfigError, load_config, validate_config
+from tuneatlas.engine.recipes.mlm import build_bert
 from tuneatlas.io import load_tensors
-from tuneatlas.models.build import build_bert
 from tuneatlas.models.hub import load_encoder, load_tokenizer
 from tuneatlas.plan import make_plan
 from tuneatlas.spec import OptimSpec, TrainSpec
