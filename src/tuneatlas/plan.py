@@ -475,7 +475,7 @@ def _plan_s4(plan: Plan, config: dict[str, Any], s4: dict[str, Any]) -> None:
                 run=run_id,
                 task="pretrain",
                 dataset=s4["corpus"],
-                model=S4_TOKENS,
+                tokens=S4_TOKENS,
                 seed=config["seed"],
                 epochs=1e9,  # the step budget decides; the corpus repeats when it is smaller
                 max_steps=s4["steps"],

@@ -465,7 +465,10 @@ texts = pd.read_parquet(Path(sys.argv[2]) / "train.parquet")["text_a"].tolist()
 tokens = Path(sys.argv[4] + "-tokens")
 pack(texts, train_bpe(texts, 200, tokens), tokens)
 arch = {"seq_len": 8, "hidden_size": 16, "num_layers": 2, "num_heads": 2, "ffn_widths": [48, 0]}
-spec = PretrainSpec.from_dict({**json.loads(sys.argv[1]), "task": "pretrain", **arch,
+run = json.loads(sys.argv[1])
+keys = ("run", "seed", "batch_size", "eval_batch_size", "optim", "checkpoint_every")
+loop = {k: run[k] for k in keys}
+spec = PretrainSpec.from_dict({**loop, "dataset": "sentences", "tokens": tokens.name, **arch,
                                "epochs": 1000, "max_steps": 100})
 pretrain(spec, tokens, sys.argv[4])
 """,
