@@ -731,7 +731,7 @@ def test_keep_best_ends_with_best_validation_weights(env, tmp_path):
         keep_best=True,
         eval_every=1,
         grad_clip=None,
-        optim=OptimSpec(lr=0.05),
+        optim=OptimSpec(lr=0.1),
         max_steps=10,
         head_init="pytorch",
     )
