@@ -48,8 +48,8 @@ from tuneatlas.analysis.capture import (  # noqa: E402
     EmbeddingCapture,
 )
 from tuneatlas.data import synthetic  # noqa: E402
-from tuneatlas.engine.recipes.classify import finetune as train  # noqa: E402
-from tuneatlas.models.build import build_bert  # noqa: E402
+from tuneatlas.engine.recipes.finetune import finetune as train  # noqa: E402
+from tuneatlas.engine.recipes.mlm import build_bert  # noqa: E402
 from tuneatlas.spec import CaptureSpec, OptimSpec, ScheduleSpec, TrainSpec  # noqa: E402
 
 SEED = 0

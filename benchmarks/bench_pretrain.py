@@ -52,7 +52,7 @@ def _spec(a, run: str):
     from tuneatlas.spec import OptimSpec, PretrainSpec, ScheduleSpec
 
     return PretrainSpec(
-        run=run, task="pretrain", dataset="bench", model="tokens", seed=0, epochs=1e9,
+        run=run, task="pretrain", dataset="bench", tokens="tokens", seed=0, epochs=1e9,
         max_steps=a.steps, batch_size=a.batch, eval_batch_size=64, seq_len=a.seq_len,
         hidden_size=a.hidden, num_layers=a.layers, num_heads=a.heads,
         ffn_widths=[a.ffn] * a.layers, grad_clip=1.0, checkpoint_every="none",

@@ -11,7 +11,6 @@ holds everything that determines its result.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -104,7 +103,7 @@ def _corpus_texts(data_root: Path, datasets: list[str]) -> list[str]:
 
 
 def cmd_build_model(args: argparse.Namespace) -> None:
-    from tuneatlas.models.build import build_bert
+    from tuneatlas.engine.recipes.mlm import build_bert
     from tuneatlas.models.hub import fetch_model
 
     spec = _json(args.spec)
@@ -127,7 +126,7 @@ def cmd_build_model(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from tuneatlas.analysis.hooks import training_hooks
-    from tuneatlas.engine.recipes.classify import finetune
+    from tuneatlas.engine.recipes.finetune import finetune
     from tuneatlas.spec import TrainSpec
 
     spec = TrainSpec.from_dict(_json(args.spec))
@@ -257,36 +256,13 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
+    from tuneatlas.engine.device import distributed_group
     from tuneatlas.engine.recipes.causal_lm import pretrain
     from tuneatlas.spec import PretrainSpec
 
     spec = PretrainSpec.from_dict(_json(args.spec))
-    with _torchrun_group(args.device) as device:
+    with distributed_group(args.device) as device:
         pretrain(spec, Path(args.tokens), Path(args.out), device=device)
-
-
-@contextlib.contextmanager
-def _torchrun_group(device: str | None):
-    """Under torchrun (WORLD_SIZE > 1): join the process group (NCCL on CUDA, gloo on CPU) and
-    train on this rank's GPU; otherwise one process on `device`."""
-    import torch
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        yield device
-        return
-    from tuneatlas.engine.loop import resolve_device
-
-    dev = resolve_device(device)
-    if dev.type == "cuda":
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(dev)
-    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    try:
-        yield dev
-    finally:
-        dist.destroy_process_group()
 
 
 def cmd_lm_eval(args: argparse.Namespace) -> None:

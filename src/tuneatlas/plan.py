@@ -575,7 +575,7 @@ def _s4_pretrain_spec(
         run=run_id,
         task="pretrain",
         dataset=s4["corpus"],
-        model=S4_TOKENS,
+        tokens=S4_TOKENS,
         seed=config["seed"],
         epochs=1e9,  # the step budget decides; the corpus repeats when it is smaller
         max_steps=s4["steps"],

@@ -1,4 +1,5 @@
-"""Run specifications: the full, serialisable description of one fine-tuning run.
+"""Run specifications: the full, serialisable description of one training run (fine-tuning,
+pre-training, the toy BERT's masked-LM warm-up).
 
 The plan builds these from the config; the training engine consumes them; `spec.yaml` beside
 every run's outputs is `asdict(spec)`. Every field that changes a result lives here, so a
@@ -106,32 +107,95 @@ class TrainSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainSpec:
-        d = dict(d)
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown TrainSpec keys: {sorted(unknown)}")
-        if "optim" in d:
-            o = dict(d["optim"])
-            if "betas" in o:
-                o["betas"] = tuple(o["betas"])
-            d["optim"] = OptimSpec(**o)
-        if "schedule" in d:
-            d["schedule"] = ScheduleSpec(**d["schedule"])
-        if "capture" in d:
-            d["capture"] = CaptureSpec(**d["capture"])
-        if "fisher" in d:
-            d["fisher"] = FisherSpec(**d["fisher"])
-        return cls(**d)
+        return cls(**_nested_specs(cls, d))
+
+
+def _nested_specs(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    """`d` (a spec's to_dict) checked against the fields of `cls`, its nested sections
+    (optim, schedule, capture, fisher) as their dataclasses."""
+    d = dict(d)
+    known = {f.name for f in fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+    if "optim" in d:
+        o = dict(d["optim"])
+        if "betas" in o:
+            o["betas"] = tuple(o["betas"])
+        d["optim"] = OptimSpec(**o)
+    sections = {"schedule": ScheduleSpec, "capture": CaptureSpec, "fisher": FisherSpec}
+    for key, section in sections.items():
+        if key in d:
+            d[key] = section(**d[key])
+    return d
 
 
 @dataclass(frozen=True)
-class PretrainSpec(TrainSpec):
-    """A TrainSpec (task "pretrain", dataset = the corpus, model = the tokens id) plus the
-    architecture of the LLaMA-style model."""
+class PretrainSpec:
+    """Pre-training of a LLaMA-style causal LM from scratch (S4): the corpus (`dataset`), the
+    token set it was packed into (`tokens`, under results/tokens/), the training the loop reads,
+    and the architecture."""
 
+    run: str
+    dataset: str  # the prepared corpus
+    tokens: str  # the token set id under results/tokens/
+    task: str = "pretrain"
+    seed: int = 42
+    epochs: float = 1.0  # bounds the steps; the step budget (max_steps) decides
+    max_steps: int | None = None
+    batch_size: int = 32  # sequences per optimiser step (the global batch, over all DDP ranks)
+    micro_batch_size: int | None = None  # sequences per forward pass; smaller = accumulation
+    eval_batch_size: int = 128
+    grad_clip: float | None = 1.0
+    precision: Precision = "fp32"  # bf16 = autocast on CUDA only; CPU always runs fp32
+    tf32: bool = False
+    optim: OptimSpec = field(default_factory=OptimSpec)
+    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+    checkpoint_every: int | str = 0
+    eval_every: int = 0
+    max_train_samples: int | None = None
+    keep_best: bool = False
     seq_len: int = 1024
     hidden_size: int = 1280
     num_layers: int = 12
     num_heads: int = 20
     ffn_widths: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["optim"]["betas"] = list(self.optim.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PretrainSpec:
+        return cls(**_nested_specs(cls, d))
+
+
+@dataclass(frozen=True)
+class MLMSpec:
+    """Masked-LM pre-training of a toy BERT (`models.<id>` with `source: build`): the fields the
+    training loop reads, plus BERT's masking. No split is scored during training; the loop runs
+    `max_steps` steps (`epochs` only bounds them) of a constant learning rate."""
+
+    run: str
+    seed: int = 0
+    epochs: float = 1.0
+    max_steps: int | None = None
+    batch_size: int = 32  # texts per optimiser step
+    max_length: int = 64  # tokens per text (truncated)
+    mlm_probability: float = 0.15  # share of non-special tokens chosen (80% [MASK], 10% random)
+    optim: OptimSpec = field(default_factory=lambda: OptimSpec(lr=1e-3, weight_decay=0.01))
+    schedule: ScheduleSpec = field(default_factory=lambda: ScheduleSpec(name="constant"))
+    grad_clip: float | None = 1.0
+    micro_batch_size: int | None = None
+    precision: Precision = "fp32"
+    tf32: bool = False
+    checkpoint_every: int | str = 0
+    eval_every: int = 0
+    max_train_samples: int | None = None
+    keep_best: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["optim"]["betas"] = list(self.optim.betas)
+        return d

@@ -30,7 +30,7 @@ from tuneatlas.analysis.subsets.effective import layer_redundancy
 from tuneatlas.analysis.subsets.scorer import SubsetScorer
 from tuneatlas.config import load_config, validate_config
 from tuneatlas.data.prepare import prepare_dataset
-from tuneatlas.engine.recipes.classify import finetune
+from tuneatlas.engine.recipes.finetune import finetune
 from tuneatlas.io import load_tensors
 from tuneatlas.models.hub import fetch_model
 from tuneatlas.plan import make_plan

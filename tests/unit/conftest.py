@@ -24,7 +24,7 @@ def tiny_livedoor(root: Path, bert: dict[str, Any]) -> dict[str, Path]:
     """A prepared 9-class dataset (80 train / 30 valid / 40 test rows) and a tiny BERT with
     architecture `bert`, built offline under `root`, for tests that train through the engine."""
     from tuneatlas.data import synthetic
-    from tuneatlas.models.build import build_bert
+    from tuneatlas.engine.recipes.mlm import build_bert
 
     df = synthetic.generate("livedoor", 150, seed=0)
     data = root / "data"

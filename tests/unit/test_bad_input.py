@@ -562,7 +562,7 @@ def test_disk_full_simulated(tmp_path, monkeypatch):
 def test_cuda_without_cuda_fails_in_the_job_with_one_line(monkeypatch):
     import torch
 
-    from tuneatlas.engine.loop import resolve_device
+    from tuneatlas.engine.device import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match=r"CUDA is not available.*'device'.*device: auto"):
@@ -596,9 +596,8 @@ def _custom_code_model(src: Path, out: Path) -> None:
 def test_trust_remote_code_reaches_fine_tuning_and_permissions_follow_the_umask(tmp_path):
     from tests.factories import train_spec
     from tuneatlas.data.tasks import get_task
-    from tuneatlas.engine.recipes.classify import build_classifier
-    from tuneatlas.models.build import build_bert
-    from tuneatlas.models.classifier import SequenceClassifier
+    from tuneatlas.engine.recipes.mlm import build_bert
+    from tuneatlas.models.classifier import SequenceClassifier, build_classifier
     from tuneatlas.models.hub import fetch_model
 
     tiny = {

@@ -73,7 +73,7 @@ class Crash:
 
 
 def _train(tiny: dict[str, Path], spec: TrainSpec, out: Path, hooks=()) -> dict:
-    from tuneatlas.engine.recipes.classify import finetune as train
+    from tuneatlas.engine.recipes.finetune import finetune as train
 
     return train(spec, tiny["data"], tiny["model"], out, hooks=list(hooks), device="cpu")
 
@@ -140,8 +140,8 @@ def test_capture_records_step_zero_every_interval_and_the_last_step(tiny, runs):
 
 
 def test_capture_embeddings_are_the_models_last_layer_cls(tiny, runs):
+    from tuneatlas.data.labelled import tokenize_splits
     from tuneatlas.data.tasks import fine_tuning_task
-    from tuneatlas.engine.recipes.classify import tokenize_splits
     from tuneatlas.models.classifier import SequenceClassifier
 
     caps = load_captures(runs["captured"] / "captures")

@@ -10,9 +10,9 @@ from safetensors import safe_open
 
 from tests.factories import train_spec
 from tuneatlas.analysis.embed import extract
-from tuneatlas.engine.recipes.classify import finetune as train
+from tuneatlas.engine.recipes.finetune import finetune as train
+from tuneatlas.engine.recipes.mlm import build_bert
 from tuneatlas.io import load_tensors
-from tuneatlas.models.build import build_bert
 from tuneatlas.models.classifier import SequenceClassifier
 from tuneatlas.models.hub import load_encoder, load_tokenizer
 from tuneatlas.spec import OptimSpec

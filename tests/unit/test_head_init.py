@@ -9,9 +9,8 @@ import torch
 from torch import nn
 
 from tuneatlas.data.tasks import fine_tuning_task
-from tuneatlas.engine.recipes.classify import build_classifier
-from tuneatlas.models.build import build_bert
-from tuneatlas.models.classifier import SequenceClassifier, initializer_range
+from tuneatlas.engine.recipes.mlm import build_bert
+from tuneatlas.models.classifier import SequenceClassifier, build_classifier, initializer_range
 from tuneatlas.plan import train_spec
 from tuneatlas.spec import TrainSpec
 

@@ -75,7 +75,7 @@ class Crash:
 
 
 def _train(tiny, spec: TrainSpec, out: Path, hooks=()) -> dict:
-    from tuneatlas.engine.recipes.classify import finetune
+    from tuneatlas.engine.recipes.finetune import finetune
 
     return finetune(spec, tiny["data"], tiny["model"], out, hooks=list(hooks), device="cpu")
 
@@ -125,8 +125,8 @@ def test_polar_trajectory_equals_the_direct_computation_and_leaves_no_snapshots(
 
 
 def test_in_loop_fisher_at_the_last_step_equals_the_reference_on_the_saved_model(tiny, runs):
+    from tuneatlas.data.labelled import tokenize_splits
     from tuneatlas.data.tasks import fine_tuning_task
-    from tuneatlas.engine.recipes.classify import tokenize_splits
     from tuneatlas.models.classifier import SequenceClassifier
 
     df = pd.read_parquet(runs["measured"] / "captures" / FISHER_FILE)

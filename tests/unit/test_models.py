@@ -10,8 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tuneatlas.engine.recipes.mlm import build_bert
 from tuneatlas.io import atomic_dir
-from tuneatlas.models.build import build_bert, train_tokenizer
+from tuneatlas.models.build import train_tokenizer
 from tuneatlas.models.classifier import (
     CLASSIFIER_INFO,
     SequenceClassifier,

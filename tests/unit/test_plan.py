@@ -125,7 +125,7 @@ def test_s4_grid(paper):
     spec = PretrainSpec.from_dict(runs["s4-285m-final_90"].spec)
     # the token budget over 20,000 steps of 1,024 tokens: 5.7e9 / 2.048e7 = 278 sequences
     assert (spec.max_steps, spec.seq_len, spec.batch_size) == (20000, 1024, 278)
-    assert spec.ffn_widths == [0, 0] + [5376] * 10 and spec.model == "s4"
+    assert spec.ffn_widths == [0, 0] + [5376] * 10 and spec.tokens == "s4"
     assert spec.optim.betas == (0.9, 0.95) and spec.optim.weight_decay == 0.1
     assert (spec.schedule.name, spec.schedule.warmup_steps, spec.optim.lr) == ("cosine", 1000, 3e-4)
     assert spec.precision == "bf16"

@@ -15,10 +15,11 @@ from tests.factories import train_spec
 from tuneatlas.analysis.fisher.reference import reference_grams
 from tuneatlas.analysis.fisher.spectrum import effective_rank, eigenvalues, relative_error
 from tuneatlas.analysis.fisher.trials import FISHER_COLUMNS, fisher_trial, log_probs, trial_rows
+from tuneatlas.data.labelled import tokenize_splits
 from tuneatlas.data.tasks import fine_tuning_task
-from tuneatlas.engine.recipes.classify import build_classifier, tokenize_splits
+from tuneatlas.engine.recipes.mlm import build_bert
 from tuneatlas.io import read_parquet_meta, write_parquet
-from tuneatlas.models.build import build_bert
+from tuneatlas.models.classifier import build_classifier
 from tuneatlas.spec import TrainSpec
 from tuneatlas.studies import s2
 

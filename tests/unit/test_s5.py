@@ -28,9 +28,9 @@ from tuneatlas.analysis.ensemble import (
 from tuneatlas.analysis.predict import write_predictions
 from tuneatlas.config import load_config, validate_config
 from tuneatlas.data import members as s5_names
+from tuneatlas.engine.recipes.mlm import build_bert
 from tuneatlas.errors import ConfigError
 from tuneatlas.io import load_tensors
-from tuneatlas.models.build import build_bert
 from tuneatlas.models.hub import load_encoder, load_tokenizer
 from tuneatlas.plan import make_plan
 from tuneatlas.preflight import preflight
@@ -251,7 +251,7 @@ def test_member_datasets_partition_the_training_rows(world, tmp_path):
 
 
 def test_predictions_match_the_runs_own_test_score(world, tmp_path):
-    from tuneatlas.engine.recipes.classify import finetune
+    from tuneatlas.engine.recipes.finetune import finetune
 
     spec = train_spec(run="m", model="b", optim=OptimSpec(lr=3e-3))
     finetune(spec, world["data"], world["base"], tmp_path / "run")

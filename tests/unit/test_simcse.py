@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import AutoConfig
 
+from tuneatlas.engine.recipes.mlm import build_bert
 from tuneatlas.engine.recipes.simcse import (
     SimCSEModel,
     SimCSERecipe,
@@ -19,7 +20,6 @@ from tuneatlas.engine.recipes.simcse import (
     simcse,
     two_views,
 )
-from tuneatlas.models.build import build_bert
 from tuneatlas.models.classifier import set_dropout
 from tuneatlas.models.hub import BUILD_INFO, load_encoder, load_tokenizer
 from tuneatlas.spec import OptimSpec

@@ -1,9 +1,14 @@
-"""Refactors keep results: the tiny DAG reproduces, value for value, the tables recorded with the
-code before the engine + recipes refactor (commit 17c5f47; `golden/`).
+"""Refactors keep results: the tiny DAG reproduces, value for value, the recorded tables of
+`golden/tables/`.
 
-Values agree to float32 rounding, not bit for bit: the recorded tables came from another machine,
-and torch's CPU kernels sum in an order that depends on the processor (on this machine kind the
-tiny DAG, even at the commit that added this test, differs from them by at most 2e-5 in a
+They were regenerated once, at the "House v3" change (issue 18), because the toy BERT that every
+tiny run fine-tunes is now pre-trained by `MLMRecipe` through the one training loop (`fit`)
+instead of its own masked-LM loop: a different data order, masking draws and weight decay give
+other weights, hence other scores. They were first recorded at commit 17c5f47, before the
+engine + recipes refactor, and were reproduced from then until that change.
+
+Values agree to float32 rounding, not bit for bit: torch's CPU kernels sum in an order that
+depends on the processor (across machine kinds the tiny DAG has differed by at most 2e-5 in a
 correlation and not at all in an accuracy). Bit-identical reruns on one machine are tested
 elsewhere (test_workflow's reruns, the engine's kill -9 resume)."""
 
@@ -24,7 +29,7 @@ GOLDEN = Path(__file__).with_name("golden")
 FLOAT32_DRIFT = 1e-4
 
 
-def test_tiny_tables_equal_those_recorded_before_the_refactor(tmp_path):
+def test_tiny_tables_equal_the_recorded_ones(tmp_path):
     recorded = sorted((GOLDEN / "tables").glob("*.parquet"))
     assert len(recorded) == 17
     targets = [f"results/tables/{p.name}" for p in recorded]
@@ -32,11 +37,6 @@ def test_tiny_tables_equal_those_recorded_before_the_refactor(tmp_path):
     for path in recorded:
         before = pd.read_parquet(path)
         now = pd.read_parquet(tmp_path / "results/tables" / path.name)
-        if path.stem == "s3_f7":  # S3.F7 gained `setup`; golden/tiny.yaml has no prelim run
-            assert set(now.pop("setup")) == {"main"}
-        if path.stem == "s1_fl":
-            before = _without_degenerate_layers(now, before)
-            now = now[now["stat"] != "degenerate"].dropna(subset=["value"])
         pd.testing.assert_frame_equal(
             now.reset_index(drop=True),
             before.reset_index(drop=True),
@@ -45,20 +45,3 @@ def test_tiny_tables_equal_those_recorded_before_the_refactor(tmp_path):
             atol=FLOAT32_DRIFT,
             obj=path.stem,
         )
-
-
-def _without_degenerate_layers(now: pd.DataFrame, before: pd.DataFrame) -> pd.DataFrame:
-    """S1.FL gained a `degenerate` stat and reports no best pair for a layer whose pair scores
-    all tie. Check that the recorded table agrees (all pairs tied there: max == mean == min
-    quantile) and drop the best-pair rows of those layers from it."""
-    flags = now[now["stat"] == "degenerate"]
-    tied = flags[flags["value"] == 1.0][["task", "layer"]]
-    assert len(tied) > 0, "the tiny DAG has a constant layer (stsb, layer 0)"
-    drop = pd.Series(False, index=before.index)
-    for task, layer in tied.itertuples(index=False):
-        here = before[(before["task"] == task) & (before["layer"] == layer)]
-        valid = here[here["split"] == "valid"].set_index("stat")["value"]
-        assert valid["max"] == valid["mean"] == valid["q0.05"], (task, layer)
-        best = here["stat"].isin(["max", "best_valid"])
-        drop |= before.index.isin(here[best].index)
-    return before[~drop]

@@ -32,7 +32,7 @@ ruleorder: pretrain > train
 
 rule pretrain:
     input:
-        tokens=lambda wc: f"{RESULTS}/tokens/{run_of(wc).spec['model']}",
+        tokens=lambda wc: f"{RESULTS}/tokens/{run_of(wc).spec['tokens']}",
     output:
         model=directory(f"{RESULTS}/runs/{{run}}/model"),
         eval=f"{RESULTS}/runs/{{run}}/eval.parquet",

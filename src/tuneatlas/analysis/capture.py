@@ -24,9 +24,7 @@ hundreds of MB per saved checkpoint.
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,26 +171,6 @@ def select_probe(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
 
 
 # --- the hook ---------------------------------------------------------------------------------
-@contextmanager
-def preserved_rng() -> Iterator[None]:
-    """Restore Python, NumPy and torch (CPU and CUDA) RNG states on exit, so whatever runs inside
-    cannot shift the random numbers the training loop draws next (dropout masks, shuffling)."""
-    import torch
-
-    py_state = random.getstate()
-    np_state = np.random.get_state()
-    cpu_state = torch.get_rng_state()
-    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    try:
-        yield
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-        torch.set_rng_state(cpu_state)
-        if cuda_states is not None:
-            torch.cuda.set_rng_state_all(cuda_states)
-
-
 Batch = dict[str, Any]  # input_ids, attention_mask[, token_type_ids] [B, L] on the device
 EncodeFn = Callable[[Any, Batch], tuple[Any, Any]]
 
@@ -235,7 +213,7 @@ def iter_split(
 ) -> Iterator[Batch]:
     """Batches of the capture split, over ``rows`` (default: all rows in file order).
 
-    The engine's `tuneatlas.engine.recipes.classify.Split` pads each batch itself
+    The engine's `tuneatlas.data.labelled.Split` pads each batch itself
     (``iter_batches``); a plain mapping of padded tensors ``input_ids, attention_mask[,
     token_type_ids]`` is sliced.
     """
@@ -246,7 +224,7 @@ def iter_split(
     if not isinstance(part, Mapping) or "input_ids" not in part or "attention_mask" not in part:
         raise TypeError(
             f"capture split {split!r} is a {type(part)}; expected a"
-            " tuneatlas.engine.recipes.classify.Split or a mapping with input_ids and"
+            " tuneatlas.data.labelled.Split or a mapping with input_ids and"
             " attention_mask tensors"
         )
     n = int(part["input_ids"].shape[0])
@@ -456,6 +434,9 @@ class EmbeddingCapture:
 
     def _run_model(self, state: Any) -> tuple[np.ndarray, list[tuple[str, int | None, float]]]:
         import torch
+
+        # here, not at the top: the S3 tables import this module and need no torch
+        from tuneatlas.engine.checkpoint import preserved_rng
 
         if self._rows is None:
             raise RuntimeError("EmbeddingCapture: on_train_start must run before any capture")

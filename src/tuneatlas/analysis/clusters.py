@@ -143,7 +143,7 @@ def cluster_dataset(
     `spec`: k, method (kmeans | gmm), seed, pooling (cls | mean), max_length, batch_size,
     embedder (the model id and its config entry, recorded as the embedder's identity).
     """
-    from tuneatlas.engine.loop import resolve_device
+    from tuneatlas.engine.device import resolve_device
 
     data_dir, embedder_dir = Path(data_dir), Path(embedder_dir)
     dev = resolve_device(device)

@@ -22,11 +22,11 @@ import torch
 
 from tuneatlas import __version__
 from tuneatlas.analysis.capture import EMBEDDINGS_FILE
+from tuneatlas.data.labelled import Split, tokenize_splits
 from tuneatlas.data.tasks import SPLITS
-from tuneatlas.engine.loop import resolve_device
-from tuneatlas.engine.recipes.classify import Split, task_of_model, tokenize_splits
+from tuneatlas.engine.device import resolve_device
 from tuneatlas.io import git_commit, save_tensors, write_parquet
-from tuneatlas.models.classifier import SequenceClassifier, maxnorm_pool
+from tuneatlas.models.classifier import SequenceClassifier, maxnorm_pool, task_of_model
 
 log = logging.getLogger(__name__)
 

@@ -273,7 +273,7 @@ def evaluate_run(
 
     import tuneatlas.models.llama_ffn  # noqa: F401  registers the FFN-layout model
     from tuneatlas.data.tokens import held_out
-    from tuneatlas.engine.loop import resolve_device
+    from tuneatlas.engine.device import resolve_device
     from tuneatlas.io import provenance, write_parquet
 
     dev = str(resolve_device(device))

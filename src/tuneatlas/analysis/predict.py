@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 
 from tuneatlas import __version__
-from tuneatlas.engine.loop import resolve_device
-from tuneatlas.engine.recipes.classify import predict, task_of_model, tokenize_splits
+from tuneatlas.data.labelled import tokenize_splits
+from tuneatlas.engine.device import resolve_device
 from tuneatlas.io import git_commit, write_parquet
-from tuneatlas.models.classifier import SequenceClassifier
+from tuneatlas.models.classifier import SequenceClassifier, predict, task_of_model
 
 PREDICTIONS_FILE = "predictions.parquet"
 

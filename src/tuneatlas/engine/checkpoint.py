@@ -12,11 +12,13 @@ also every N steps), "none" (never: runs that are cheap to redo, such as S2's sw
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,8 @@ class CheckpointPolicy:
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
+    """Every RNG state a run draws from (CUDA's only on a CUDA device), in a form
+    `torch.load(weights_only=True)` reads back."""
     np_state = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
@@ -94,6 +98,19 @@ def set_rng_state(s: dict[str, Any], device: torch.device) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = s["numpy"]
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), int(n[2]), int(n[3]), float(n[4])))
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Restore Python, NumPy and torch (CPU and, where available, CUDA) RNG states on exit, so
+    whatever runs inside (a hook's evaluation) cannot shift the random numbers the training
+    loop draws next (dropout masks, shuffling)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    saved = rng_state(device)
+    try:
+        yield
+    finally:
+        set_rng_state(saved, device)
 
 
 def hook_names(hooks: list[Any]) -> list[str]:

@@ -3,29 +3,24 @@
 One flat loop (no Trainer): seeded model build, per-epoch shuffling from a generator seeded by
 (seed, epoch), gradient accumulation over micro-batches, AdamW + schedule from the spec,
 gradient clipping, precision (bf16 autocast and TF32 on CUDA when asked), evaluation at epoch
-ends (and every `eval_every` steps), optional keep-best, per-step metrics, hooks, a tqdm bar,
-resumable checkpoints (`tuneatlas.engine.checkpoint`), and DDP when `torch.distributed` is
-initialised (torchrun): each rank takes its share of every global batch, rank 0 writes.
-The recipe (`tuneatlas.engine.recipes`) says what differs: model, batches, loss, evaluation,
-outputs. On CPU a fixed spec gives bit-identical metrics, and a run killed at any point and
-started again ends with exactly the metrics of an uninterrupted run: the data order of an epoch
-is a pure function of (seed, epoch) and the checkpoint holds the rest.
+ends (and every `eval_every` steps) of the recipe's monitored split (none for a recipe whose
+`monitor` is None), optional keep-best, per-step metrics, hooks (`tuneatlas.engine.hooks`), a
+tqdm bar, resumable checkpoints (`tuneatlas.engine.checkpoint`), and DDP when
+`torch.distributed` is initialised (torchrun): each rank takes its share of every global batch,
+rank 0 writes. The recipe (`tuneatlas.engine.recipes`) says what differs: model, batches, loss,
+evaluation, outputs. On CPU a fixed spec gives bit-identical metrics, and a run killed at any
+point and started again ends with exactly the metrics of an uninterrupted run: the data order
+of an epoch is a pure function of (seed, epoch) and the checkpoint holds the rest.
 
-Hooks (docs/internals.md): any object with some of `on_train_start(state)`,
-`on_step_end(state)`, `on_evaluate(state, split, scores)`, `on_train_end(state)` and, for
-resume, `state_dict()` / `load_state_dict(d)`. On resume `load_state_dict` is called before
-`on_train_start`, which then sees `state.step > 0`. Hook state is stored with `torch.save`
-and read back with `weights_only=True`: keep it to tensors, numbers, strings, lists, dicts.
-
-Outputs in `out_dir`: the recipe's (`model/`, `eval.parquet`, ...), `metrics.parquet` and
-`spec.yaml`; all written atomically after training, and `ckpt/` is removed once they exist.
+Outputs in `out_dir`: `metrics.parquet`, `spec.yaml` and the recipe's (`model/`,
+`eval.parquet`, ...); all written atomically after training, and `ckpt/` is removed once they
+exist.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import random
 import shutil
 import sys
 import time
@@ -34,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -47,6 +41,8 @@ from tuneatlas.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from tuneatlas.engine.device import rank_and_world, resolve_device, seed_everything, set_tf32
+from tuneatlas.engine.hooks import call_hooks
 from tuneatlas.engine.optim import AdamW, make_scheduler
 from tuneatlas.engine.recipes import Recipe
 from tuneatlas.io import stable_hash, write_parquet, write_yaml
@@ -85,33 +81,6 @@ class TrainState:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def _call(hooks: Sequence[Any], name: str, *args: Any) -> None:
-    for h in hooks:
-        fn = getattr(h, name, None)
-        if fn is not None:
-            fn(*args)
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """None or "auto": CUDA when available, else CPU; anything else as torch names it."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device {str(device)!r} asked for, but CUDA is not available on this machine"
-            f" (torch {torch.__version__}) (config key 'device', --device or TUNEATLAS_DEVICE):"
-            " use device: auto or cpu, or run the job on a GPU node"
-        )
-    return dev
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -167,20 +136,6 @@ def _progress(total: int, initial: int, desc: str, enabled: bool) -> Any:
     )
 
 
-def _distributed() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def _set_tf32(device: torch.device, enabled: bool) -> None:
-    # Set both ways on every run: a process that trained with tf32 must not leak it into the
-    # next run's fp32 matmuls.
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = enabled
-        torch.backends.cudnn.allow_tf32 = enabled
-
-
 def fit(
     recipe: Recipe,
     out_dir: str | Path,
@@ -189,240 +144,264 @@ def fit(
 ) -> dict[str, Any]:
     """Train with `recipe`; returns {split: final scores, "steps": int, "best_step": int | None,
     "resumed_from": int}."""
-    spec = recipe.spec
-    t0 = time.time()
-    hooks = list(hooks)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = out_dir / CKPT_DIR
-    dev = resolve_device(device)
-    _set_tf32(dev, spec.tf32)
-    rank, world = _distributed()
-    policy = CheckpointPolicy.parse(spec.checkpoint_every)
+    run = _Run(recipe, Path(out_dir), list(hooks), resolve_device(device))
+    resumed_from = run.resume()
+    run.announce()
+    run.train()
+    results = run.finish()
+    results.update(steps=run.state.step, best_step=run.best["step"], resumed_from=resumed_from)
+    return results
 
-    seed_everything(spec.seed)
-    model, data = recipe.build()
-    rows = subsample_rows(len(data["train"]), spec.max_train_samples, spec.seed)
-    if rows is not None:
-        data["train"] = data["train"].subset(rows)
-    train_split = data["train"]
-    spe, total = plan_steps(spec, len(train_split))
 
-    model.to(dev)
-    model.train()
-    trained = model
-    if world > 1:
-        trained = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dev.index] if dev.type == "cuda" else None
+class _Run:
+    """One run of `fit`: the set-up (here), then the steps `fit` calls in order: resume,
+    announce, train (each optimiser step, evaluation and checkpoint), finish."""
+
+    def __init__(
+        self, recipe: Recipe, out_dir: Path, hooks: list[Any], device: torch.device
+    ) -> None:
+        spec = self.spec = recipe.spec
+        self.recipe, self.hooks, self.t0 = recipe, hooks, time.time()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.ckpt_dir = out_dir / CKPT_DIR
+        set_tf32(device, spec.tf32)
+        rank, world = rank_and_world()
+        self.policy = CheckpointPolicy.parse(spec.checkpoint_every)
+
+        seed_everything(spec.seed)
+        model, data = recipe.build()
+        rows = subsample_rows(len(data["train"]), spec.max_train_samples, spec.seed)
+        if rows is not None:
+            data["train"] = data["train"].subset(rows)
+        spe, total = plan_steps(spec, len(data["train"]))
+
+        model.to(device)
+        model.train()
+        self.trained = model  # what the loss sees: the model, or its DDP wrapper
+        if world > 1:
+            self.trained = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        o = spec.optim
+        optimizer = AdamW(
+            recipe.param_groups(model, o.weight_decay),
+            lr=o.lr,
+            betas=tuple(o.betas),
+            eps=o.eps,
+            weight_decay=o.weight_decay,
+            correct_bias=o.correct_bias,
         )
-    o = spec.optim
-    optimizer = AdamW(
-        recipe.param_groups(model, o.weight_decay),
-        lr=o.lr,
-        betas=tuple(o.betas),
-        eps=o.eps,
-        weight_decay=o.weight_decay,
-        correct_bias=o.correct_bias,
-    )
-    scheduler = make_scheduler(optimizer, spec.schedule, spe, total)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    state = TrainState(
-        spec=spec,
-        recipe=recipe,
-        out_dir=out_dir,
-        device=dev,
-        data=data,
-        model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        steps_per_epoch=spe,
-        total_steps=total,
-        rank=rank,
-        world_size=world,
-    )
-    metric_rows: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"score": None, "step": None, "state": None}
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.state = TrainState(
+            spec=spec,
+            recipe=recipe,
+            out_dir=out_dir,
+            device=device,
+            data=data,
+            model=model,
+            optimizer=optimizer,
+            scheduler=make_scheduler(optimizer, spec.schedule, spe, total),
+            steps_per_epoch=spe,
+            total_steps=total,
+            rank=rank,
+            world_size=world,
+        )
+        self.metric_rows: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"score": None, "step": None, "state": None}
+        self.inputs = recipe.inputs_fingerprint()
 
-    inputs = recipe.inputs_fingerprint()
-    ckpt = load_checkpoint(ckpt_dir, recipe.name, spec.to_dict(), hooks, inputs)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        metric_rows = list(ckpt["rows"])
-        best = dict(ckpt["best"])
-        for h, hs in zip(hooks, ckpt["hooks"], strict=True):
-            if hs is not None:
-                h.load_state_dict(hs)
-        set_rng_state(ckpt["rng"], dev)
-        state.step = int(ckpt["step"])
-        state.epoch = state.step / spe
-        log.info("run %s: resuming from checkpoint at step %d/%d", spec.run, state.step, total)
-    resumed_from = state.step
-
-    log.info(
-        "run %s: recipe %s, %s, %d steps (%d per epoch), %d trainable params, device %s%s",
-        spec.run,
-        recipe.name,
-        recipe.describe(data),
-        total,
-        spe,
-        sum(p.numel() for p in trainable),
-        dev,
-        f", {world} processes" if world > 1 else "",
-    )
-    _call(hooks, "on_train_start", state)
-
-    def run_eval() -> None:
-        scores = recipe.evaluate(model, data, recipe.monitor, dev, with_loss=True)
-        for m, v in scores.items():
-            metric_rows.append(
-                {
-                    "run": spec.run,
-                    "step": state.step,
-                    "epoch": state.epoch,
-                    "lr": math.nan,
-                    "loss": math.nan,
-                    "split": recipe.monitor,
-                    "metric": m,
-                    "value": float(v),
-                }
-            )
-        value = scores[recipe.metric]
-        if spec.keep_best and (best["score"] is None or value > best["score"]):
-            best.update(
-                score=float(value),
-                step=state.step,
-                state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-            )
+    def resume(self) -> int:
+        """Restore the state of this run's checkpoint, if there is one; returns its step."""
+        s = self.state
+        ckpt = load_checkpoint(
+            self.ckpt_dir, self.recipe.name, self.spec.to_dict(), self.hooks, self.inputs
+        )
+        if ckpt is None:
+            return 0
+        s.model.load_state_dict(ckpt["model"])
+        s.optimizer.load_state_dict(ckpt["optimizer"])
+        s.scheduler.load_state_dict(ckpt["scheduler"])
+        self.metric_rows = list(ckpt["rows"])
+        self.best = dict(ckpt["best"])
+        for hook, hook_state in zip(self.hooks, ckpt["hooks"], strict=True):
+            if hook_state is not None:
+                hook.load_state_dict(hook_state)
+        set_rng_state(ckpt["rng"], s.device)
+        s.step = int(ckpt["step"])
+        s.epoch = s.step / s.steps_per_epoch
         log.info(
-            "run %s: step %d %s %s %.4f", spec.run, state.step, recipe.monitor, recipe.metric, value
+            "run %s: resuming from checkpoint at step %d/%d", self.spec.run, s.step, s.total_steps
         )
-        _call(hooks, "on_evaluate", state, recipe.monitor, scores)
+        return s.step
 
-    def checkpoint() -> None:
-        if not state.is_main:
-            return
-        save_checkpoint(
-            ckpt_dir,
-            {
-                "recipe": recipe.name,
-                "spec": spec.to_dict(),
-                "step": state.step,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": rng_state(dev),
-                "rows": metric_rows,
-                "best": best,
-                "hooks": [h.state_dict() if hasattr(h, "state_dict") else None for h in hooks],
-                "hooks_names": hook_names(hooks),
-                "inputs": inputs,
-            },
+    def announce(self) -> None:
+        s = self.state
+        log.info(
+            "run %s: recipe %s, %s, %d steps (%d per epoch), %d trainable params, device %s%s",
+            self.spec.run,
+            self.recipe.name,
+            self.recipe.describe(s.data),
+            s.total_steps,
+            s.steps_per_epoch,
+            sum(p.numel() for p in self.trainable),
+            s.device,
+            f", {s.world_size} processes" if s.world_size > 1 else "",
         )
+        call_hooks(self.hooks, "on_train_start", s)
 
-    def train_step(rows: list[int]) -> float:
+    def train(self) -> None:
+        """The epochs from the current step on: steps, evaluations and checkpoints when due."""
+        s, spec = self.state, self.spec
+        spe, n_train = s.steps_per_epoch, len(s.data["train"])
+        bar = _progress(s.total_steps, s.step, spec.run, s.is_main)
+        self.policy.start()
+        first_epoch, offset = divmod(s.step, spe)
+        for epoch in range(first_epoch, math.ceil(s.total_steps / spe)):
+            order = epoch_order(n_train, spec.seed, epoch).tolist()
+            for b in range(offset if epoch == first_epoch else 0, spe):
+                if s.step >= s.total_steps:
+                    break
+                s.lr = float(s.scheduler.get_last_lr()[0])
+                s.loss = self.train_step(order[b * spec.batch_size : (b + 1) * spec.batch_size])
+                s.step += 1
+                s.epoch = s.step / spe
+                self.metric_rows.append(self._row(s.lr, s.loss, None, None, math.nan))
+                bar.update(1)
+                bar.set_postfix(loss=f"{s.loss:.4f}", refresh=False)
+                call_hooks(self.hooks, "on_step_end", s)
+                epoch_end = b == spe - 1
+                if self._evaluation_due(epoch_end):
+                    self.evaluate()
+                if s.step < s.total_steps and self.policy.due(s.step, epoch_end):
+                    self.checkpoint()
+        bar.close()
+
+    def train_step(self, rows: list[int]) -> float:
         """One optimiser step on the global batch `rows`; returns its mean loss."""
-        parts = micro_batches(rows, rank, world, spec.micro_batch_size)
-        optimizer.zero_grad(set_to_none=True)
+        s, spec, world = self.state, self.spec, self.state.world_size
+        parts = micro_batches(rows, s.rank, world, spec.micro_batch_size)
+        s.optimizer.zero_grad(set_to_none=True)
         total_loss = 0.0
         for i, part in enumerate(parts):
-            loss = recipe.loss(trained, train_split.batch(part, dev))
+            loss = self.recipe.loss(self.trained, s.data["train"].batch(part, s.device))
             if len(parts) > 1 or world > 1:
                 # Each part's mean weighted by its share of the global batch: the summed
                 # gradient is the global batch's mean (DDP averages over ranks, hence x world).
                 loss = loss * (len(part) * world / len(rows))
-            last = i == len(parts) - 1
-            if world > 1 and not last:
-                with trained.no_sync():
+            if world > 1 and i < len(parts) - 1:
+                with self.trained.no_sync():
                     loss.backward()
             else:
                 loss.backward()
             total_loss += float(loss.detach())
         if world > 1:
-            t = torch.tensor([total_loss / world], device=dev)
+            t = torch.tensor([total_loss / world], device=s.device)
             torch.distributed.all_reduce(t)
             total_loss = float(t)
         if spec.grad_clip:
-            torch.nn.utils.clip_grad_norm_(trainable, spec.grad_clip)
-        optimizer.step()
-        scheduler.step()
+            torch.nn.utils.clip_grad_norm_(self.trainable, spec.grad_clip)
+        s.optimizer.step()
+        s.scheduler.step()
         return total_loss
 
-    bar = _progress(total, state.step, spec.run, state.is_main)
-    policy.start()
-    n_train = len(train_split)
-    first_epoch, offset = divmod(state.step, spe)
-    for epoch in range(first_epoch, math.ceil(total / spe)):
-        order = epoch_order(n_train, spec.seed, epoch).tolist()
-        start = offset if epoch == first_epoch else 0
-        for b in range(start, spe):
-            if state.step >= total:
-                break
-            lr = float(scheduler.get_last_lr()[0])
-            loss = train_step(order[b * spec.batch_size : (b + 1) * spec.batch_size])
-            state.step += 1
-            state.epoch = state.step / spe
-            state.loss = loss
-            state.lr = lr
-            metric_rows.append(
-                {
-                    "run": spec.run,
-                    "step": state.step,
-                    "epoch": state.epoch,
-                    "lr": lr,
-                    "loss": state.loss,
-                    "split": None,
-                    "metric": None,
-                    "value": math.nan,
-                }
+    def _evaluation_due(self, epoch_end: bool) -> bool:
+        s, every = self.state, self.spec.eval_every
+        if self.recipe.monitor is None:
+            return False
+        return epoch_end or s.step == s.total_steps or (every > 0 and s.step % every == 0)
+
+    def evaluate(self) -> None:
+        """Score the monitored split; record it, and the weights when they are the best yet."""
+        s, recipe, split = self.state, self.recipe, self.recipe.monitor
+        scores = recipe.evaluate(s.model, s.data, split, s.device, with_loss=True)
+        for metric, value in scores.items():
+            self.metric_rows.append(self._row(math.nan, math.nan, split, metric, float(value)))
+        value = scores[recipe.metric]
+        if self.spec.keep_best and (self.best["score"] is None or value > self.best["score"]):
+            self.best.update(
+                score=float(value),
+                step=s.step,
+                state={k: v.detach().cpu().clone() for k, v in s.model.state_dict().items()},
             )
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-            _call(hooks, "on_step_end", state)
+        log.info("run %s: step %d %s %s %.4f", self.spec.run, s.step, split, recipe.metric, value)
+        call_hooks(self.hooks, "on_evaluate", s, split, scores)
 
-            epoch_end = b == spe - 1
-            if (
-                epoch_end
-                or state.step == total
-                or (spec.eval_every > 0 and state.step % spec.eval_every == 0)
-            ):
-                run_eval()
-            if state.step < total and policy.due(state.step, epoch_end):
-                checkpoint()
-    bar.close()
+    def _row(self, lr: float, loss: float, split: str | None, metric: str | None, value: float):
+        s = self.state
+        return {
+            "run": self.spec.run,
+            "step": s.step,
+            "epoch": s.epoch,
+            "lr": lr,
+            "loss": loss,
+            "split": split,
+            "metric": metric,
+            "value": value,
+        }
 
-    if spec.keep_best and best["state"] is not None:
-        model.load_state_dict(best["state"])
-        log.info("run %s: keeping the weights of step %d (best valid)", spec.run, best["step"])
+    def checkpoint(self) -> None:
+        s = self.state
+        if not s.is_main:
+            return
+        save_checkpoint(
+            self.ckpt_dir,
+            {
+                "recipe": self.recipe.name,
+                "spec": self.spec.to_dict(),
+                "step": s.step,
+                "model": s.model.state_dict(),
+                "optimizer": s.optimizer.state_dict(),
+                "scheduler": s.scheduler.state_dict(),
+                "rng": rng_state(s.device),
+                "rows": self.metric_rows,
+                "best": self.best,
+                "hooks": [h.state_dict() if hasattr(h, "state_dict") else None for h in self.hooks],
+                "hooks_names": hook_names(self.hooks),
+                "inputs": self.inputs,
+            },
+        )
 
-    # Final evaluations of the weights we end with.
-    state.final = True
-    results: dict[str, Any] = {}
-    for name in recipe.final_splits:
-        results[name] = recipe.evaluate(model, data, name, dev, with_loss=False)
-        _call(hooks, "on_evaluate", state, name, results[name])
-    _call(hooks, "on_train_end", state)
+    def finish(self) -> dict[str, Any]:
+        """Keep-best, the final evaluations, the outputs (rank 0); returns the final scores."""
+        s, recipe, spec = self.state, self.recipe, self.spec
+        if spec.keep_best and self.best["state"] is not None:
+            s.model.load_state_dict(self.best["state"])
+            log.info(
+                "run %s: keeping the weights of step %d (best valid)", spec.run, self.best["step"]
+            )
+        s.final = True
+        results: dict[str, Any] = {}
+        for name in recipe.final_splits:
+            results[name] = recipe.evaluate(s.model, s.data, name, s.device, with_loss=False)
+            call_hooks(self.hooks, "on_evaluate", s, name, results[name])
+        call_hooks(self.hooks, "on_train_end", s)
+        if s.is_main:
+            out_dir = s.out_dir
+            write_parquet(
+                metrics_frame(self.metric_rows), out_dir / "metrics.parquet", recipe.meta()
+            )
+            write_yaml(spec.to_dict(), out_dir / "spec.yaml")
+            recipe.save(s.model, out_dir, results, steps=s.step, best_step=self.best["step"])
+            shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+        self._log_done(results)
+        return results
 
-    if state.is_main:
-        recipe.save(model, out_dir, results, steps=state.step, best_step=best["step"])
-        write_parquet(metrics_frame(metric_rows), out_dir / "metrics.parquet", recipe.meta())
-        write_yaml(spec.to_dict(), out_dir / "spec.yaml")
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-    monitor = results.get(recipe.monitor, {})
-    log.info(
-        "run %s: done in %.1fs; %s %s %.4f%s",
-        spec.run,
-        time.time() - t0,
-        recipe.monitor,
-        recipe.metric,
-        monitor.get(recipe.metric, math.nan),
-        f", test {results['test'][recipe.metric]:.4f}"
-        if "test" in results and recipe.monitor != "test"
-        else "",
-    )
-    results.update(steps=state.step, best_step=best["step"], resumed_from=resumed_from)
-    return results
+    def _log_done(self, results: dict[str, Any]) -> None:
+        recipe, took = self.recipe, time.time() - self.t0
+        if recipe.monitor is None:
+            log.info("run %s: done in %.1fs; loss %.4f", self.spec.run, took, self.state.loss)
+            return
+        log.info(
+            "run %s: done in %.1fs; %s %s %.4f%s",
+            self.spec.run,
+            took,
+            recipe.monitor,
+            recipe.metric,
+            results.get(recipe.monitor, {}).get(recipe.metric, math.nan),
+            f", test {results['test'][recipe.metric]:.4f}"
+            if "test" in results and recipe.monitor != "test"
+            else "",
+        )
 
 
 def metrics_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:

@@ -1,7 +1,9 @@
-"""Toy-scale encoders built offline: a WordPiece tokenizer trained on the synthetic corpus and a
-tiny BERT, briefly MLM-pre-trained, saved as a plain Hugging Face encoder directory
-(config + `model.safetensors` + tokenizer) under `results/models/<id>/`. Paper scale fetches hub
-encoders instead (`tuneatlas.models.hub`); both give the same kind of directory.
+"""Toy-scale encoders built offline: a WordPiece tokenizer trained on the synthetic corpus, a
+tiny BERT's config and seeded initialisation, and the plain Hugging Face encoder directory it is
+saved as (config + `model.safetensors` + tokenizer) under `results/models/<id>/`. Its brief
+masked-LM pre-training is a recipe of the engine (`tuneatlas.engine.recipes.mlm`, which also
+holds `build_bert`, the whole build). Paper scale fetches hub encoders instead
+(`tuneatlas.models.hub`); both give the same kind of directory.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from typing import Any
 
 import torch
 
-from tuneatlas.io import atomic_dir, write_json
-from tuneatlas.models.hub import BUILD_INFO, quiet_hf_progress
+from tuneatlas.io import write_json
+from tuneatlas.models.hub import BUILD_INFO
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ BUILD_KEYS = {
 }
 BUILD_REQUIRED = ("hidden_size", "num_layers", "num_heads", "vocab_size")
 # Keys of a config `models.<id>` entry that describe where the model comes from rather than its
-# architecture; build_bert accepts the whole entry and ignores these.
+# architecture; bert_build_config accepts the whole entry and ignores these.
 BUILD_IGNORED = {"source", "arch", "corpus", "name", "trust_remote_code"}
 
 
@@ -175,7 +177,13 @@ def learn_wordpiece_vocab(
     return vocab
 
 
-def _build_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
+def bert_build_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A config `models.<id>` entry of `source: build`, checked, with every default filled in.
+
+    Keys: hidden_size, num_layers, num_heads, vocab_size (required); intermediate_size
+    (4x hidden), max_position_embeddings (512), dropout (0.1), mlm_steps (0), mlm_batch_size
+    (32), mlm_lr (1e-3), mlm_max_length (64), mlm_probability (0.15).
+    """
     if cfg.get("arch", "bert") != "bert":
         raise ValueError(f"build_bert: arch {cfg['arch']!r} is not 'bert'")
     cfg = {k: v for k, v in cfg.items() if k not in BUILD_IGNORED}
@@ -206,122 +214,37 @@ def _build_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_bert(
-    cfg: dict[str, Any], texts: Iterable[str], out_dir: str | os.PathLike, seed: int
-) -> Path:
-    """Build a small BERT encoder offline: tokenizer trained on `texts`, random init from `seed`,
-    then `mlm_steps` masked-LM steps on `texts` so the encoder is (cheaply) "pre-trained".
+def init_bert(c: dict[str, Any], vocab_size: int, pad_token_id: int, seed: int) -> torch.nn.Module:
+    """A BertForMaskedLM of the checked build config `c`, initialised from `seed`."""
+    from transformers import BertConfig, BertForMaskedLM
 
-    `cfg` keys: hidden_size, num_layers, num_heads, vocab_size (required); intermediate_size
-    (4x hidden), max_position_embeddings (512), dropout (0.1), mlm_steps (0), mlm_batch_size
-    (32), mlm_lr (1e-3), mlm_max_length (64), mlm_probability (0.15).
-    Writes `out_dir` atomically: config + model.safetensors (a BertModel with pooler, like hub
-    BERTs) + tokenizer + `tuneatlas_build.json`. Deterministic on CPU for a fixed seed.
-    """
-    from transformers import BertConfig, BertForMaskedLM, BertModel
-
-    c = _build_cfg(dict(cfg))
-    texts = [t for t in texts if isinstance(t, str) and t.strip()]
-    if not texts:
-        raise ValueError(f"build_bert: no non-empty texts to train the tokenizer for {out_dir}")
-    out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp, quiet_hf_progress():
-        tokenizer = train_tokenizer(
-            texts, int(c["vocab_size"]), tmp, model_max_length=int(c["max_position_embeddings"])
-        )
-        config = BertConfig(
-            vocab_size=len(tokenizer),  # a small corpus may give fewer words than requested
-            hidden_size=int(c["hidden_size"]),
-            num_hidden_layers=int(c["num_layers"]),
-            num_attention_heads=int(c["num_heads"]),
-            intermediate_size=int(c["intermediate_size"]),
-            max_position_embeddings=int(c["max_position_embeddings"]),
-            hidden_dropout_prob=float(c["dropout"]),
-            attention_probs_dropout_prob=float(c["dropout"]),
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        torch.manual_seed(seed)
-        mlm = BertForMaskedLM(config)
-        losses = _mlm_pretrain(mlm, tokenizer, texts, c, seed) if c["mlm_steps"] > 0 else []
-        # Save a plain BertModel with a pooler so AutoModel loads it without missing keys,
-        # like a hub BERT; the pooler stays at its seeded random init (never used by tuneatlas).
-        torch.manual_seed(seed + 1)
-        encoder = BertModel(config, add_pooling_layer=True)
-        missing, unexpected = encoder.load_state_dict(mlm.bert.state_dict(), strict=False)
-        if unexpected or any(not k.startswith("pooler.") for k in missing):
-            raise RuntimeError(f"build_bert: weight transfer mismatch {missing} {unexpected}")
-        encoder.save_pretrained(str(tmp))
-        write_json(
-            {
-                "kind": "bert",
-                "config": c,
-                "seed": seed,
-                "vocab_size": len(tokenizer),
-                "num_texts": len(texts),
-                "mlm_losses": [round(x, 6) for x in losses],
-                "parameters": sum(p.numel() for p in encoder.parameters()),
-            },
-            tmp / BUILD_INFO,
-        )
-    log.info(
-        "built BERT %s: %d layers, hidden %d, vocab %d, %d MLM steps (loss %s)",
-        out_dir,
-        c["num_layers"],
-        c["hidden_size"],
-        len(tokenizer),
-        c["mlm_steps"],
-        f"{losses[0]:.3f} -> {losses[-1]:.3f}" if losses else "n/a",
+    config = BertConfig(
+        vocab_size=vocab_size,  # the tokenizer's: a small corpus may give fewer words than asked
+        hidden_size=int(c["hidden_size"]),
+        num_hidden_layers=int(c["num_layers"]),
+        num_attention_heads=int(c["num_heads"]),
+        intermediate_size=int(c["intermediate_size"]),
+        max_position_embeddings=int(c["max_position_embeddings"]),
+        hidden_dropout_prob=float(c["dropout"]),
+        attention_probs_dropout_prob=float(c["dropout"]),
+        pad_token_id=pad_token_id,
     )
-    return out_dir
+    torch.manual_seed(seed)
+    return BertForMaskedLM(config)
 
 
-def _mlm_pretrain(
-    mlm: torch.nn.Module, tokenizer: Any, texts: list[str], c: dict[str, Any], seed: int
-) -> list[float]:
-    """Masked-LM training (BERT's 15% / 80-10-10 masking), every random draw from one seeded
-    generator so the built encoder is reproducible."""
-    from tuneatlas.engine.optim import AdamW
+def save_encoder(mlm: torch.nn.Module, out_dir: Path, seed: int, info: dict[str, Any]) -> None:
+    """Write the encoder of a BertForMaskedLM to `out_dir` as a plain BertModel with a pooler,
+    so that AutoModel loads it without missing keys like a hub BERT (the pooler stays at its
+    random init from `seed` + 1; tuneatlas never uses it), and `info` + the parameter count as
+    `tuneatlas_build.json`. The tokenizer is the caller's to save beside it."""
+    from transformers import BertModel
 
-    gen = torch.Generator().manual_seed(seed)
-    enc = tokenizer(texts, truncation=True, max_length=int(c["mlm_max_length"]))
-    rows = enc["input_ids"]
-    special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
-    batch, steps = int(c["mlm_batch_size"]), int(c["mlm_steps"])
-    opt = AdamW(mlm.parameters(), lr=float(c["mlm_lr"]), eps=1e-8, weight_decay=0.01)
-    mlm.train()
-    order = torch.randperm(len(rows), generator=gen)
-    pos, losses = 0, []
-    for _ in range(steps):
-        if pos + batch > len(order):
-            order, pos = torch.randperm(len(rows), generator=gen), 0
-        idx = order[pos : pos + batch].tolist()
-        pos += batch
-        ids, mask = _pad([rows[i] for i in idx], tokenizer.pad_token_id)
-        labels = ids.clone()
-        candidates = mask.bool() & ~torch.isin(ids, special)
-        chosen = (torch.rand(ids.shape, generator=gen) < float(c["mlm_probability"])) & candidates
-        labels[~chosen] = -100
-        r = torch.rand(ids.shape, generator=gen)
-        inputs = ids.clone()
-        inputs[chosen & (r < 0.8)] = tokenizer.mask_token_id
-        swap = chosen & (r >= 0.8) & (r < 0.9)
-        inputs[swap] = torch.randint(len(special), len(tokenizer), ids.shape, generator=gen)[swap]
-        if not chosen.any():
-            continue  # nothing masked in this batch (tiny texts): no signal, skip the update
-        out = mlm(input_ids=inputs, attention_mask=mask, labels=labels)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(mlm.parameters(), 1.0)
-        opt.step()
-        losses.append(float(out.loss.detach()))
-    return losses
-
-
-def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = 1
-    return ids, mask
+    torch.manual_seed(seed + 1)
+    encoder = BertModel(mlm.config, add_pooling_layer=True)
+    missing, unexpected = encoder.load_state_dict(mlm.bert.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("pooler.") for k in missing):
+        raise RuntimeError(f"build_bert: weight transfer mismatch {missing} {unexpected}")
+    encoder.save_pretrained(str(out_dir))
+    parameters = sum(p.numel() for p in encoder.parameters())
+    write_json({**info, "parameters": parameters}, Path(out_dir) / BUILD_INFO)

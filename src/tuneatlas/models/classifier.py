@@ -2,6 +2,8 @@
 
 `SequenceClassifier` reads ONE vector of the last layer (the CLS vector, or the max-norm token of
 S1.T1). There is no BERT pooler: S1 reasons about the raw last-layer CLS dimensions the head sees.
+`build_classifier` makes one for a run (base or cross fine-tuned encoder + a new head),
+`predict` gives its logits on a tokenised split, `task_of_model` the task it was trained on.
 """
 
 from __future__ import annotations
@@ -10,11 +12,15 @@ import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
+from tuneatlas.data.labelled import Split
+from tuneatlas.data.tasks import Task, fine_tuning_task
 from tuneatlas.io import atomic_dir, load_tensors, save_tensors, write_json
-from tuneatlas.models.hub import load_encoder, load_tokenizer, quiet_hf_progress
+from tuneatlas.models.hub import load_encoder, load_tokenizer, quiet_hf_progress, trusts_remote_code
+from tuneatlas.spec import TrainSpec
 
 CLASSIFIER_INFO = "tuneatlas.json"  # beside a fine-tuned model: task, pooling, head
 HEAD_FILE = "head.safetensors"
@@ -298,3 +304,87 @@ class SequenceClassifier(nn.Module):
         if device is not None:
             model.to(device)
         return model
+
+
+# --------------------------------------------------------------------------------------------
+# building one for a run, its task, inference
+# --------------------------------------------------------------------------------------------
+
+
+def build_classifier(
+    spec: TrainSpec,
+    task: Task,
+    model_dir: str | os.PathLike | None,
+    init_dir: str | os.PathLike | None,
+) -> SequenceClassifier:
+    """Encoder from `model_dir`, or the fine-tuned encoder of `init_dir` (cross fine-tuning),
+    with a new head. Call after seeding: the head's init draws from the global torch RNG."""
+    source = init_dir if init_dir is not None else model_dir
+    if source is None:
+        raise ValueError(f"run {spec.run}: pass model_dir (or init_dir for cross fine-tuning)")
+    # the base model's own record of the config's trust_remote_code (fetch_model wrote it)
+    trust = trusts_remote_code(model_dir if model_dir is not None else source)
+    encoder = load_encoder(source, trust_remote_code=trust)
+    model = SequenceClassifier(
+        encoder,
+        task.num_labels,
+        pooling=spec.pooling,
+        head=spec.head,
+        head_init=spec.head_init,
+        dropout=spec.dropout,
+        regression=task.is_regression,
+        task=task.name,
+        tokenizer=load_tokenizer(source, trust_remote_code=trust),
+        max_length=spec.max_length,
+    )
+    model.trust_remote_code = trust
+    limit = getattr(encoder.config, "max_position_embeddings", None)
+    if isinstance(limit, int) and spec.max_length > limit:
+        raise ValueError(
+            f"run {spec.run}: max_length {spec.max_length} exceeds the model's "
+            f"max_position_embeddings {limit} ({source}); lower max_length in the config"
+        )
+    if spec.freeze_encoder:
+        model.freeze_encoder()
+    return model
+
+
+@torch.no_grad()
+def predict(
+    model: SequenceClassifier, split: Split, batch_size: int, device: torch.device
+) -> np.ndarray:
+    """Logits [N, C] of `split` in file order, in eval mode and fp32 whatever the training
+    precision (reported scores stay exact); restores the mode."""
+    was_training = model.training
+    model.eval()
+    chunks = []
+    try:
+        for b in split.iter_batches(batch_size, device=device):
+            out = model(b["input_ids"], b["attention_mask"], b.get("token_type_ids"))
+            chunks.append(out.logits.float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(chunks).numpy()
+
+
+def task_of_model(model: SequenceClassifier, fallback_name: str) -> Task:
+    """The registered task a fine-tuned model was trained on, or a minimal stand-in for an
+    unregistered name (labels are then read but not range-checked against a registry row)."""
+    if model.task is not None:
+        try:
+            return fine_tuning_task(model.task)
+        except ValueError:
+            pass
+    return Task(
+        name=model.task or fallback_name,
+        kind="regression" if model.regression else "classification",
+        num_labels=model.num_labels,
+        metric="pearson" if model.regression else "accuracy",
+        hub_path="",
+        hub_name=None,
+        text_a="text_a",
+        text_b=None,
+        label="label",
+        hub_splits=(),
+        synthetic="",
+    )

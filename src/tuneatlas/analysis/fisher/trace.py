@@ -17,10 +17,11 @@ from typing import Any
 import pandas as pd
 import torch
 
-from tuneatlas.analysis.capture import CAPTURES_DIR, preserved_rng
+from tuneatlas.analysis.capture import CAPTURES_DIR
 from tuneatlas.analysis.fisher.grams import layer_grams
 from tuneatlas.analysis.fisher.trials import log_probs, spectrum_rows, trial_rows
 from tuneatlas.analysis.step_hook import StepHook
+from tuneatlas.engine.checkpoint import preserved_rng
 from tuneatlas.io import write_parquet
 from tuneatlas.spec import FisherSpec
 

@@ -20,10 +20,11 @@ import torch.nn.functional as F
 
 from tuneatlas.analysis.fisher.grams import layer_grams
 from tuneatlas.analysis.fisher.spectrum import FisherSpectrum
+from tuneatlas.data.labelled import tokenize_splits
 from tuneatlas.data.tasks import fine_tuning_task
-from tuneatlas.engine.loop import resolve_device, seed_everything
-from tuneatlas.engine.recipes.classify import build_classifier, tokenize_splits
+from tuneatlas.engine.device import resolve_device, seed_everything
 from tuneatlas.io import provenance, stable_hash, write_parquet
+from tuneatlas.models.classifier import build_classifier
 from tuneatlas.spec import TrainSpec
 
 log = logging.getLogger(__name__)

@@ -55,7 +55,7 @@ from tuneatlas.analysis.subsets.scan_files import (
 from tuneatlas.analysis.subsets.scorer import Backend, SubsetScorer
 from tuneatlas.analysis.subsets.search import SubsetSearch, search_subsets
 from tuneatlas.data.tasks import get_task
-from tuneatlas.engine.loop import resolve_device
+from tuneatlas.engine.device import resolve_device
 from tuneatlas.io import provenance, stable_hash, write_parquet
 
 log = logging.getLogger(__name__)

@@ -11,16 +11,18 @@ The contract, in the order the loop calls it:
 
 ``build() -> (model, data)``
     after the loop seeded every RNG; ``data["train"]`` has ``len()`` and
-    ``batch(rows, device) -> dict``; sets ``monitor`` (the split scored during training) and
-    ``final_splits`` (scored at the end).
+    ``batch(rows, device) -> dict``; sets ``monitor`` (the split scored during training, None
+    for none) and ``final_splits`` (scored at the end).
 ``inputs_fingerprint() -> str``
     what a checkpoint was trained on besides the spec (data files, starting weights).
 ``loss(model, batch) -> scalar tensor``
     mean over the batch's examples, in fp32 (forward under ``self.autocast``).
 ``evaluate(model, data, split, device, with_loss) -> {metric: value}``
-    includes ``self.metric``, the higher-is-better score that keep-best selects on.
+    includes ``self.metric``, the higher-is-better score that keep-best selects on; a recipe
+    that scores no split (``monitor`` None, no ``final_splits``: masked-LM) has none.
 ``save(model, out_dir, final, **info)``
-    the run's own outputs (model directory, final scores).
+    the run's own outputs (model directory, final scores), after the loop wrote
+    ``metrics.parquet`` and ``spec.yaml`` in ``out_dir``.
 """
 
 from __future__ import annotations
@@ -39,15 +41,16 @@ from tuneatlas import __version__
 from tuneatlas.data.tasks import SPLITS
 from tuneatlas.io import git_commit, stable_hash, write_parquet
 
-EVAL_COLUMNS = ["run", "task", "split", "metric", "value"]
+# the columns of a run's eval.parquet (its final scores)
+RUN_EVAL_COLUMNS = ["run", "task", "split", "metric", "value"]
 
 
 class Recipe(ABC):
     """Base class: holds the spec and the parts every recipe shares; a subclass implements
-    the four abstract methods of the contract above."""
+    the three abstract methods of the contract above, and `evaluate` when it scores a split."""
 
     name = "recipe"
-    monitor = "valid"
+    monitor: str | None = "valid"
     metric = "loss"
     final_splits: tuple[str, ...] = ("valid", "test")
 
@@ -63,10 +66,12 @@ class Recipe(ABC):
     @abstractmethod
     def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
 
-    @abstractmethod
     def evaluate(
         self, model: Any, data: dict[str, Any], split: str, device: torch.device, with_loss: bool
-    ) -> dict[str, float]: ...
+    ) -> dict[str, float]:
+        raise NotImplementedError(
+            f"recipe {self.name} scores no split: it has monitor None and no final_splits"
+        )
 
     def describe(self, data: dict[str, Any]) -> str:
         return f"{len(data['train'])} train rows"
@@ -99,7 +104,7 @@ class Recipe(ABC):
             for m, v in scores.items()
         ]
         write_parquet(
-            pd.DataFrame(rows, columns=EVAL_COLUMNS).astype({"value": "float64"}),
+            pd.DataFrame(rows, columns=RUN_EVAL_COLUMNS).astype({"value": "float64"}),
             out_dir / "eval.parquet",
             self.meta(),
         )

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from tuneatlas.data.tokens import META_FILE, TokenBlocks
+from tuneatlas.engine.loop import fit
 from tuneatlas.engine.recipes import Recipe
 from tuneatlas.io import atomic_dir, stable_hash
 from tuneatlas.models.hub import quiet_hf_progress
@@ -129,6 +130,4 @@ def pretrain(
     device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """Pre-train through the engine (resumes from `run_dir`'s checkpoint)."""
-    from tuneatlas.engine.loop import fit
-
     return fit(CausalLMRecipe(spec, tokens_dir), run_dir, hooks, device)

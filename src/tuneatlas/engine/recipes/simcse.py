@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tuneatlas.data.prepare import read_prepared
+from tuneatlas.engine.loop import fit
 from tuneatlas.engine.recipes import Recipe, model_files_fingerprint
 from tuneatlas.io import atomic_dir, write_json
 from tuneatlas.models.classifier import set_dropout
@@ -211,6 +212,4 @@ def simcse(
     device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """SimCSE continued training through the engine (resumes from `run_dir`'s checkpoint)."""
-    from tuneatlas.engine.loop import fit
-
     return fit(SimCSERecipe(spec, data_dir, model_dir, model_out), run_dir, hooks, device)
