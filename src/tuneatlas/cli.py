@@ -89,27 +89,15 @@ def cmd_fetch_hub(args: argparse.Namespace) -> None:
     fetch_hub_dataset(args.name, _json(args.spec), Path(args.out))
 
 
-def _corpus_texts(data_root: Path, datasets: list[str]) -> list[str]:
-    import pandas as pd
-
-    texts: list[str] = []
-    for name in datasets:
-        for path in sorted((data_root / name).glob("*.parquet")):
-            df = pd.read_parquet(path)
-            for column in ("text_a", "text_b", "text"):
-                if column in df:
-                    texts.extend(df[column].dropna().astype(str).tolist())
-    return texts
-
-
 def cmd_build_model(args: argparse.Namespace) -> None:
+    from tuneatlas.data.prepare import corpus_texts
     from tuneatlas.engine.recipes.mlm import build_bert
     from tuneatlas.models.hub import fetch_model
 
     spec = _json(args.spec)
     source = spec["source"]
     if source == "build":
-        texts = _corpus_texts(Path(args.data_root), spec["corpus"])
+        texts = corpus_texts(Path(args.data_root), spec["corpus"])
         build_bert(spec, texts, Path(args.out), seed=args.seed)
     elif source in ("hub", "local"):
         fetch_model(

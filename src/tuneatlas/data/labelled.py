@@ -1,5 +1,6 @@
-"""Labelled splits for fine-tuning: the prepared `idx, text_a, text_b, label` Parquet files,
-checked, tokenised once (unpadded) and padded per batch (`Split.batch`)."""
+"""Tokenised training data, padded per batch: labelled splits for fine-tuning (`Split`: the
+prepared `idx, text_a, text_b, label` Parquet files, checked, tokenised once, unpadded) and
+unlabelled sentences for SimCSE and the toy BERT's masked-LM pre-training (`Sentences`)."""
 
 from __future__ import annotations
 
@@ -157,3 +158,27 @@ def tokenize_splits(
             read_labelled_split(path, task), name, tokenizer, max_length, task.is_regression
         )
     return out
+
+
+@dataclass
+class Sentences:
+    """Tokenised sentences; `batch` pads dynamically."""
+
+    input_ids: list[list[int]]
+    pad_id: int
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def subset(self, rows: Sequence[int]) -> Sentences:
+        return Sentences([self.input_ids[r] for r in rows], self.pad_id)
+
+    def batch(self, rows: Sequence[int], device: torch.device | str | None = None) -> dict:
+        seqs = [self.input_ids[r] for r in rows]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -209,3 +209,16 @@ def source_sizes(name: str, cfg: Mapping[str, Any]) -> dict[str, int] | None:
     if not paths or not all(p.is_file() for p in paths.values()):
         return None
     return {s: len(read_file(p, format_of(p, cfg.get("format")))[0]) for s, p in paths.items()}
+
+
+def corpus_texts(data_root: Path, datasets: Sequence[str]) -> list[str]:
+    """Every text of the prepared `datasets` under `data_root` (all splits; text_a, text_b and
+    corpus text columns): the corpus a toy tokenizer and BERT are built from."""
+    texts: list[str] = []
+    for name in datasets:
+        for path in sorted((data_root / name).glob("*.parquet")):
+            df = pd.read_parquet(path)
+            for column in ("text_a", "text_b", "text"):
+                if column in df:
+                    texts.extend(df[column].dropna().astype(str).tolist())
+    return texts

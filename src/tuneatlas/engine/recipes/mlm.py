@@ -26,9 +26,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from tuneatlas.data.labelled import Sentences
 from tuneatlas.engine.loop import fit
 from tuneatlas.engine.recipes import Recipe
-from tuneatlas.engine.recipes.simcse import Sentences
 from tuneatlas.io import atomic_dir, stable_hash
 from tuneatlas.models.build import bert_build_config, init_bert, save_encoder, train_tokenizer
 from tuneatlas.models.hub import quiet_hf_progress

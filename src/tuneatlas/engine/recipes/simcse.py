@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tuneatlas.data.labelled import Sentences
 from tuneatlas.data.prepare import read_prepared
 from tuneatlas.engine.loop import fit
 from tuneatlas.engine.recipes import Recipe, model_files_fingerprint
@@ -45,30 +46,6 @@ class SimCSESpec(TrainSpec):
 
     temperature: float = 0.05
     heldout: int = 256  # sentences kept out of training (at most a tenth of the corpus)
-
-
-@dataclass
-class Sentences:
-    """Tokenised sentences; `batch` pads dynamically."""
-
-    input_ids: list[list[int]]
-    pad_id: int
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    def subset(self, rows: Sequence[int]) -> Sentences:
-        return Sentences([self.input_ids[r] for r in rows], self.pad_id)
-
-    def batch(self, rows: Sequence[int], device: torch.device | str | None = None) -> dict:
-        seqs = [self.input_ids[r] for r in rows]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
-        return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
 class SimCSEModel(nn.Module):
