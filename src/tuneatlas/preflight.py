@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneatlas.data.prepare import local_source_files, output_files, source_sizes
+from tuneatlas.data.sources import unique_fields
 from tuneatlas.data.tasks import TASKS
 from tuneatlas.data.transform import split_counts
 from tuneatlas.data.validate import (
@@ -101,17 +102,10 @@ def check_data_file(path: Path, fmt: str, key: str) -> str | None:
         return f"no records ({where}): only blank lines; add rows or remove the file"
     if fmt == "jsonl" and not rows[0].lstrip().startswith("["):
         try:
-            json.loads(rows[0], object_pairs_hook=_refuse_duplicate_fields)
+            json.loads(rows[0], object_pairs_hook=unique_fields)
         except ValueError as err:
             return f"{err} ({path}:{lines.index(rows[0]) + 1}, {key}): fix the record"
     return None
-
-
-def _refuse_duplicate_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    dup = _duplicates([k for k, _ in pairs])
-    if dup:
-        raise ValueError(f"duplicate field(s) {dup} in one record")
-    return dict(pairs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -57,7 +57,8 @@ def _text(path: Path) -> str:
         ) from None
 
 
-def _unique_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def unique_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads' object_pairs_hook that refuses a field given twice in one record."""
     keys = [k for k, _ in pairs]
     dup = sorted({k for k in keys if keys.count(k) > 1})
     if dup:
@@ -118,7 +119,7 @@ def _read_rows(path: Path, fmt: str) -> tuple[pd.DataFrame, np.ndarray | None]:
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line, object_pairs_hook=_unique_fields)
+                rec = json.loads(line, object_pairs_hook=unique_fields)
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}: line {n}: invalid JSON ({err.msg})") from None
             except ValueError as err:
