@@ -38,7 +38,7 @@ def _seed_text(seed_file: str) -> str:
 def _printed_forms(v: PublishedValue) -> list[str]:
     """How the paper may print `v.value`: a percentage for fraction scores, else the number."""
     x = v.value
-    if v.quantity.split()[0] in FRACTION_QUANTITIES and v.column in PERCENT_COLUMNS:
+    if v.quantity.split()[:1] in [[q] for q in FRACTION_QUANTITIES] and v.column in PERCENT_COLUMNS:
         return [f"{100 * x:.1f}", f"{100 * x:.2f}"]
     if float(x).is_integer():
         return [str(int(x))]
@@ -109,6 +109,7 @@ def _doc(study: str = "s1") -> dict:
         (lambda e: e.pop("source"), "source"),
         (lambda e: e.update(std="wide"), "std"),
         (lambda e: e.update(extra=1), "extra"),
+        (lambda e: e.update(quantity=""), "quantity"),
     ],
 )
 def test_a_doctored_entry_is_refused_naming_it(change, key):

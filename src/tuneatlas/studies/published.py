@@ -71,13 +71,17 @@ def _check_entry(where: str, entry: Any, seen: set[str]) -> str:
     if unknown:
         raise ConfigError(f"{at}, key {unknown[0]!r}): unknown key; use {sorted(_KEYS)}")
     for key, kind in [*_REQUIRED.items(), ("value", float)]:
-        ok = _finite(entry.get(key)) if kind is float else isinstance(entry.get(key), kind)
+        got = entry.get(key)
+        ok = _finite(got) if kind is float else isinstance(got, kind) and got != ""
         if not ok:
-            what = "a finite number" if kind is float else f"a {kind.__name__}"
+            what = "a finite number" if kind is float else f"a non-empty {kind.__name__}"
             raise ConfigError(f"{at}, key {key!r}): required, must be {what}")
     if entry["artifact"] not in ARTIFACTS:
         raise ConfigError(f"{at}, key 'artifact'): {entry['artifact']!r} is not a catalogue id")
-    if entry["quantity"].split()[0] in FRACTION_QUANTITIES and abs(entry["value"]) > 1:
+    if (
+        entry["quantity"].split()[:1] in [[q] for q in FRACTION_QUANTITIES]
+        and abs(entry["value"]) > 1
+    ):
         raise ConfigError(
             f"{at}, key 'value'): {entry['value']} for {entry['quantity']!r} looks like a"
             " percentage; write the fraction"
@@ -102,7 +106,7 @@ def _check_entry(where: str, entry: Any, seen: set[str]) -> str:
 
 def parse_published(study: str, doc: Any, where: str) -> list[PublishedValue]:
     """The validated values of one study's parsed YAML document (`where` names its file)."""
-    if not isinstance(doc, dict):
+    if not isinstance(doc, dict):  # also an empty file
         raise ConfigError(f"{where}: the file must hold a mapping with keys {sorted(_TOP_KEYS)}")
     for key, kind in _TOP_KEYS.items():
         if not isinstance(doc.get(key), kind):
