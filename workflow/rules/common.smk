@@ -61,8 +61,8 @@ wildcard_constraints:
     model=r"[A-Za-z0-9_.\-]+",
     run=r"[A-Za-z0-9_.\-]+",
     # any table name but REPRO's (repro.smk) reaches the `table` rule, whose input function
-    # names the known ids
-    slug=r"(?!repro$|findings$)[A-Za-z0-9_.\-]+",
+    # names the known ids (the look-ahead sees the rest of the path: `<slug>.parquet`)
+    slug=r"(?!(?:repro|findings)\.parquet$)[A-Za-z0-9_.\-]+",
     study=r"s[0-9]+",
     name=r"[a-z0-9]+",
 
