@@ -60,8 +60,9 @@ wildcard_constraints:
     dataset=r"[A-Za-z0-9_.\-]+",
     model=r"[A-Za-z0-9_.\-]+",
     run=r"[A-Za-z0-9_.\-]+",
-    # any table name reaches the `table` rule, whose input function names the known ids
-    slug=r"[A-Za-z0-9_.\-]+",
+    # any table name but REPRO's (repro.smk) reaches the `table` rule, whose input function
+    # names the known ids (the look-ahead sees the rest of the path: `<slug>.parquet`)
+    slug=r"(?!(?:repro|findings)\.parquet$)[A-Za-z0-9_.\-]+",
     study=r"s[0-9]+",
     name=r"[a-z0-9]+",
 
