@@ -284,3 +284,17 @@ def tracked_runs(wildcards):
     for r, run in PLAN.runs.items():
         grouped.setdefault(run.study, {}).setdefault(run.kind, []).append(r)
     return as_json(grouped)
+
+
+# REPRO (repro.smk): the artifact tables of every configured study and the published values.
+from tuneatlas.catalogue import REPRO_FIGURES, REPRO_TABLES
+
+# the published values (package data): a corrected value rebuilds the tables
+PUBLISHED = sorted(
+    str(p) for p in (Path(SRC) / "tuneatlas/studies/published").glob("*.yaml")
+)
+
+
+def repro_inputs(wildcards):
+    tables = [table for study in PLAN.repro.values() for table in study["tables"]]
+    return tables + PUBLISHED

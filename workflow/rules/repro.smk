@@ -1,18 +1,5 @@
 # REPRO (tuneatlas.studies.repro): our numbers beside the papers' published values and the
 # papers' claims checked, from the artifact tables of every configured study.
-from tuneatlas.catalogue import REPRO_FIGURES, REPRO_TABLES
-
-# the published values (package data): a corrected value rebuilds the tables
-PUBLISHED = sorted(
-    str(p) for p in (Path(SRC) / "tuneatlas/studies/published").glob("*.yaml")
-)
-
-
-def repro_inputs(wildcards):
-    tables = [table for study in PLAN.repro.values() for table in study["tables"]]
-    return tables + PUBLISHED
-
-
 rule repro_tables:
     input:
         repro_inputs,
