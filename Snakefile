@@ -25,6 +25,7 @@ include: "workflow/rules/fisher.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/tracking.smk"
+include: "workflow/rules/repro.smk"
 
 
 rule all:

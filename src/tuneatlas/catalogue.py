@@ -155,6 +155,12 @@ ARTIFACTS: dict[str, Artifact] = {
 }
 
 
+# REPRO is no artifact of a paper: our numbers beside the papers' and the papers' claims checked
+# (tuneatlas.studies.repro), built from whichever artifact tables of the configured studies exist
+REPRO_TABLES = (f"{RESULTS}/tables/repro.parquet", f"{RESULTS}/tables/findings.parquet")
+REPRO_FIGURES = (f"{RESULTS}/figures/repro.png", f"{RESULTS}/figures/findings.png")
+
+
 def get_artifact(artifact_id: str) -> Artifact:
     key = artifact_id.upper()
     if key not in ARTIFACTS:

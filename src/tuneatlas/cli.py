@@ -296,6 +296,44 @@ def cmd_plot(args: argparse.Namespace) -> None:
     plot_artifact(args.artifact, Path(args.table), [Path(p) for p in args.out])
 
 
+def cmd_repro(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from tuneatlas.io import provenance, stable_hash
+    from tuneatlas.studies import repro
+
+    if args.what == "figures":
+        repro.plot_repro(pd.read_parquet(args.table[0]), Path(args.out[0]))
+        repro.plot_findings(pd.read_parquet(args.table[1]), Path(args.out[1]))
+        return
+    from tuneatlas.studies.published import all_published
+
+    spec = _json(args.spec)  # study -> {"tables": [...], "not_comparable": reason or null}
+    comparable = {study: s["not_comparable"] for study, s in spec.items()}
+    tables = repro.load_tables(Path(args.results), comparable)
+    meta = provenance(args.config_hash, artifact="REPRO", spec_hash=stable_hash(spec))
+    values, findings = repro.write_repro_tables(
+        tables, all_published(), comparable, [Path(p) for p in args.out], meta
+    )
+    log.info("REPRO: %d values, %d findings -> %s", len(values), len(findings), args.out)
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from tuneatlas.studies import repro
+    from tuneatlas.studies.published import all_published
+
+    comparable = None
+    if args.config:
+        from tuneatlas.config import load_config
+        from tuneatlas.plan import make_plan
+
+        plan = make_plan(load_config(args.config))
+        comparable = {study: s["not_comparable"] for study, s in plan.repro.items()}
+    values, findings, missing = repro.read_or_compute(Path(args.results), all_published, comparable)
+    result = repro.summary(values, findings, missing)
+    print(json.dumps(result, indent=1) if args.json else repro.summary_text(result))
+
+
 def cmd_catalogue(args: argparse.Namespace) -> None:
     from tuneatlas.catalogue import catalogue_markdown, with_catalogue
 
@@ -653,6 +691,34 @@ COMMANDS = (
                 default=[],
                 help="a table with run, failed columns (S2.F1)",
             ),
+        ),
+    ),
+    Command(
+        "repro",
+        cmd_repro,
+        "REPRO tables (our values beside the papers', the claims checked) or their figures",
+        (
+            option("what", choices=["tables", "figures"], help="which outputs to build"),
+            option("--spec", default="{}", help="tables: JSON of the plan's repro spec"),
+            option("--results", default="results", help="tables: the results root"),
+            option("--table", nargs=2, help="figures: repro.parquet and findings.parquet"),
+            option("--out", nargs=2, required=True, help="the two output files"),
+            CONFIG_HASH,
+        ),
+    ),
+    Command(
+        "compare",
+        cmd_compare,
+        "print how an existing results/ compares with the papers (exit 0 whatever it says)",
+        (
+            option("--results", default="results", help="the results root"),
+            option(
+                "--config",
+                default=None,
+                help="the run's config: says whether it is at the paper's scale when the"
+                " results have no repro.parquet",
+            ),
+            option("--json", action="store_true", help="one JSON object instead of text"),
         ),
     ),
     Command(

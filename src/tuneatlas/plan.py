@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuneatlas.catalogue import ARTIFACTS, Artifact
+from tuneatlas.catalogue import ARTIFACTS, REPRO_FIGURES, REPRO_TABLES, Artifact
 from tuneatlas.data.members import members
 from tuneatlas.errors import ConfigError
 from tuneatlas.models.layouts import s4_layouts
@@ -85,13 +85,17 @@ class Plan:
     tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
     lm_evals: dict[str, dict[str, Any]] = field(default_factory=dict)
     mlflow: bool = False  # config `tracking.mlflow`: rule all also builds the MLflow store
+    # REPRO (rules repro_tables / repro_figures): study -> {"tables": [its artifact tables],
+    # "not_comparable": why its numbers cannot be set beside the paper's, or None}
+    repro: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def final_outputs(self) -> list[str]:
-        """Table and figure paths of every artifact of the enabled studies, and the MLflow
-        store when asked for (`rule all`)."""
+        """Table and figure paths of every artifact of the enabled studies, the REPRO tables
+        and figures, and the MLflow store when asked for (`rule all`)."""
         outputs = [
             p for t in self.targets.values() for p in (t.artifact.table, *t.artifact.figures)
         ]
+        outputs += [*REPRO_TABLES, *REPRO_FIGURES] if self.repro else []
         return outputs + ([f"{RESULTS}/mlflow.db"] if self.mlflow else [])
 
     def scan_spec(self, run_id: str) -> dict[str, Any]:
@@ -154,8 +158,40 @@ def make_plan(config: dict[str, Any]) -> Plan:
     for name, section in studies.items():
         if section.get("enabled", True):
             builders[name](plan, config, section)
+            plan.repro[name] = {
+                "tables": sorted(
+                    t.artifact.table
+                    for t in plan.targets.values()
+                    if t.artifact.study.lower() == name
+                ),
+                "not_comparable": toy_scale_reason(config, section),
+            }
     _check_saved_models(plan)
     return plan
+
+
+def toy_scale_reason(config: dict[str, Any], section: dict[str, Any]) -> str | None:
+    """Why a study's numbers are not the paper's: a model it names is built here (not the
+    paper's pre-trained one) or a dataset it names is synthetic; None when neither."""
+    named = {
+        v
+        for value in section.values()
+        for v in (value if isinstance(value, list) else [value])
+        if isinstance(v, str)
+    }
+    built = sorted(
+        m for m in named & set(config["models"]) if config["models"][m].get("source") == "build"
+    )
+    synthetic = sorted(
+        d
+        for d in named & set(config["datasets"])
+        if config["datasets"][d].get("source") == "synthetic"
+    )
+    if not built and not synthetic:
+        return None
+    parts = [f"model {m} is built here" for m in built]
+    parts += [f"dataset {d} is synthetic" for d in synthetic]
+    return "toy scale: " + ", ".join(parts)
 
 
 def _check_saved_models(plan: Plan) -> None:

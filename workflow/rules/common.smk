@@ -60,8 +60,9 @@ wildcard_constraints:
     dataset=r"[A-Za-z0-9_.\-]+",
     model=r"[A-Za-z0-9_.\-]+",
     run=r"[A-Za-z0-9_.\-]+",
-    # any table name reaches the `table` rule, whose input function names the known ids
-    slug=r"[A-Za-z0-9_.\-]+",
+    # any table name but REPRO's (repro.smk) reaches the `table` rule, whose input function
+    # names the known ids (the look-ahead sees the rest of the path: `<slug>.parquet`)
+    slug=r"(?!(?:repro|findings)\.parquet$)[A-Za-z0-9_.\-]+",
     study=r"s[0-9]+",
     name=r"[a-z0-9]+",
 
@@ -283,3 +284,17 @@ def tracked_runs(wildcards):
     for r, run in PLAN.runs.items():
         grouped.setdefault(run.study, {}).setdefault(run.kind, []).append(r)
     return as_json(grouped)
+
+
+# REPRO (repro.smk): the artifact tables of every configured study and the published values.
+from tuneatlas.catalogue import REPRO_FIGURES, REPRO_TABLES
+
+# the published values (package data): a corrected value rebuilds the tables
+PUBLISHED = sorted(
+    str(p) for p in (Path(SRC) / "tuneatlas/studies/published").glob("*.yaml")
+)
+
+
+def repro_inputs(wildcards):
+    tables = [table for study in PLAN.repro.values() for table in study["tables"]]
+    return tables + PUBLISHED

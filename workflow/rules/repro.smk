@@ -1,0 +1,42 @@
+# REPRO (tuneatlas.studies.repro): our numbers beside the papers' published values and the
+# papers' claims checked, from the artifact tables of every configured study.
+rule repro_tables:
+    input:
+        repro_inputs,
+    output:
+        repro=REPRO_TABLES[0],
+        findings=REPRO_TABLES[1],
+    log:
+        f"{RESULTS}/logs/repro/tables.log",
+    conda:
+        "../../envs/tuneatlas.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        spec=as_json(PLAN.repro),
+        results=lambda wc, output: Path(output.repro).parents[1],
+    shell:
+        "python -m tuneatlas repro tables --spec {params.spec:q} --results {params.results}"
+        " --out {output.repro} {output.findings} 2> {log}"
+
+
+rule repro_figures:
+    input:
+        repro=REPRO_TABLES[0],
+        findings=REPRO_TABLES[1],
+    output:
+        repro=REPRO_FIGURES[0],
+        findings=REPRO_FIGURES[1],
+    log:
+        f"{RESULTS}/logs/repro/figures.log",
+    conda:
+        "../../envs/tuneatlas.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "python -m tuneatlas repro figures --table {input.repro} {input.findings}"
+        " --out {output.repro} {output.findings} 2> {log}"
