@@ -296,6 +296,12 @@ def cmd_plot(args: argparse.Namespace) -> None:
     plot_artifact(args.artifact, Path(args.table), [Path(p) for p in args.out])
 
 
+def cmd_report_view(args: argparse.Namespace) -> None:
+    from tuneatlas.report import write_report_view
+
+    write_report_view(Path(args.input), Path(args.out))
+
+
 def cmd_catalogue(args: argparse.Namespace) -> None:
     from tuneatlas.catalogue import catalogue_markdown, with_catalogue
 
@@ -636,6 +642,15 @@ COMMANDS = (
             ARTIFACT,
             option("--table", required=True, help="the artifact's table (Parquet)"),
             option("--out", required=True, nargs="+", help="the figure file(s) to write"),
+        ),
+    ),
+    Command(
+        "report-view",
+        cmd_report_view,
+        "what the HTML report shows of a table (an HTML page) or an animation (an APNG)",
+        (
+            option("--input", required=True, help="an artifact table (.parquet) or GIF"),
+            out_option("the view's file (.html for a table, .png for a GIF)"),
         ),
     ),
     Command(
