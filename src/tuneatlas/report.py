@@ -22,7 +22,7 @@ _PAGE = """<!DOCTYPE html>
 <style>
 body {{ font-family: sans-serif; font-size: 13px; margin: 12px; }}
 table {{ border-collapse: collapse; }}
-th, td {{ border: 1px solid #ccc; padding: 2px 6px; text-align: right; }}
+th, td {{ border: 1px solid #ccc; padding: 2px 6px; text-align: left; }}
 th {{ background: #f0f0f0; position: sticky; top: 0; }}
 p.note {{ color: #555; }}
 </style></head>
@@ -38,7 +38,7 @@ def table_html(table: Path, out: Path, max_rows: int = MAX_TABLE_ROWS) -> None:
     artifact = read_parquet_meta(table).get("artifact", table.stem)
     shown = df.head(max_rows)
     note = (
-        f"{len(df)} rows"
+        f"{len(df)} row{'' if len(df) == 1 else 's'}"
         if len(df) <= max_rows
         else f"the first {max_rows} of {len(df)} rows; all of them are in {table.name}"
     )
