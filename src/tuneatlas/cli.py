@@ -334,6 +334,12 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=1) if args.json else repro.summary_text(result))
 
 
+def cmd_report_view(args: argparse.Namespace) -> None:
+    from tuneatlas.report import write_report_view
+
+    write_report_view(Path(args.input), Path(args.out))
+
+
 def cmd_catalogue(args: argparse.Namespace) -> None:
     from tuneatlas.catalogue import catalogue_markdown, with_catalogue
 
@@ -674,6 +680,15 @@ COMMANDS = (
             ARTIFACT,
             option("--table", required=True, help="the artifact's table (Parquet)"),
             option("--out", required=True, nargs="+", help="the figure file(s) to write"),
+        ),
+    ),
+    Command(
+        "report-view",
+        cmd_report_view,
+        "what the HTML report shows of a table (an HTML page) or an animation (an APNG)",
+        (
+            option("--input", required=True, help="an artifact table (.parquet) or GIF"),
+            out_option("the view's file (.html for a table, .png for a GIF)"),
         ),
     ),
     Command(

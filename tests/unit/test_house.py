@@ -26,6 +26,7 @@ LAYERS = {
     "tuneatlas.engine": 2,
     "tuneatlas.analysis": 3,
     "tuneatlas.studies": 4,
+    "tuneatlas.report": 4,
     # the top band: config -> pure plan -> checks of the files the config names -> CLI
     "tuneatlas.config": 5,
     "tuneatlas.plan": 6,

@@ -180,6 +180,62 @@ def target_of(wildcards):
     return PLAN.targets[artifact.id]
 
 
+# The HTML report: each artifact under its study (category), as "<id>: <title>" (subcategory),
+# with the paper's reported values in its caption (workflow/report/artifacts.yaml)
+REPORT_TEXT = read_yaml(Path(workflow.basedir) / "workflow/report/artifacts.yaml")
+# the reproduction summary sorts before the studies in the sidebar
+SUMMARY_CATEGORY = "0 Reproduction summary"
+
+
+def report_entry(view, artifact_id=None):
+    """report()'s category, subcategory and labels of one view ("figure", "table", ...) of the
+    artifact named by the job's wildcards, or of `artifact_id` in rules without wildcards.
+    """
+    from tuneatlas.catalogue import ARTIFACTS
+
+    def artifact(wildcards):
+        return ARTIFACTS[artifact_id] if artifact_id else artifact_of(wildcards)
+
+    def category(wildcards):
+        study = artifact(wildcards).study
+        return f"{study} {REPORT_TEXT['studies'][study]}"
+
+    def subcategory(wildcards):
+        return f"{artifact(wildcards).id}: {artifact(wildcards).title}"
+
+    def labels(wildcards):
+        return {"artifact": artifact(wildcards).id, "view": view}
+
+    return {"category": category, "subcategory": subcategory, "labels": labels}
+
+
+def paper_reported(wildcards):
+    return REPORT_TEXT["paper"][artifact_of(wildcards).id]
+
+
+def catalogue_slugs():
+    """A wildcard pattern of the artifacts' file names only (not repro, findings)."""
+    from tuneatlas.catalogue import ARTIFACTS
+
+    return "|".join(re.escape(a.slug) for a in ARTIFACTS.values())
+
+
+def report_views():
+    """The report's HTML page of every planned table, of the reproduction summary's two
+    tables, and the APNG of an S3.F4 animation."""
+    views = [
+        f"{RESULTS}/tables/html/{target.artifact.slug}.html"
+        for target in PLAN.targets.values()
+    ]
+    if PLAN.repro:
+        views += [
+            f"{RESULTS}/tables/html/{name}.html" for name in ("repro", "findings")
+        ]
+    if "S3.F4" in PLAN.targets:
+        views.append(f"{RESULTS}/figures/animated/s3_f4.png")
+    return views
+
+
 def table_inputs(wildcards):
     target = target_of(wildcards)
     files = []

@@ -27,8 +27,20 @@ rule repro_figures:
         repro=REPRO_TABLES[0],
         findings=REPRO_TABLES[1],
     output:
-        repro=REPRO_FIGURES[0],
-        findings=REPRO_FIGURES[1],
+        repro=report(
+            REPRO_FIGURES[0],
+            caption="../report/repro.rst",
+            category=SUMMARY_CATEGORY,
+            subcategory="Paper vs ours",
+            labels={"artifact": "REPRO", "view": "figure"},
+        ),
+        findings=report(
+            REPRO_FIGURES[1],
+            caption="../report/findings.rst",
+            category=SUMMARY_CATEGORY,
+            subcategory="Findings",
+            labels={"artifact": "findings", "view": "figure"},
+        ),
     log:
         f"{RESULTS}/logs/repro/figures.log",
     conda:
@@ -40,3 +52,37 @@ rule repro_figures:
     shell:
         "python -m tuneatlas repro figures --table {input.repro} {input.findings}"
         " --out {output.repro} {output.findings} 2> {log}"
+
+
+# The reproduction summary's tables as HTML pages of the report, beside its figures.
+rule summary_views:
+    input:
+        repro=REPRO_TABLES[0],
+        findings=REPRO_TABLES[1],
+    output:
+        repro=report(
+            f"{RESULTS}/tables/html/repro.html",
+            caption="../report/repro.rst",
+            category=SUMMARY_CATEGORY,
+            subcategory="Paper vs ours",
+            labels={"artifact": "REPRO", "view": "table"},
+        ),
+        findings=report(
+            f"{RESULTS}/tables/html/findings.html",
+            caption="../report/findings.rst",
+            category=SUMMARY_CATEGORY,
+            subcategory="Findings",
+            labels={"artifact": "findings", "view": "table"},
+        ),
+    log:
+        f"{RESULTS}/logs/table_view/summary.log",
+    conda:
+        "../../envs/tuneatlas.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "(python -m tuneatlas report-view --input {input.repro} --out {output.repro}"
+        " && python -m tuneatlas report-view --input {input.findings}"
+        " --out {output.findings}) 2> {log}"

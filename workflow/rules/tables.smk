@@ -34,8 +34,7 @@ rule figure:
         report(
             f"{RESULTS}/figures/{{study}}_{{name}}.png",
             caption="../report/figure.rst",
-            category="{study}",
-            labels={"artifact": "{study}_{name}"},
+            **report_entry("figure"),
         ),
     log:
         f"{RESULTS}/logs/figure/{{study}}_{{name}}.log",
@@ -48,11 +47,13 @@ rule figure:
     params:
         artifact=lambda wc: artifact_of(wc).id,
         title=lambda wc: artifact_of(wc).title,
+        paper=paper_reported,
     shell:
         "python -m tuneatlas plot {params.artifact} --table {input} --out {output} 2> {log}"
 
 
-# S3.F4 is an animation: a GIF beside the PNG of its final frame.
+# S3.F4 is an animation: a GIF beside the PNG of its final frame. The report cannot play a GIF
+# (it offers a download), so it shows the animated PNG of rule animation_view instead.
 ruleorder: animation > figure
 
 
@@ -63,15 +64,9 @@ rule animation:
         png=report(
             f"{RESULTS}/figures/s3_f4.png",
             caption="../report/animation.rst",
-            category="s3",
-            labels={"artifact": "s3_f4"},
+            **report_entry("final frame", "S3.F4"),
         ),
-        gif=report(
-            f"{RESULTS}/figures/s3_f4.gif",
-            caption="../report/animation.rst",
-            category="s3",
-            labels={"artifact": "s3_f4 (animation)"},
-        ),
+        gif=f"{RESULTS}/figures/s3_f4.gif",
     log:
         f"{RESULTS}/logs/figure/s3_f4.log",
     conda:
@@ -82,3 +77,52 @@ rule animation:
         runtime=30,
     shell:
         "python -m tuneatlas plot S3.F4 --table {input} --out {output.png} {output.gif} 2> {log}"
+
+
+# What the report shows of a table: an HTML page of its first rows, under the artifact's entry.
+rule table_view:
+    input:
+        f"{RESULTS}/tables/{{slug}}.parquet",
+    output:
+        report(
+            f"{RESULTS}/tables/html/{{slug}}.html",
+            caption="../report/table.rst",
+            **report_entry("table"),
+        ),
+    log:
+        f"{RESULTS}/logs/table_view/{{slug}}.log",
+    wildcard_constraints:
+        slug=catalogue_slugs(),
+    conda:
+        "../../envs/tuneatlas.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        artifact=lambda wc: artifact_of(wc).id,
+        title=lambda wc: artifact_of(wc).title,
+        paper=paper_reported,
+    shell:
+        "python -m tuneatlas report-view --input {input} --out {output} 2> {log}"
+
+
+rule animation_view:
+    input:
+        f"{RESULTS}/figures/s3_f4.gif",
+    output:
+        report(
+            f"{RESULTS}/figures/animated/s3_f4.png",
+            caption="../report/animation.rst",
+            **report_entry("animation", "S3.F4"),
+        ),
+    log:
+        f"{RESULTS}/logs/figure/s3_f4_animated.log",
+    conda:
+        "../../envs/tuneatlas.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m tuneatlas report-view --input {input} --out {output} 2> {log}"
