@@ -58,6 +58,19 @@ def cmd_validate(args: argparse.Namespace) -> None:
     for kind, n in sorted(kinds.items()):
         print(f"    {kind}: {n}")
     print(f"  artifacts {len(plan.targets)}: " + ", ".join(plan.targets))
+    for name, ds in config["datasets"].items():
+        if ds["task"] in config.get("tasks", {}):
+            print(f"  dataset {name} (declared task {ds['task']}): {_feeds(ds['task'])}")
+
+
+def _feeds(task_name: str) -> str:
+    """The studies a declared task can feed: S1-S3 and S5 fine-tune any classification task;
+    regression fits S1 and S2 only (S3 counts classes, S5 votes on them); S4 pre-trains."""
+    from tuneatlas.data.tasks import get_task
+
+    if get_task(task_name).kind == "classification":
+        return "can feed S1, S2, S3 (with imbalance), S5"
+    return "can feed S1, S2 (regression: not S3 or S5)"
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
