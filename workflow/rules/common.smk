@@ -56,7 +56,11 @@ shell.prefix(
     # tasks declared in the config (`tasks:`) reach every job; the prepare_data rule also
     # takes the dataset's declaration as a param, so a changed declaration re-prepares
     + (
-        f"export TUNEATLAS_TASKS={shlex.quote(json.dumps(config['tasks'], sort_keys=True))}; "
+        "export TUNEATLAS_TASKS="
+        + shlex.quote(json.dumps(config["tasks"], sort_keys=True))
+        .replace("{", "{{")
+        .replace("}", "}}")
+        + "; "
         if config["tasks"]
         else ""
     )
