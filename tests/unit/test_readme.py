@@ -42,4 +42,4 @@ def test_studies_page_names_every_artifact_and_replaces_the_shared_notes(repo):
         for path in paths:
             if path.is_file() and path.suffix in {".md", ".py", ".yaml", ".rst", ".smk"}:
                 text = path.read_text(errors="ignore")
-                assert "STUDIES" + ".md" not in text, f"{path} still cites STUDIES.md"
+                assert "STUDIES" + ".md" not in text, f"{path} still cites the out-of-tree notes"
