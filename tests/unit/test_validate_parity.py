@@ -127,3 +127,41 @@ def test_declared_labels_map_by_name(tmp_path: Path) -> None:
         ["sports", "tech", "food"].index(line.rsplit(",", 1)[1]) for line in GOOD.split("\n")[1:-1]
     ]
     assert sorted(train["label"].tolist()) == sorted(expected)
+
+
+def test_a_declared_task_feeds_s1_s2_s3_s5(repo, tmp_path: Path) -> None:
+    """The toy config with every classification study pointed at a declared 3-class task."""
+    from tuneatlas.config import load_config
+
+    path = tmp_path / "news.csv"
+    path.write_text(GOOD)
+    config = load_config(repo / "config.yaml")
+    config["tasks"] = {"news": {"kind": "classification", "labels": ["sports", "tech", "food"]}}
+    news = {"source": "file", "task": "news", "files": {"train": str(path)}, "resplit": [8, 1, 1]}
+    imb = {**news, "imbalance": {"group_sizes": [2, 1, 1], "classes_per_group": 1}}
+    config["datasets"].update({"news": news, "news-imb": imb})
+    studies = config["studies"]
+    studies["s1"].update(datasets=["news"], cross_datasets=None, no_dropout_datasets=None)
+    studies["s2"]["dataset"] = "news"
+    studies["s3"].update(dataset="news-imb", preliminary_dataset="news")
+    studies["s5"]["dataset"] = "news"
+    studies["s4"]["enabled"] = False
+    plan = make_plan(validate_config(config))
+    tasks = {
+        run.study: run.spec.get("task") for run in plan.runs.values() if run.kind == "finetune"
+    }
+    assert tasks == {"s1": "news", "s2": "news", "s3": "news", "s5": "news"}
+
+
+def test_declared_task_has_no_synthetic_source() -> None:
+    raw = {
+        "tasks": {"news": {"kind": "classification", "labels": ["a", "b"]}},
+        "datasets": {"news": {"source": "synthetic", "task": "news"}},
+        "models": {"m": {"source": "hub", "name": "x"}},
+        "studies": {},
+    }
+    from tuneatlas.data.validate import check_source
+
+    config = validate_config(raw)
+    with pytest.raises(ConfigError, match=r"datasets\.news\.source.*source: file"):
+        check_source("news", config["datasets"]["news"])
