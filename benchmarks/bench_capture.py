@@ -60,7 +60,7 @@ VALID_PER_CLASS = 10
 TOY = {"hidden_size": 64, "num_layers": 4, "num_heads": 4, "intermediate_size": 128}
 CAPTURE = CaptureSpec(every=10, probe_per_class=10, test_set=True, split="test")
 
-# Paper set-up of S3 (paper.yaml / STUDIES.md), for the scaling estimate.
+# Paper set-up of S3 (paper.yaml / docs/studies.md), for the scaling estimate.
 PAPER = {"n_test": 405, "every": 10, "batch": 32, "train_rows": 1530, "epochs": 10}
 
 

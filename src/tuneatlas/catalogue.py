@@ -1,4 +1,5 @@
-"""The artifact catalogue: every table and figure of STUDIES.md, with its fixed path and schema.
+"""The artifact catalogue: every table and figure of the studies (docs/studies.md), with its
+fixed path and schema.
 
 Artifact `S1.T2` lives at results/tables/s1_t2.parquet with its figure at
 results/figures/s1_t2.png (DESIGN.md principle 4). `built` says whether the workflow already

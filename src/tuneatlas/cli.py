@@ -58,6 +58,19 @@ def cmd_validate(args: argparse.Namespace) -> None:
     for kind, n in sorted(kinds.items()):
         print(f"    {kind}: {n}")
     print(f"  artifacts {len(plan.targets)}: " + ", ".join(plan.targets))
+    for name, ds in config["datasets"].items():
+        if ds["task"] in config.get("tasks", {}):
+            print(f"  dataset {name} (declared task {ds['task']}): {_feeds(ds['task'])}")
+
+
+def _feeds(task_name: str) -> str:
+    """The studies a declared task can feed: S1-S3 and S5 fine-tune any classification task;
+    regression fits S1 and S2 only (S3 counts classes, S5 votes on them); S4 pre-trains."""
+    from tuneatlas.data.tasks import get_task
+
+    if get_task(task_name).kind == "classification":
+        return "can feed S1, S2, S3 (with imbalance), S5"
+    return "can feed S1, S2 (regression: not S3 or S5)"
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -450,13 +463,32 @@ class Command:
     run: Callable[[argparse.Namespace], None]
     help: str
     options: tuple[Option, ...]
+    # "user": listed first in `tuneatlas --help`; "internal": run by one workflow rule each
+    # (they take the rule's --spec JSON), listed apart
+    group: str = "internal"
+    description: str | None = None  # the sub-command's --help text; `help` when None
 
+
+VALIDATE_HELP = """Check a config before any job runs and list every problem found, one line each:
+
+- the schema (unknown or misspelt keys, types, ranges) and the references between entries
+  (datasets, models, corpora named by the studies), tasks declared under `tasks:`;
+- each dataset source: its keys, split names, formats, resplit ratios, imbalance arithmetic;
+- each local data file: it exists, is UTF-8, has a header and rows, no duplicate columns; and,
+  for files up to 64 MiB, every row check of the prepare_data job (text and label columns
+  present, no empty text or missing label, labels in the task's label set or id range, no split
+  left empty by resplit/imbalance); larger files get the header checks only;
+- models (local directories, hub names while offline), max_length against the model's
+  positions, keep_best needing a validation split, S5's embedder, and CUDA for device: cuda.
+
+Then prints the plan (runs per study, artifacts) and which studies each dataset with a declared
+task can feed. Exit status 1 when anything is wrong."""
 
 COMMANDS = (
     Command(
         "validate",
         cmd_validate,
-        "validate a config and summarise its plan",
+        "check a config and the files it names before any job; summarise its plan",
         (
             CONFIG,
             option(
@@ -465,6 +497,8 @@ COMMANDS = (
                 help="skip the check that device: cuda has CUDA here (jobs run on other machines)",
             ),
         ),
+        group="user",
+        description=VALIDATE_HELP,
     ),
     Command(
         "prepare",
@@ -494,6 +528,7 @@ COMMANDS = (
             option("out_dir", help="directory of train.tsv, valid.tsv, test.tsv"),
             seed_option("seed of the stratified split"),
         ),
+        group="user",
     ),
     Command(
         "build-model",
@@ -735,29 +770,61 @@ COMMANDS = (
             ),
             option("--json", action="store_true", help="one JSON object instead of text"),
         ),
+        group="user",
     ),
     Command(
         "layouts",
         cmd_layouts,
         "S4: per-layer FFN widths and parameter counts of every variant",
         (CONFIG, option("--json", action="store_true", help="one JSON list instead of a table")),
+        group="user",
     ),
     Command(
         "catalogue",
         cmd_catalogue,
         "print the artifact catalogue as a Markdown table",
         (option("--readme", help="rewrite the catalogue between the markers of this file"),),
+        group="user",
     ),
 )
 
 
+GROUPS = {
+    "user": "commands",
+    "internal": "internal commands (one per workflow rule; snakemake runs them with the rule's"
+    " --spec JSON)",
+}
+DESCRIPTION = """Reproduce five fine-tuning studies with one Snakemake workflow: run it with
+`snakemake --profile profiles/local [--configfile CONFIG]`; these commands check configs and
+inspect what a run will do. `tuneatlas COMMAND --help` describes one."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tuneatlas", description=__doc__)
+    """The parser; `--help` lists the user commands first, then the internals in their own group
+    (every command stays callable by name, so the rules' invocations are unchanged)."""
+    listing = "\n\n".join(
+        f"{title}:\n" + "\n".join(f"  {c.name:<18} {c.help}" for c in COMMANDS if c.group == group)
+        for group, title in GROUPS.items()
+    )
+    parser = argparse.ArgumentParser(
+        prog="tuneatlas",
+        description=DESCRIPTION,
+        epilog=listing,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="one of the commands below"
+    )
     for command in COMMANDS:
-        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        p = sub.add_parser(
+            command.name,
+            description=command.description or command.help,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         for opt in command.options:
             opt.add_to(p)
         p.set_defaults(func=command.run)

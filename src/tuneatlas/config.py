@@ -167,8 +167,19 @@ def validate_config(raw: Mapping[str, Any]) -> dict[str, Any]:
                 hint = float_hint(err.instance) if err.validator in ("type", "oneOf") else ""
                 lines.append(f"config key '{_key(path)}': {err.message}{hint}")
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
+    _declare_tasks(config)
     _check_references(config)
     return config
+
+
+def _declare_tasks(config: dict[str, Any]) -> None:
+    """Register the config's `tasks:` so every dataset, study and job can name them."""
+    from tuneatlas.data.tasks import declare
+
+    try:
+        declare(config.get("tasks"))
+    except ValueError as err:
+        raise ConfigError(f"config key {err}") from None
 
 
 def _check_references(config: dict[str, Any]) -> None:

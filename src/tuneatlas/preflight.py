@@ -17,10 +17,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tuneatlas.data.prepare import local_source_files, output_files, source_sizes
-from tuneatlas.data.sources import unique_fields
+from tuneatlas.data.prepare import (
+    load_raw_splits,
+    local_source_files,
+    output_files,
+    source_sizes,
+)
+from tuneatlas.data.sources import load_sources, unique_fields
 from tuneatlas.data.tasks import TASKS
-from tuneatlas.data.transform import split_counts
+from tuneatlas.data.transform import columns_for, row_problems, split_counts
 from tuneatlas.data.validate import (
     check_source,
     format_of,
@@ -31,6 +36,10 @@ from tuneatlas.errors import ConfigError, DataError
 from tuneatlas.plan import Plan
 
 PEEK_BYTES = 1 << 20  # what validation reads of a data file: the header and the first rows
+# Files up to this size are read whole and run through prepare_data's own checks (columns,
+# empty text, labels against the task, empty splits after resplit/imbalance); a larger file
+# gets the head checks only, and its rows are checked by the prepare_data job.
+ROW_CHECK_BYTES = 64 << 20
 
 # ---------------------------------------------------------------------------------------------
 # Data files: what can be seen from the head of each file
@@ -210,6 +219,7 @@ def _check_datasets(config: Mapping[str, Any], plan: Plan, problems: list[str]) 
                 " (source: file with files: {train: ..., validation: ...} or dir: ...), or set"
                 " offline: false"
             )
+        before = len(problems)
         for where, path in files.items():
             if where == "facts":
                 continue
@@ -227,6 +237,8 @@ def _check_datasets(config: Mapping[str, Any], plan: Plan, problems: list[str]) 
                 )
             if problem:
                 problems.append(problem)
+        if len(problems) == before:  # the files open: check their rows as prepare_data will
+            problems += _row_problems(name, ds, task, files, config.get("seed", 0))
         if "facts" in files and not files["facts"].is_file():
             problems.append(f"file not found ({key}.facts = {files['facts']}): fix the path")
         if ds["source"] == "synthetic" and "imbalance" in ds:
@@ -245,6 +257,34 @@ def _check_datasets(config: Mapping[str, Any], plan: Plan, problems: list[str]) 
                         " add a validation file, set resplit, or keep_best: false"
                     )
                     break
+
+
+def _row_problems(
+    name: str, ds: Mapping[str, Any], task: Any, files: Mapping[str, Path], seed: int
+) -> list[str]:
+    """prepare_data's row checks on a file source whose files are at most ROW_CHECK_BYTES:
+    each column key of each split file, then (all clean) the whole load as the job runs it."""
+    data_files = [p for where, p in files.items() if where != "facts"]
+    if ds.get("source") != "file" or not data_files:
+        return []
+    if any(not p.is_file() or p.stat().st_size > ROW_CHECK_BYTES for p in data_files):
+        return []
+    try:
+        loaded = load_sources(name, ds, task)
+    except ValueError as err:
+        return [str(err)]
+    columns = columns_for(task, ds)
+    problems = [
+        p
+        for raw, lines, origin in loaded.values()
+        for p in row_problems(raw, task, columns, origin, lines)
+    ]
+    if not problems:
+        try:
+            load_raw_splits(name, ds, seed)
+        except ValueError as err:
+            problems.append(str(err))
+    return problems
 
 
 def _check_train(config: Mapping[str, Any], plan: Plan, problems: list[str]) -> None:

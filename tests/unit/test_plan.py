@@ -1,4 +1,4 @@
-"""The plan: paper.yaml yields exactly the grids of STUDIES.md; toy specs are consistent."""
+"""The plan: paper.yaml yields exactly the grids of docs/studies.md; toy specs are consistent."""
 
 from __future__ import annotations
 

@@ -27,3 +27,19 @@ def test_every_catalogued_artifact_has_a_table_builder_and_a_figure():
 
     builders, plotters = _registry()
     assert set(builders) == set(plotters) == set(ARTIFACTS)
+
+
+def test_studies_page_names_every_artifact_and_replaces_the_shared_notes(repo):
+    """docs/studies.md is the one in-repository account of the papers: every catalogued artifact
+    appears there, and nothing in the repository points at the out-of-tree study notes."""
+    studies = (repo / "docs" / "studies.md").read_text()
+    for artifact_id in ARTIFACTS:
+        assert artifact_id in studies, f"{artifact_id} missing from docs/studies.md"
+    assert "arxiv.org/abs/2504.04966" in studies  # S1's paper, cited
+    roots = ["README.md", "paper.yaml", "config.yaml", "src", "tests", "benchmarks", "docs"]
+    for root in roots:
+        paths = [repo / root] if (repo / root).is_file() else (repo / root).rglob("*")
+        for path in paths:
+            if path.is_file() and path.suffix in {".md", ".py", ".yaml", ".rst", ".smk"}:
+                text = path.read_text(errors="ignore")
+                assert "STUDIES" + ".md" not in text, f"{path} still cites the out-of-tree notes"

@@ -177,17 +177,22 @@ def test_one_table_runs_only_what_it_needs(tmp_path):
 
 
 def stub_local_sources(workdir: Path, config_file: Path) -> None:
-    """One-row stand-ins for a config's local data files (paper.yaml: the livedoor TSVs that
-    `tuneatlas livedoor-convert` writes), which the DAG needs to exist even in a dry-run (and
-    validation refuses a header-only split file)."""
-    from tuneatlas.data.livedoor import Article, write_tsv
+    """Stand-ins for a config's local data files (paper.yaml: the livedoor TSVs that
+    `tuneatlas livedoor-convert` writes), which the DAG needs to exist even in a dry-run. They
+    pass what validation checks of the real files: known categories, and enough rows per class
+    for the imbalanced set-up (the paper's largest group, 400, plus its 45 test rows)."""
+    from tuneatlas.data.livedoor import CATEGORIES, Article, write_tsv
 
-    row = Article("text/x/x-1.txt", "http://x", "2012-01-01", "title", "body", "x")
+    rows = [
+        Article(f"text/{c}/{c}-{i}.txt", "http://x", "2012-01-01", "title", f"body {i}", c)
+        for c in CATEGORIES
+        for i in range(450)
+    ]
 
     for cfg in yaml.safe_load(config_file.read_text())["datasets"].values():
         for path in (cfg.get("files") or {}).values() if cfg["source"] == "file" else ():
             if not Path(path).is_absolute() and not (workdir / path).exists():
-                write_tsv([row], workdir / path)
+                write_tsv(rows, workdir / path)
 
 
 def test_paper_dry_run_builds_every_studys_full_grid(tmp_path):

@@ -53,6 +53,17 @@ shell.prefix(
     # re-runs nothing; the CLI reads them (--device default, the config hash in table metadata)
     + f"export TUNEATLAS_DEVICE={shlex.quote(str(DEVICE))}"
     + f" TUNEATLAS_CONFIG_HASH={shlex.quote(CONFIG_HASH)}; "
+    # tasks declared in the config (`tasks:`) reach every job; the prepare_data rule also
+    # takes the dataset's declaration as a param, so a changed declaration re-prepares
+    + (
+        "export TUNEATLAS_TASKS="
+        + shlex.quote(json.dumps(config["tasks"], sort_keys=True))
+        .replace("{", "{{")
+        .replace("}", "}}")
+        + "; "
+        if config["tasks"]
+        else ""
+    )
 )
 
 

@@ -33,6 +33,10 @@ rule prepare_data:
     params:
         spec=lambda wc: as_json(PLAN.datasets[wc.dataset]),
         spec_hash=lambda wc: stable_hash(PLAN.datasets[wc.dataset]),
+        # a task declared in the config: a changed declaration re-prepares the data
+        declared_task=lambda wc: as_json(
+            config["tasks"].get(PLAN.datasets[wc.dataset]["task"])
+        ),
         seed=config["seed"],
         hub_copy=hub_copy_arg,
     shell:

@@ -220,9 +220,84 @@ def fine_tuning_task(name: str) -> Task:
 
 def get_task(name: str) -> Task:
     """The registered task `name`; a ValueError listing the known tasks otherwise."""
+    if name not in TASKS:
+        _declared_from_env()
     try:
         return TASKS[name]
     except KeyError:
         raise ValueError(
-            f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}"
+            f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}; declare your own"
+            " under the config's `tasks:` section (kind, labels, metric, text columns)"
         ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks declared in the config (`tasks:`): a researcher's own data set joins the registry.
+
+DECLARED_METRICS: tuple[str, ...] = ("accuracy", "macro_f1", "mcc", "pearson", "spearman")
+# Jobs start in fresh processes: the workflow hands them the config's declarations in this
+# variable (workflow/rules/common.smk); `get_task` reads it for a name the registry lacks.
+DECLARED_ENV = "TUNEATLAS_TASKS"
+
+
+def declared_task(name: str, decl: dict) -> Task:
+    """A Task row from one `tasks.<name>` entry; ValueError naming the key otherwise."""
+    where = f"tasks.{name}"
+    if name in TASKS and not _is_declared(TASKS[name]):
+        raise ValueError(f"{where}: {name!r} is a registered task; pick another name")
+    kind = decl.get("kind")
+    if kind not in ("classification", "regression"):
+        raise ValueError(f"{where}.kind must be classification or regression, got {kind!r}")
+    labels = tuple(str(x) for x in decl.get("labels") or ())
+    if kind == "classification" and len(labels) < 2:
+        raise ValueError(
+            f"{where}.labels: a classification task needs at least two label names, e.g."
+            " [sports, tech, food] (the file's labels are these names or ids 0..n-1)"
+        )
+    if kind == "regression" and labels:
+        raise ValueError(f"{where}.labels: a regression task has no labels; remove the key")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"{where}.labels: duplicate label name(s); keep each once")
+    metric = decl.get("metric", "accuracy" if kind == "classification" else "pearson")
+    fits = ("pearson", "spearman") if kind == "regression" else ("accuracy", "macro_f1", "mcc")
+    if metric not in fits:
+        raise ValueError(
+            f"{where}.metric: {metric!r} does not fit a {kind} task; use one of {fits}"
+        )
+    text_a = decl.get("text_a", "text")
+    return Task(
+        name=name,
+        kind=kind,
+        num_labels=1 if kind == "regression" else len(labels),
+        metric=metric,
+        hub_path="",  # declared tasks are read from files
+        hub_name=None,
+        text_a=text_a if isinstance(text_a, str) else tuple(text_a),
+        text_b=decl.get("text_b"),
+        label=decl.get("label", "label"),
+        hub_splits=(),
+        synthetic="",
+        extra_metrics=("mcc",) if kind == "classification" and metric != "mcc" else (),
+        label_names=labels,
+    )
+
+
+def _is_declared(task: Task) -> bool:
+    return task.synthetic == ""
+
+
+def declare(decls: dict | None) -> dict[str, Task]:
+    """Build and register the config's declared tasks (idempotent; a later declaration of the
+    same name replaces the earlier); returns them by name."""
+    rows = {name: declared_task(name, dict(decl)) for name, decl in (decls or {}).items()}
+    TASKS.update(rows)
+    return rows
+
+
+def _declared_from_env() -> None:
+    import json
+    import os
+
+    text = os.environ.get(DECLARED_ENV)
+    if text:
+        declare(json.loads(text))

@@ -203,6 +203,33 @@ def normalise(
     return pd.DataFrame({"idx": idx, "text_a": text_a, "text_b": text_b, "label": label})
 
 
+def row_problems(
+    raw: pd.DataFrame,
+    task: Task,
+    columns: Mapping[str, list[str] | None],
+    origin: str,
+    lines: np.ndarray | None = None,
+) -> list[str]:
+    """Every problem `normalise` would raise on these rows, one per column key (text_a, text_b,
+    label or text), so a validation run lists them all instead of stopping at the first."""
+    raw = raw.reset_index(drop=True)
+    keys = ("text",) if task.is_corpus else ("text_a", "text_b", "label")
+    problems = []
+    for key in keys:
+        cols = columns.get(key)
+        try:
+            if not cols:
+                if key != "text_b":
+                    normalise(raw.iloc[:0], task, {**columns, key: None}, origin, lines)
+            elif key == "label":
+                _labels(raw, cols[0], task, origin, lines)
+            else:
+                text_column(raw, cols, key, origin, lines)
+        except (DataError, ConfigError) as err:
+            problems.append(str(err))
+    return problems
+
+
 # ---------------------------------------------------------------------------------------------
 # Subsample, re-split, imbalance
 

@@ -84,6 +84,16 @@ def check_source(name: str, cfg: Mapping[str, Any]) -> Task:
         task = get_task(cfg.get("task", name))
     except ValueError as err:
         raise ConfigError(f"{dataset_key(name, 'task')}: {err}") from None
+    if not task.synthetic and source == "synthetic":  # a task declared under `tasks:`
+        raise ConfigError(
+            f"{dataset_key(name, 'source')}: task {task.name!r} is declared in the config and"
+            " has no synthetic generator; use source: file with your data files"
+        )
+    if not task.synthetic and source == "hub" and not cfg.get("path"):
+        raise ConfigError(
+            f"{dataset_key(name, 'path')}: task {task.name!r} is declared in the config; a hub"
+            " source needs the dataset's hub path"
+        )
     max_rows = cfg.get("max_rows")
     if max_rows is not None and (not _is_int(max_rows) or max_rows < 1):
         raise ConfigError(

@@ -11,7 +11,7 @@ S2 needs its `correct_bias=False` option, which `torch.optim.AdamW` does not hav
 Note that eps is added to sqrt(v) *before* bias correction (as in that class), so with
 `correct_bias=True` it differs from `torch.optim.AdamW` only at the scale of eps.
 
-`make_scheduler` builds the warm-up + decay schedules of STUDIES.md as a `LambdaLR`.
+`make_scheduler` builds the studies' warm-up + decay schedules (docs/studies.md) as a `LambdaLR`.
 """
 
 from __future__ import annotations

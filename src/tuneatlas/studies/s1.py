@@ -50,6 +50,29 @@ def _task_key(spec: dict[str, Any]):
     return lambda col: col.map(order) if col.name == "task" else col
 
 
+METRIC_NAMES = {
+    "accuracy": "accuracy",
+    "mcc": "MCC",
+    "pearson": "Pearson r",
+    "spearman": "Spearman rho",
+    "macro_f1": "macro-F1",
+    "f1": "F1",
+}
+
+
+def _name_metrics(ax: Any, test: pd.DataFrame) -> None:
+    """Name each task's metric under its tick, and in the y label when all tasks share one
+    (tasks differ: CoLA is scored by MCC, STS-B by Pearson's r, the rest by accuracy)."""
+    metric = test.drop_duplicates("task").set_index("task")["metric"]
+    names = {t: METRIC_NAMES.get(m, m) for t, m in metric.items()}
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    ax.set_xticks(ax.get_xticks(), [f"{t}\n({names.get(t, '?')})" for t in ticks])
+    shared = set(names.values())
+    ax.set_ylabel(
+        f"test {shared.pop()}" if len(shared) == 1 else "test score (metric under each task)"
+    )
+
+
 def _plot_test_bars(df: pd.DataFrame, hue: str, title: str, outputs: list[Path]) -> None:
     import seaborn as sns
 
@@ -59,7 +82,8 @@ def _plot_test_bars(df: pd.DataFrame, hue: str, title: str, outputs: list[Path])
     sns.barplot(test, x="task", y="value", hue=hue, ax=ax)
     for container in ax.containers:
         ax.bar_label(container, fmt="%.3f", fontsize=7, padding=1)
-    ax.set(title=title, xlabel="task", ylabel="test score (task metric)")
+    ax.set(title=title, xlabel="task")
+    _name_metrics(ax, test)
     plots.save(fig, outputs[0])
 
 
@@ -135,6 +159,9 @@ def plot_t5(df: pd.DataFrame, outputs: list[Path]) -> None:
     matrix = test.pivot(index="task_a", columns="task_b", values="value").reindex(
         index=order, columns=order
     )
+    if len(order) == 1:  # a 1x1 matrix is one number: say so instead of a heatmap
+        _plot_t5_single(test, outputs)
+        return
     fig, axes = plots.subplots(width=1.0 * len(order) + 3, height=0.8 * len(order) + 2)
     ax = axes[0, 0]
     sns.heatmap(
@@ -144,6 +171,27 @@ def plot_t5(df: pd.DataFrame, outputs: list[Path]) -> None:
         title="S1.T5 - fine-tune on A, then on B (diagonal = B directly)",
         xlabel="second task B",
         ylabel="first task A",
+    )
+    plots.save(fig, outputs[0])
+
+
+def _plot_t5_single(test: pd.DataFrame, outputs: list[Path]) -> None:
+    row = test.iloc[0]
+    fig, axes = plots.subplots(width=5.0, height=3.0)
+    ax = axes[0, 0]
+    ax.bar([f"{row['task_a']} -> {row['task_b']}"], [row["value"]], width=0.4)
+    ax.bar_label(ax.containers[0], fmt="%.3f", fontsize=8, padding=1)
+    ax.set(
+        title="S1.T5 - cross fine-tuning with one task: only the diagonal",
+        ylabel=f"test {METRIC_NAMES.get(row['metric'], row['metric'])}",
+    )
+    ax.text(
+        0.5,
+        -0.3,
+        "list two or more datasets in studies.s1.cross_datasets for the A-then-B matrix",
+        transform=ax.transAxes,
+        ha="center",
+        fontsize=8,
     )
     plots.save(fig, outputs[0])
 
@@ -229,7 +277,8 @@ def _plot_best_subsets(df: pd.DataFrame, outputs: list[Path], what: str, title: 
     fig, axes = plots.subplots(width=max(6.0, 1.6 * test["task"].nunique()))
     ax = axes[0, 0]
     sns.barplot(test, x="task", y="value", hue="setting", ax=ax)
-    ax.set(title=title, xlabel="task", ylabel="test score (task metric)")
+    ax.set(title=title, xlabel="task")
+    _name_metrics(ax, test)
     ax.legend(fontsize=7, title=None, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     plots.save(fig, outputs[0])
 
@@ -317,8 +366,8 @@ def plot_t3(df: pd.DataFrame, outputs: list[Path]) -> None:
     ax.set(
         title="S1.T3 - pairs of effective dimensions from the top-10 triples (test)",
         xlabel="task",
-        ylabel="test score (task metric)",
     )
+    _name_metrics(ax, test)
     ax.legend(fontsize=7, title=None, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     plots.save(fig, outputs[0])
 

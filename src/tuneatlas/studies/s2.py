@@ -127,7 +127,9 @@ def plot_f1(df: pd.DataFrame, outputs: list[Path]) -> None:
     for i, model in enumerate(models):
         cells = [mean_ci(df[(df["model"] == model) & (df["lr"] == lr)]["value"]) for lr in lrs]
         mean = np.array([c[0] for c in cells])
-        err = np.array([[c[0] - c[1], c[2] - c[0]] for c in cells]).T
+        # accuracy lives in [0, 1]: a t-interval over few seeds can overshoot it, so the bars
+        # stop at the range's ends (the table keeps the interval as computed)
+        err = np.array([[c[0] - max(c[1], 0.0), min(c[2], 1.0) - c[0]] for c in cells]).T
         shift = 10 ** ((i - (len(models) - 1) / 2) * 0.025)  # side by side on the log axis
         x = np.array(lrs) * shift
         ax.errorbar(x, mean, yerr=np.nan_to_num(err), fmt="o-", capsize=3, label=model)
@@ -136,7 +138,8 @@ def plot_f1(df: pd.DataFrame, outputs: list[Path]) -> None:
     ax.axhline(df["majority"].iloc[0], ls="--", lw=1, color="grey", label="majority class")
     _lr_axis(ax, lrs)
     ax.set(
-        title="S2.F1 - validation accuracy vs peak lr (mean, 95% CI over seeds)",
+        title="S2.F1 - validation accuracy vs peak lr\n(mean, 95% t-interval over seeds,"
+        " clipped to [0, 1])",
         xlabel="peak learning rate",
         ylabel=f"{df['split'].iloc[0]} accuracy",
     )
@@ -261,6 +264,27 @@ def _cells(df: pd.DataFrame) -> list[tuple[str, float]]:
     return list(dict.fromkeys(zip(df["model"], df["lr"], strict=True)))
 
 
+def _readable_labels(run: pd.DataFrame, gap: float = 0.1) -> list[tuple[int, float, float]]:
+    """(step, phi, r) of the points worth a step label: the first, the last, and any point at
+    least `gap` (in units of r) from the last labelled one; the trajectory's end crowds the
+    origin with points whose labels would overlap."""
+    rows = list(zip(run["step"], run["phi"], run["r"], strict=True))
+    if not rows:
+        return []
+    xy = [(r * np.cos(phi), r * np.sin(phi)) for _, phi, r in rows]
+    keep, last = [0], xy[0]
+    for i in range(1, len(rows) - 1):
+        if np.hypot(xy[i][0] - last[0], xy[i][1] - last[1]) >= gap:
+            keep.append(i)
+            last = xy[i]
+    end = len(rows) - 1
+    if end > 0:
+        if keep[-1] != 0 and np.hypot(xy[end][0] - last[0], xy[end][1] - last[1]) < gap:
+            keep.pop()  # the final point's label wins over a neighbour's
+        keep.append(end)
+    return [rows[i] for i in keep]
+
+
 def plot_f2(df: pd.DataFrame, outputs: list[Path]) -> None:
     cells = _cells(df)
     fig, axes = plots.subplots(
@@ -280,7 +304,7 @@ def plot_f2(df: pd.DataFrame, outputs: list[Path]) -> None:
                 run["phi"], run["r"], c=run["loss"], cmap="viridis", norm=norm, s=22, zorder=2
             )
             points.set_edgecolor("black")
-            for step, phi, r in zip(run["step"], run["phi"], run["r"], strict=True):
+            for step, phi, r in _readable_labels(run):
                 ax.annotate(
                     str(step), (phi, r), xytext=(3, 3), textcoords="offset points", fontsize=6
                 )

@@ -360,7 +360,13 @@ def _group_order(groups: Sequence[str | None]) -> list[str | None]:
     return sorted(uniq, key=lambda g: (g is None, size(g)))
 
 
-def _legend(ax: plt.Axes, title: str = "class (train size)") -> None:
+def _legend(ax: plt.Axes, title: str | None = None) -> None:
+    """The class legend; titled "class (train size)" only when its entries carry their
+    training-size group ("3 (400/class)"): a balanced run (S3's preliminary one) has none."""
+    if title is None:
+        _, labels = ax.get_legend_handles_labels()
+        sized = any("/class" in label for label in labels)
+        title = "class (train size)" if sized else "class (balanced training set)"
     ax.legend(
         title=title, fontsize=8, title_fontsize=9, loc="center left", bbox_to_anchor=(1.01, 0.5)
     )

@@ -85,14 +85,34 @@ def plot_f3(df: pd.DataFrame, outputs: list[Path]) -> None:
     for i, size in enumerate(sizes):
         for j, task in enumerate(tasks):
             ax, cell = axes[i, j], df[(df["size"] == size) & (df["task"] == task)]
+            if not np.isfinite(cell["ri"].to_numpy(dtype=float)).any():
+                _no_ri_note(ax, cell, f"{size} - {task}")
+                continue
             for position, line in cell[cell["variant"] != "baseline"].groupby("position"):
                 line = line.sort_values("ratio")
                 ax.plot([*line["ratio"], 100], [*line["ri"], 0.0], "o-", ms=3, label=position)
             ax.axhline(0, color="grey", lw=0.8, ls="--")
             ax.set(title=f"{size} - {task}", xlabel="FFN-expanded layers (%)", ylabel="RI (%)")
-    axes[0, -1].legend(fontsize=7, title="position", title_fontsize=7)
+    drawn = [ax for ax in axes.flat if ax.get_lines() and ax.get_legend_handles_labels()[0]]
+    if drawn:  # the last panel with lines: a note panel has none
+        drawn[-1].legend(fontsize=7, title="position", title_fontsize=7)
     fig.suptitle("S4.F3 - relative improvement over the baseline vs ratio (100% = baseline)")
     plots.save(fig, outputs[0])
+
+
+def _no_ri_note(ax: Any, cell: pd.DataFrame, title: str) -> None:
+    """An S4.F3 panel without a single finite RI: a note saying why instead of empty axes."""
+    base = cell.loc[cell["variant"] == "baseline", "score"].to_numpy(dtype=float)
+    if len(base) and base[0] == 0:
+        why = "the baseline scores 0,\nso RI (a ratio to it) is undefined"
+    elif not np.isfinite(cell["score"].to_numpy(dtype=float)).any():
+        why = "no variant has a score\n(the task was not evaluated)"
+    else:
+        why = "no finite relative improvement\n(the baseline's score is missing)"
+    ax.text(0.5, 0.5, why, ha="center", va="center", fontsize=8, transform=ax.transAxes)
+    ax.set_title(title)
+    ax.set_yticks([])
+    ax.grid(False)
 
 
 def plot_t1(df: pd.DataFrame, outputs: list[Path]) -> None:

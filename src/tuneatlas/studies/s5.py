@@ -175,7 +175,15 @@ def plot_t1(df: pd.DataFrame, outputs: list[Path]) -> None:
         )
     seed_value = df.loc[df["model"] == SEED_ENSEMBLE, "value"]
     if len(seed_value):
-        ax.axvline(float(seed_value.iloc[0]), ls="--", lw=1, color="#c44e52", alpha=0.6)
+        ax.axvline(
+            float(seed_value.iloc[0]),
+            ls="--",
+            lw=1,
+            color="#c44e52",
+            alpha=0.6,
+            label=f"seed ensemble ({SEED_ENSEMBLE}), the baseline",
+        )
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False)
     ax.set_yticks(y, [f"{m} ({k})" for m, k in zip(df["model"], df["kind"], strict=True)])
     split = df["split"].iloc[0]
     ax.set(
