@@ -152,6 +152,7 @@ def cmd_simcse(args: argparse.Namespace) -> None:
         Path(args.out),
         Path(args.run_dir),
         device=args.device,
+        stsb_dir=Path(args.stsb) if args.stsb else None,
     )
 
 
@@ -494,6 +495,11 @@ COMMANDS = (
             BASE_MODEL,
             out_option("the new base model directory"),
             option("--run-dir", required=True, help="checkpoint, metrics and held-out scores"),
+            option(
+                "--stsb",
+                default=None,
+                help="prepared STS-B data whose valid split selects the checkpoint (keep-best)",
+            ),
             DEVICE,
         ),
     ),

@@ -19,12 +19,20 @@ def _pearson(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.corrcoef(y_true, y_pred)[0, 1])
 
 
+def _spearman(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Spearman's rank correlation (average ranks for ties), STS-B's metric in SimCSE."""
+    from scipy.stats import rankdata
+
+    return _pearson(rankdata(y_true), rankdata(y_pred))
+
+
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "accuracy": lambda t, p: float(accuracy_score(t, p)),
     "mcc": lambda t, p: float(matthews_corrcoef(t, p)),
     "f1": lambda t, p: float(f1_score(t, p, average="binary", zero_division=0)),
     "macro_f1": lambda t, p: float(f1_score(t, p, average="macro", zero_division=0)),
     "pearson": _pearson,
+    "spearman": _spearman,
 }
 
 

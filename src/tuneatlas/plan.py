@@ -326,9 +326,17 @@ def _plan_simcse(plan: Plan, config: dict[str, Any], s2: dict[str, Any]) -> dict
             epochs=simcse["epochs"],
             max_length=simcse["max_length"],
             schedule="linear",
+            # SimCSE keeps the checkpoint with the best STS-B dev Spearman (engine/recipes/simcse)
+            keep_best=bool(simcse.get("stsb")),
+            eval_every=simcse["eval_every"] if simcse.get("stsb") else 0,
         ).to_dict()
         spec["temperature"] = simcse["temperature"]
-        plan.models[model_id] = {"source": "simcse", "base": s2["model"], "corpus": s2["corpus"]}
+        plan.models[model_id] = {
+            "source": "simcse",
+            "base": s2["model"],
+            "corpus": s2["corpus"],
+            "stsb": simcse.get("stsb"),
+        }
         plan.add(Run(model_id, "s2", "simcse", spec))
     return models
 

@@ -381,7 +381,14 @@ class _Run:
                 metrics_frame(self.metric_rows), out_dir / "metrics.parquet", recipe.meta()
             )
             write_yaml(spec.to_dict(), out_dir / "spec.yaml")
-            recipe.save(s.model, out_dir, results, steps=s.step, best_step=self.best["step"])
+            recipe.save(
+                s.model,
+                out_dir,
+                results,
+                steps=s.step,
+                best_step=self.best["step"],
+                best_score=self.best["score"],
+            )
             shutil.rmtree(self.ckpt_dir, ignore_errors=True)
         self._log_done(results)
         return results
