@@ -495,9 +495,11 @@ def _plan_s3(plan: Plan, config: dict[str, Any], s3: dict[str, Any]) -> None:
 S3_SETUPS = ("prelim", "main")
 # the study keys each S3 table reads (tuneatlas.studies.s3.TABLES); others read none
 S3_TARGET_PARAMS: dict[str, tuple[str, ...]] = {
-    "S3.T1": ("stay_T", "stay_D"),
-    "S3.T2": ("linearity_k", "linearity_eps"),
-    "S3.F12": ("linearity_ks",),
+    "S3.F8": ("space",),
+    "S3.F9": ("space", "speed_points"),
+    "S3.T1": ("stay_T", "stay_D", "space"),
+    "S3.T2": ("linearity_k", "linearity_eps", "space"),
+    "S3.F12": ("linearity_ks", "space"),
 }
 
 

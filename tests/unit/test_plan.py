@@ -230,7 +230,8 @@ def test_s3_tables_read_the_runs_the_paper_uses(repo, paper):
     assert t["S3.F7"].params["runs"] == {"prelim": prelim, "main": main}
     for aid in ("S3.F8", "S3.F9", "S3.T1", "S3.T2", "S3.F12"):
         assert t[aid].runs == (main,) and t[aid].params["runs"] == {"main": main}, aid
-    assert set(t["S3.T1"].params) == {"study", "runs", "stay_T", "stay_D"}
+    assert set(t["S3.T1"].params) == {"study", "runs", "stay_T", "stay_D", "space"}
+    assert t["S3.F9"].params["space"] == "hidden" and t["S3.F9"].params["speed_points"] == "probe"
     assert "stay_D" not in t["S3.F4"].params  # a table's params are what it reads
     # without a preliminary run every S3 table reads the main run
     raw = yaml.safe_load((repo / "paper.yaml").read_text())
