@@ -191,6 +191,13 @@ def _plan_s1(plan: Plan, config: dict[str, Any], s1: dict[str, Any]) -> None:
     seeds = s1["seeds"]
     main = seeds[0]
     layers = [config.get("train", {}), s1.get("train", {})]
+    head = {**layers[0], **layers[1]}.get("head", "linear")
+    if head != "linear":
+        raise ConfigError(
+            f"config key 'studies.s1.train.head': S1 needs the linear head on the raw CLS vector"
+            f" (its paper; the subset scans score W[:, S] h_S + b of that Linear), got {head!r};"
+            " set it to linear"
+        )
 
     def finetune(run_id: str, dataset: str, seed: int, **fields: Any) -> str:
         spec = train_spec(

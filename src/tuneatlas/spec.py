@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 Pooling = Literal["cls", "maxnorm"]
-Head = Literal["linear", "mlp2"]
+Head = Literal["linear", "mlp2", "pooler", "roberta"]
 HeadInit = Literal["encoder", "pytorch"]
 ScheduleName = Literal["linear", "constant", "cosine"]
 Precision = Literal["fp32", "bf16"]
