@@ -206,7 +206,7 @@ def cmd_cluster(args: argparse.Namespace) -> None:
     cluster_dataset(
         _json(args.spec),
         Path(args.data),
-        Path(args.embedder),
+        Path(args.embedder) if args.embedder else None,
         Path(args.out),
         device=args.device,
         meta={"config_hash": args.config_hash},
@@ -556,7 +556,7 @@ COMMANDS = (
         (
             spec_option("clustering spec (plan.clusterings)"),
             data_option(),
-            option("--embedder", required=True, help="encoder model directory"),
+            option("--embedder", default=None, help="encoder model directory (not for tfidf)"),
             out_option("the clustering's directory"),
             DEVICE,
             CONFIG_HASH,

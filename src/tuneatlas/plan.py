@@ -620,21 +620,11 @@ def _plan_s5(plan: Plan, config: dict[str, Any], s5: dict[str, Any]) -> None:
     layers = [config.get("train", {}), s5.get("train", {})]
     dataset = s5["dataset"]
     task = task_of(config, dataset)
-    embedder = s5["embedder"].get("model") or s5["model"]
-    _check_s5_embedder(config, embedder)
     merged_train = {**config.get("train", {}), **s5.get("train", {})}
-    plan.clusterings[S5_CLUSTERING] = {
-        "dataset": dataset,
-        "embedder": embedder,
-        "embedder_spec": plan.models[embedder],
-        "pooling": s5["embedder"]["pooling"],
-        "max_length": s5["embedder"].get("max_length") or merged_train.get("max_length", 128),
-        "batch_size": merged_train.get("eval_batch_size", 128),
-        "trust_remote_code": bool(plan.models[embedder].get("trust_remote_code", False)),
-        "k": s5["k"],
-        "method": s5["clustering"]["method"],
-        "seed": s5["clustering"]["seed"],
-    }
+    plan.clusterings[S5_CLUSTERING] = _s5_clustering(plan, config, s5, merged_train)
+    # a cluster member trains for as many optimiser steps as a seed model (`member_steps: seed`:
+    # the step count of the full training split) or for the same epochs over its own rows
+    budget = {"steps_from": "source"} if s5["member_steps"] == "seed" else {}
     member_list = []
     for seed in s5["seeds"]:
         run_id = f"s5-all-s{seed}"
@@ -658,7 +648,7 @@ def _plan_s5(plan: Plan, config: dict[str, Any], s5: dict[str, Any]) -> None:
             "clusters": member["clusters"],
         }
         run_id = f"s5-{member['name']}"
-        spec = train_spec(run_id, task, derived, s5["model"], layers, seed=s5["seeds"][0])
+        spec = train_spec(run_id, task, derived, s5["model"], layers, seed=s5["seeds"][0], **budget)
         plan.add(Run(run_id, "s5", "finetune", spec.to_dict(), {"member": "cluster"}))
         member_list.append({"run": run_id, "kind": "cluster", **member})
     runs = tuple(m["run"] for m in member_list)
@@ -676,6 +666,36 @@ def _plan_s5(plan: Plan, config: dict[str, Any], s5: dict[str, Any]) -> None:
         predictions=runs,
         clusterings=(S5_CLUSTERING,),
     )
+
+
+def _s5_clustering(
+    plan: Plan, config: dict[str, Any], s5: dict[str, Any], merged_train: dict[str, Any]
+) -> dict[str, Any]:
+    """The clustering spec (tuneatlas.analysis.clusters.cluster_dataset) of S5's embedder."""
+    emb, dataset = s5["embedder"], s5["dataset"]
+    common = {
+        "k": s5["k"],
+        "method": s5["clustering"]["method"],
+        "seed": s5["clustering"]["seed"],
+    }
+    if emb["kind"] == "tfidf":
+        return {
+            "dataset": dataset,
+            "embedder": None,
+            "kind": "tfidf",
+            "svd_dims": emb["svd_dims"],
+        } | common
+    embedder = emb.get("model") or s5["model"]
+    _check_s5_embedder(config, embedder)
+    return {
+        "dataset": dataset,
+        "embedder": embedder,
+        "embedder_spec": plan.models[embedder],
+        "pooling": emb["pooling"],
+        "max_length": emb.get("max_length") or merged_train.get("max_length", 128),
+        "batch_size": merged_train.get("eval_batch_size", 128),
+        "trust_remote_code": bool(plan.models[embedder].get("trust_remote_code", False)),
+    } | common
 
 
 def _check_s5_embedder(config: dict[str, Any], embedder: str) -> None:

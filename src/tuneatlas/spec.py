@@ -93,6 +93,9 @@ class TrainSpec:
     save_model: bool = True  # False: runs read only for their scores keep no weights (S2 sweep)
     fisher: FisherSpec = field(default_factory=FisherSpec)  # S2.F4
     polar_every: int = 0  # S2.F2: steps between weight snapshots of the polar trajectory; 0 = off
+    # "source": plan the step count for the training rows of the dataset this one was derived
+    # from (an S5 cluster member trains as many steps as a seed model); "own": its own rows
+    steps_from: str = "own"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -103,6 +106,8 @@ class TrainSpec:
             del d["fisher"]
         if not self.polar_every:
             del d["polar_every"]
+        if self.steps_from == "own":
+            del d["steps_from"]
         return d
 
     @classmethod

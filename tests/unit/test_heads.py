@@ -68,8 +68,12 @@ def test_dropout_sits_where_bert_and_roberta_put_it():
         model = SequenceClassifier(bert(pooler=False), C, head=head, dropout=0.5)
         model.train()
         seen = {}
-        model.head[0].register_forward_hook(lambda m, i, o: seen.__setitem__("dense_in", i[0]))
-        model.head[3].register_forward_hook(lambda m, i, o: seen.__setitem__("out_in", i[0]))
+        model.head[0].register_forward_hook(
+            lambda m, i, o, seen=seen: seen.__setitem__("dense_in", i[0])
+        )
+        model.head[3].register_forward_hook(
+            lambda m, i, o, seen=seen: seen.__setitem__("out_in", i[0])
+        )
         torch.manual_seed(0)
         model(ids, mask)
         raw_zeros = int((seen["dense_in"] == 0).sum())

@@ -119,7 +119,9 @@ def test_tiny_run_s5_members_and_ensembles(tiny_run):
     t1 = pd.read_parquet(tiny_run / "results/tables/s5_t1.parquet").set_index("model")
     members = ["s5-all-s0", "s5-all-s1", "s5-ab", "s5-bc", "s5-ca"]
     assert set(members) < set(t1.index)
-    assert {"ensemble-seeds", "ensemble-monju", "ensemble-cbtm", "oracle-clusters"} < set(t1.index)
+    assert {"ensemble-seeds", "ensemble-monju", "ensemble-cbtm-style", "oracle-clusters"} < set(
+        t1.index
+    )
     for run in members:  # predictions.parquet gives back each run's own test accuracy
         ev = pd.read_parquet(tiny_run / f"results/runs/{run}/eval.parquet")
         own = ev[(ev.metric == "accuracy") & (ev.split == "test")]["value"].item()
