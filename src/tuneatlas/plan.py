@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tuneatlas.catalogue import ARTIFACTS, Artifact
@@ -309,6 +309,8 @@ def _plan_s2(plan: Plan, config: dict[str, Any], s2: dict[str, Any]) -> None:
 def _plan_simcse(plan: Plan, config: dict[str, Any], s2: dict[str, Any]) -> dict[str, str]:
     """One SimCSE continued training per dropout; {model label: model id}."""
     simcse = s2["simcse"]
+    if not simcse["enabled"]:  # S2 on the base model alone: the sweep and Fisher of vanilla
+        return {}
     if simcse["dropouts"] and not s2.get("corpus"):
         raise ConfigError(
             "config key 'studies.s2.corpus': the SimCSE models (studies.s2.simcse.dropouts)"
@@ -369,7 +371,9 @@ def _plan_s2_sweep(
         inloop: dict[str, Any] = {}
         if (label, lr) in inloop_cells:
             keys = ("every", "batch_size", "energy")
-            inloop["fisher"] = FisherSpec(**{k: fisher[k] for k in keys})
+            inloop["fisher"] = FisherSpec(
+                **{k: fisher[k] for k in keys}, extra_steps=tuple(fisher["extra_steps"])
+            )
             fisher_runs.append(run_id)
             if seed in polar["seeds"]:
                 inloop["polar_every"] = polar["every"]
@@ -389,6 +393,9 @@ def _plan_s2_sweep(
         plan.targets[artifact_id] = Target(
             ARTIFACTS[artifact_id], tuple(sweep), params=grid, datasets=(dataset,)
         )
+    # every sweep run writes its per-example predictions (a few KB): a failed run can be
+    # inspected (does it predict one class?) and its accuracy recomputed
+    plan.targets["S2.T1"] = replace(plan.targets["S2.T1"], predictions=tuple(sweep))
     # in-loop: the polar trajectory (S2.F2) and the Fisher spectra during training (S2.F4),
     # with each run's failure flag as in S2.F1
     return {
@@ -439,8 +446,11 @@ def _plan_s2_fishers(
 def _inloop_cells(s2: dict[str, Any], models: dict[str, str]) -> set[tuple[str, float]]:
     """The (model label, lr) cells whose sweep runs measure in the loop (S2.F2 / S2.F4)."""
     fisher = s2["fisher"]
+    chosen = fisher["models"]
+    if not s2["simcse"]["enabled"]:  # no SimCSE models: their default in-loop cells go too
+        chosen = [m for m in chosen if not m.startswith("simcse-")]
     for key, values, known in (
-        ("models", fisher["models"], list(models)),
+        ("models", chosen, list(models)),
         ("lrs", fisher["lrs"], s2["lrs"]),
     ):
         unknown = [v for v in values if v not in known]
@@ -449,7 +459,7 @@ def _inloop_cells(s2: dict[str, Any], models: dict[str, str]) -> set[tuple[str, 
                 f"config key 'studies.s2.fisher.{key}': {unknown} not in the sweep;"
                 f" use values of {known}"
             )
-    return set(itertools.product(fisher["models"], fisher["lrs"]))
+    return set(itertools.product(chosen, fisher["lrs"]))
 
 
 # --- S3 --------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ changed hyper-parameter changes the spec and Snakemake re-runs exactly the depen
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import replace, asdict, dataclass, field, fields
 from typing import Any, Literal
 
 Pooling = Literal["cls", "maxnorm"]
@@ -56,6 +56,7 @@ class FisherSpec:
     every: int = 0  # 0 = off
     batch_size: int = 16
     energy: float = 0.99  # eigenvalue mass of the effective rank
+    extra_steps: tuple[int, ...] = ()  # also measured (S2's Fig. 4: steps 1-4 of the warm-up)
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,10 @@ class TrainSpec:
         # hash and snakemake's params trigger) is what it was before they existed
         if not self.fisher.every:
             del d["fisher"]
+        elif not self.fisher.extra_steps:
+            del d["fisher"]["extra_steps"]
+        else:
+            d["fisher"]["extra_steps"] = list(self.fisher.extra_steps)
         if not self.polar_every:
             del d["polar_every"]
         if self.steps_from == "own":
@@ -132,6 +137,8 @@ def _nested_specs(cls: type, d: dict[str, Any]) -> dict[str, Any]:
     for key, section in sections.items():
         if key in d:
             d[key] = section(**d[key])
+    if "fisher" in d and not isinstance(d["fisher"].extra_steps, tuple):
+        d["fisher"] = replace(d["fisher"], extra_steps=tuple(d["fisher"].extra_steps))
     return d
 
 

@@ -219,7 +219,8 @@ def test_paper_dry_run_builds_every_studys_full_grid(tmp_path):
     assert counts["table"] == counts["figure"] + 1 == 27
     assert (s5["model"], s5["k"], s5["seeds"]) == ("roberta-base", 3, [0, 1, 2])
     assert counts["cluster"] == 1 and counts["cluster_data"] == 3
-    assert counts["train_with_predictions"] == 6  # the S5 members, in the train count
+    # the S5 members and S2's sweep (per-example validation predictions), in the train count
+    assert counts["train_with_predictions"] == 6 + 1080
     # every hub dataset and model is fetched by a rule of its own, run on the submit host
     s1_datasets = paper["studies"]["s1"]["datasets"]
     used = [*s1_datasets, *s3_datasets, s2["dataset"], s2["corpus"], s2["simcse"]["stsb"]]
