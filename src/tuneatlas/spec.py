@@ -8,7 +8,7 @@ changed hyper-parameter changes the spec and Snakemake re-runs exactly the depen
 
 from __future__ import annotations
 
-from dataclasses import replace, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 Pooling = Literal["cls", "maxnorm"]

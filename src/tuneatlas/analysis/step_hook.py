@@ -1,6 +1,6 @@
 """The shared bookkeeping of S2's in-loop measurement hooks (`FisherTrace`, `PolarTrace`):
-measure at step 0, every `every` steps, at the `extra` steps and at the last step, one record per measured step,
-kept in the checkpoint and dropped for steps a resumed run will replay."""
+measure at step 0, every `every` steps, at the `extra` steps and at the last step, one record
+per measured step, kept in the checkpoint and dropped for steps a resumed run will replay."""
 
 from __future__ import annotations
 
