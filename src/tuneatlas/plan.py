@@ -279,8 +279,9 @@ def _s1_scan_spec(
         "seed": run_spec["seed"],
         "top_k": sub["top_k"],
         "effective_top": sub["effective_top"],
-        "effective_rule": sub["effective_rule"],
-        "effective_min_drop": sub["effective_min_drop"],
+        # the schema's defaults (a spec built without validation, in tests, lacks them)
+        "effective_rule": sub.get("effective_rule", "largest"),
+        "effective_min_drop": sub.get("effective_min_drop", 0.05),
         "pair_rate": sub["pair_rate_large"] if large else sub["pair_rate"],
         "histogram_bins": sub["histogram_bins"],
         "triples": (
