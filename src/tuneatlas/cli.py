@@ -118,28 +118,24 @@ def cmd_train(args: argparse.Namespace) -> None:
     from tuneatlas.spec import TrainSpec
 
     spec = TrainSpec.from_dict(_json(args.spec))
+    hooks = list(training_hooks(spec))
+    if args.predictions:
+        from tuneatlas.analysis.predict import PredictionWriter
+
+        # in this process, from the weights in memory: a separate job would pay the torch
+        # start-up again, and a run with save_model: false (S2's sweep) keeps no weights
+        meta = {"config_hash": os.environ.get("TUNEATLAS_CONFIG_HASH", "")}
+        hooks.append(PredictionWriter(args.data, args.predictions, spec.eval_batch_size, meta))
     finetune(
         spec,
         Path(args.data),
         Path(args.model),
         Path(args.out),
         init_dir=Path(args.init) if args.init else None,
-        hooks=training_hooks(spec),
+        hooks=hooks,
         device=args.device,
     )
     (Path(args.out) / "captures").mkdir(exist_ok=True)  # declared output, empty without capture
-    if args.predictions:
-        from tuneatlas.analysis.predict import write_predictions
-
-        # in this process: a separate job would pay the torch start-up again for a few seconds
-        write_predictions(
-            Path(args.out) / "model",
-            Path(args.data),
-            Path(args.predictions),
-            batch_size=spec.eval_batch_size,
-            device=args.device,
-            meta={"config_hash": os.environ.get("TUNEATLAS_CONFIG_HASH", "")},
-        )
 
 
 def cmd_simcse(args: argparse.Namespace) -> None:
