@@ -131,28 +131,24 @@ def cmd_train(args: argparse.Namespace) -> None:
     from tuneatlas.spec import TrainSpec
 
     spec = TrainSpec.from_dict(_json(args.spec))
+    hooks = list(training_hooks(spec))
+    if args.predictions:
+        from tuneatlas.analysis.predict import PredictionWriter
+
+        # in this process, from the weights in memory: a separate job would pay the torch
+        # start-up again, and a run with save_model: false (S2's sweep) keeps no weights
+        meta = {"config_hash": os.environ.get("TUNEATLAS_CONFIG_HASH", "")}
+        hooks.append(PredictionWriter(args.data, args.predictions, spec.eval_batch_size, meta))
     finetune(
         spec,
         Path(args.data),
         Path(args.model),
         Path(args.out),
         init_dir=Path(args.init) if args.init else None,
-        hooks=training_hooks(spec),
+        hooks=hooks,
         device=args.device,
     )
     (Path(args.out) / "captures").mkdir(exist_ok=True)  # declared output, empty without capture
-    if args.predictions:
-        from tuneatlas.analysis.predict import write_predictions
-
-        # in this process: a separate job would pay the torch start-up again for a few seconds
-        write_predictions(
-            Path(args.out) / "model",
-            Path(args.data),
-            Path(args.predictions),
-            batch_size=spec.eval_batch_size,
-            device=args.device,
-            meta={"config_hash": os.environ.get("TUNEATLAS_CONFIG_HASH", "")},
-        )
 
 
 def cmd_simcse(args: argparse.Namespace) -> None:
@@ -165,6 +161,7 @@ def cmd_simcse(args: argparse.Namespace) -> None:
         Path(args.out),
         Path(args.run_dir),
         device=args.device,
+        stsb_dir=Path(args.stsb) if args.stsb else None,
     )
 
 
@@ -218,7 +215,7 @@ def cmd_cluster(args: argparse.Namespace) -> None:
     cluster_dataset(
         _json(args.spec),
         Path(args.data),
-        Path(args.embedder),
+        Path(args.embedder) if args.embedder else None,
         Path(args.out),
         device=args.device,
         meta={"config_hash": args.config_hash},
@@ -573,6 +570,11 @@ COMMANDS = (
             BASE_MODEL,
             out_option("the new base model directory"),
             option("--run-dir", required=True, help="checkpoint, metrics and held-out scores"),
+            option(
+                "--stsb",
+                default=None,
+                help="prepared STS-B data whose valid split selects the checkpoint (keep-best)",
+            ),
             DEVICE,
         ),
     ),
@@ -629,7 +631,7 @@ COMMANDS = (
         (
             spec_option("clustering spec (plan.clusterings)"),
             data_option(),
-            option("--embedder", required=True, help="encoder model directory"),
+            option("--embedder", default=None, help="encoder model directory (not for tfidf)"),
             out_option("the clustering's directory"),
             DEVICE,
             CONFIG_HASH,

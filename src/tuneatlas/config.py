@@ -218,6 +218,14 @@ def _check_references(config: dict[str, Any]) -> None:
         for field in ("datasets", "cross_datasets", "no_dropout_datasets"):
             for i, value in enumerate(section.get(field) or []):
                 need("dataset", datasets, f"studies.{study}.{field}.{i}", value)
+    stsb = (studies.get("s2") or {}).get("simcse", {}).get("stsb")
+    need("dataset", datasets, "studies.s2.simcse.stsb", stsb)
+    if stsb in datasets and datasets[stsb].get("task") != "stsb":
+        problems.append(
+            f"config key 'studies.s2.simcse.stsb': dataset {stsb!r} has task"
+            f" {datasets[stsb].get('task')!r}; name a dataset of task stsb (its valid split is"
+            " the STS-B dev set)"
+        )
     s1 = studies.get("s1")
     if s1:
         for field in ("cross_datasets", "no_dropout_datasets"):

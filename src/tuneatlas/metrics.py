@@ -20,7 +20,8 @@ def _pearson(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 
 def _spearman(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Spearman's rho: Pearson's r of the average ranks (ties share their mean rank)."""
+    """Spearman's rho: Pearson's r of the average ranks (ties share their mean rank); STS-B's
+    metric in SimCSE."""
     from scipy.stats import rankdata
 
     return _pearson(rankdata(y_true), rankdata(y_pred))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tuneatlas.catalogue import ARTIFACTS, REPRO_FIGURES, REPRO_TABLES, Artifact
@@ -227,6 +227,13 @@ def _plan_s1(plan: Plan, config: dict[str, Any], s1: dict[str, Any]) -> None:
     seeds = s1["seeds"]
     main = seeds[0]
     layers = [config.get("train", {}), s1.get("train", {})]
+    head = {**layers[0], **layers[1]}.get("head", "linear")
+    if head != "linear":
+        raise ConfigError(
+            f"config key 'studies.s1.train.head': S1 needs the linear head on the raw CLS vector"
+            f" (its paper; the subset scans score W[:, S] h_S + b of that Linear), got {head!r};"
+            " set it to linear"
+        )
 
     def finetune(run_id: str, dataset: str, seed: int, **fields: Any) -> str:
         spec = train_spec(
@@ -308,6 +315,9 @@ def _s1_scan_spec(
         "seed": run_spec["seed"],
         "top_k": sub["top_k"],
         "effective_top": sub["effective_top"],
+        # the schema's defaults (a spec built without validation, in tests, lacks them)
+        "effective_rule": sub.get("effective_rule", "largest"),
+        "effective_min_drop": sub.get("effective_min_drop", 0.05),
         "pair_rate": sub["pair_rate_large"] if large else sub["pair_rate"],
         "histogram_bins": sub["histogram_bins"],
         "triples": (
@@ -338,6 +348,8 @@ def _plan_s2(plan: Plan, config: dict[str, Any], s2: dict[str, Any]) -> None:
 def _plan_simcse(plan: Plan, config: dict[str, Any], s2: dict[str, Any]) -> dict[str, str]:
     """One SimCSE continued training per dropout; {model label: model id}."""
     simcse = s2["simcse"]
+    if not simcse["enabled"]:  # S2 on the base model alone: the sweep and Fisher of vanilla
+        return {}
     if simcse["dropouts"] and not s2.get("corpus"):
         raise ConfigError(
             "config key 'studies.s2.corpus': the SimCSE models (studies.s2.simcse.dropouts)"
@@ -362,9 +374,17 @@ def _plan_simcse(plan: Plan, config: dict[str, Any], s2: dict[str, Any]) -> dict
             epochs=simcse["epochs"],
             max_length=simcse["max_length"],
             schedule="linear",
+            # SimCSE keeps the checkpoint with the best STS-B dev Spearman (engine/recipes/simcse)
+            keep_best=bool(simcse.get("stsb")),
+            eval_every=simcse["eval_every"] if simcse.get("stsb") else 0,
         ).to_dict()
         spec["temperature"] = simcse["temperature"]
-        plan.models[model_id] = {"source": "simcse", "base": s2["model"], "corpus": s2["corpus"]}
+        plan.models[model_id] = {
+            "source": "simcse",
+            "base": s2["model"],
+            "corpus": s2["corpus"],
+            "stsb": simcse.get("stsb"),
+        }
         plan.add(Run(model_id, "s2", "simcse", spec))
     return models
 
@@ -390,7 +410,9 @@ def _plan_s2_sweep(
         inloop: dict[str, Any] = {}
         if (label, lr) in inloop_cells:
             keys = ("every", "batch_size", "energy")
-            inloop["fisher"] = FisherSpec(**{k: fisher[k] for k in keys})
+            inloop["fisher"] = FisherSpec(
+                **{k: fisher[k] for k in keys}, extra_steps=tuple(fisher["extra_steps"])
+            )
             fisher_runs.append(run_id)
             if seed in polar["seeds"]:
                 inloop["polar_every"] = polar["every"]
@@ -410,6 +432,9 @@ def _plan_s2_sweep(
         plan.targets[artifact_id] = Target(
             ARTIFACTS[artifact_id], tuple(sweep), params=grid, datasets=(dataset,)
         )
+    # every sweep run writes its per-example predictions (a few KB): a failed run can be
+    # inspected (does it predict one class?) and its accuracy recomputed
+    plan.targets["S2.T1"] = replace(plan.targets["S2.T1"], predictions=tuple(sweep))
     # in-loop: the polar trajectory (S2.F2) and the Fisher spectra during training (S2.F4),
     # with each run's failure flag as in S2.F1
     return {
@@ -460,8 +485,11 @@ def _plan_s2_fishers(
 def _inloop_cells(s2: dict[str, Any], models: dict[str, str]) -> set[tuple[str, float]]:
     """The (model label, lr) cells whose sweep runs measure in the loop (S2.F2 / S2.F4)."""
     fisher = s2["fisher"]
+    chosen = fisher["models"]
+    if not s2["simcse"]["enabled"]:  # no SimCSE models: their default in-loop cells go too
+        chosen = [m for m in chosen if not m.startswith("simcse-")]
     for key, values, known in (
-        ("models", fisher["models"], list(models)),
+        ("models", chosen, list(models)),
         ("lrs", fisher["lrs"], s2["lrs"]),
     ):
         unknown = [v for v in values if v not in known]
@@ -470,7 +498,7 @@ def _inloop_cells(s2: dict[str, Any], models: dict[str, str]) -> set[tuple[str, 
                 f"config key 'studies.s2.fisher.{key}': {unknown} not in the sweep;"
                 f" use values of {known}"
             )
-    return set(itertools.product(fisher["models"], fisher["lrs"]))
+    return set(itertools.product(chosen, fisher["lrs"]))
 
 
 # --- S3 --------------------------------------------------------------------------------------
@@ -523,9 +551,11 @@ def _plan_s3(plan: Plan, config: dict[str, Any], s3: dict[str, Any]) -> None:
 S3_SETUPS = ("prelim", "main")
 # the study keys each S3 table reads (tuneatlas.studies.s3.TABLES); others read none
 S3_TARGET_PARAMS: dict[str, tuple[str, ...]] = {
-    "S3.T1": ("stay_T", "stay_D"),
-    "S3.T2": ("linearity_k", "linearity_eps"),
-    "S3.F12": ("linearity_ks",),
+    "S3.F8": ("space",),
+    "S3.F9": ("space", "speed_points"),
+    "S3.T1": ("stay_T", "stay_D", "space"),
+    "S3.T2": ("linearity_k", "linearity_eps", "space"),
+    "S3.F12": ("linearity_ks", "space"),
 }
 
 
@@ -639,21 +669,11 @@ def _plan_s5(plan: Plan, config: dict[str, Any], s5: dict[str, Any]) -> None:
     layers = [config.get("train", {}), s5.get("train", {})]
     dataset = s5["dataset"]
     task = task_of(config, dataset)
-    embedder = s5["embedder"].get("model") or s5["model"]
-    _check_s5_embedder(config, embedder)
     merged_train = {**config.get("train", {}), **s5.get("train", {})}
-    plan.clusterings[S5_CLUSTERING] = {
-        "dataset": dataset,
-        "embedder": embedder,
-        "embedder_spec": plan.models[embedder],
-        "pooling": s5["embedder"]["pooling"],
-        "max_length": s5["embedder"].get("max_length") or merged_train.get("max_length", 128),
-        "batch_size": merged_train.get("eval_batch_size", 128),
-        "trust_remote_code": bool(plan.models[embedder].get("trust_remote_code", False)),
-        "k": s5["k"],
-        "method": s5["clustering"]["method"],
-        "seed": s5["clustering"]["seed"],
-    }
+    plan.clusterings[S5_CLUSTERING] = _s5_clustering(plan, config, s5, merged_train)
+    # a cluster member trains for as many optimiser steps as a seed model (`member_steps: seed`:
+    # the step count of the full training split) or for the same epochs over its own rows
+    budget = {"steps_from": "source"} if s5["member_steps"] == "seed" else {}
     member_list = []
     for seed in s5["seeds"]:
         run_id = f"s5-all-s{seed}"
@@ -677,7 +697,7 @@ def _plan_s5(plan: Plan, config: dict[str, Any], s5: dict[str, Any]) -> None:
             "clusters": member["clusters"],
         }
         run_id = f"s5-{member['name']}"
-        spec = train_spec(run_id, task, derived, s5["model"], layers, seed=s5["seeds"][0])
+        spec = train_spec(run_id, task, derived, s5["model"], layers, seed=s5["seeds"][0], **budget)
         plan.add(Run(run_id, "s5", "finetune", spec.to_dict(), {"member": "cluster"}))
         member_list.append({"run": run_id, "kind": "cluster", **member})
     runs = tuple(m["run"] for m in member_list)
@@ -695,6 +715,36 @@ def _plan_s5(plan: Plan, config: dict[str, Any], s5: dict[str, Any]) -> None:
         predictions=runs,
         clusterings=(S5_CLUSTERING,),
     )
+
+
+def _s5_clustering(
+    plan: Plan, config: dict[str, Any], s5: dict[str, Any], merged_train: dict[str, Any]
+) -> dict[str, Any]:
+    """The clustering spec (tuneatlas.analysis.clusters.cluster_dataset) of S5's embedder."""
+    emb, dataset = s5["embedder"], s5["dataset"]
+    common = {
+        "k": s5["k"],
+        "method": s5["clustering"]["method"],
+        "seed": s5["clustering"]["seed"],
+    }
+    if emb["kind"] == "tfidf":
+        return {
+            "dataset": dataset,
+            "embedder": None,
+            "kind": "tfidf",
+            "svd_dims": emb["svd_dims"],
+        } | common
+    embedder = emb.get("model") or s5["model"]
+    _check_s5_embedder(config, embedder)
+    return {
+        "dataset": dataset,
+        "embedder": embedder,
+        "embedder_spec": plan.models[embedder],
+        "pooling": emb["pooling"],
+        "max_length": emb.get("max_length") or merged_train.get("max_length", 128),
+        "batch_size": merged_train.get("eval_batch_size", 128),
+        "trust_remote_code": bool(plan.models[embedder].get("trust_remote_code", False)),
+    } | common
 
 
 def _check_s5_embedder(config: dict[str, Any], embedder: str) -> None:

@@ -8,11 +8,11 @@ changed hyper-parameter changes the spec and Snakemake re-runs exactly the depen
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 Pooling = Literal["cls", "maxnorm"]
-Head = Literal["linear", "mlp2"]
+Head = Literal["linear", "mlp2", "pooler", "roberta"]
 HeadInit = Literal["encoder", "pytorch"]
 ScheduleName = Literal["linear", "constant", "cosine"]
 Precision = Literal["fp32", "bf16"]
@@ -56,6 +56,7 @@ class FisherSpec:
     every: int = 0  # 0 = off
     batch_size: int = 16
     energy: float = 0.99  # eigenvalue mass of the effective rank
+    extra_steps: tuple[int, ...] = ()  # also measured (S2's Fig. 4: steps 1-4 of the warm-up)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,9 @@ class TrainSpec:
     save_model: bool = True  # False: runs read only for their scores keep no weights (S2 sweep)
     fisher: FisherSpec = field(default_factory=FisherSpec)  # S2.F4
     polar_every: int = 0  # S2.F2: steps between weight snapshots of the polar trajectory; 0 = off
+    # "source": plan the step count for the training rows of the dataset this one was derived
+    # from (an S5 cluster member trains as many steps as a seed model); "own": its own rows
+    steps_from: str = "own"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -101,8 +105,14 @@ class TrainSpec:
         # hash and snakemake's params trigger) is what it was before they existed
         if not self.fisher.every:
             del d["fisher"]
+        elif not self.fisher.extra_steps:
+            del d["fisher"]["extra_steps"]
+        else:
+            d["fisher"]["extra_steps"] = list(self.fisher.extra_steps)
         if not self.polar_every:
             del d["polar_every"]
+        if self.steps_from == "own":
+            del d["steps_from"]
         return d
 
     @classmethod
@@ -127,6 +137,8 @@ def _nested_specs(cls: type, d: dict[str, Any]) -> dict[str, Any]:
     for key, section in sections.items():
         if key in d:
             d[key] = section(**d[key])
+    if "fisher" in d and not isinstance(d["fisher"].extra_steps, tuple):
+        d["fisher"] = replace(d["fisher"], extra_steps=tuple(d["fisher"].extra_steps))
     return d
 
 

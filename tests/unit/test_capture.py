@@ -22,6 +22,7 @@ from tuneatlas.analysis.capture import (
     write_captures,
 )
 from tuneatlas.catalogue import ARTIFACTS
+from tuneatlas.data.tasks import get_task
 from tuneatlas.spec import CaptureSpec, TrainSpec
 from tuneatlas.studies import s3
 
@@ -466,7 +467,17 @@ def test_s3_registry_builds_from_a_results_tree(tmp_path):
         1: "400/class",
         2: "10/class",
     }
+    # the per-class rows name their class (the task's label names), the all-points row none
+    names = get_task("livedoor").label_names
+    named = t1.dropna(subset=["label"]).drop_duplicates("label")
+    assert named["class_name"].tolist() == [names[int(c)] for c in named["label"]]
+    assert t1.loc[t1["label"].isna(), "class_name"].isna().all()
     assert build_table("S3.F12", target, tmp_path)["k"].unique().tolist() == [3]
+    # studies.s3.space / speed_points reach the tables
+    target["params"].update(space="pca", speed_points="all")
+    assert set(build_table("S3.T1", target, tmp_path)["space"]) == {"pca"}
+    f9 = build_table("S3.F9", target, tmp_path)
+    assert set(f9["space"]) == {"pca"} and set(f9["points"]) == {"all"}
     assert build_table("S3.T2", target, tmp_path)["epsilon"].unique().tolist() == [0.1]
     with pytest.raises(ValueError, match="no 'main' run"):
         s3.TABLES["S3.F9"]({"runs": [], "params": {"runs": {}}}, tmp_path)
@@ -495,7 +506,7 @@ def test_s3_f4_f5_read_the_preliminary_run_and_f7_both(tmp_path):
     single = s3.table_f4(tmp_path / "runs" / "s3-prelim-s0" / "captures")
     f4 = build_table("S3.F4", target(prelim="s3-prelim-s0"), tmp_path)
     assert f4["group"].isna().all()  # the balanced run has no size groups
-    pd.testing.assert_frame_equal(f4, single)
+    pd.testing.assert_frame_equal(f4.drop(columns="class_name"), single)
     # "prelim" wins over "main" for F4/F5; without it they read the main run
     both = build_table("S3.F5", target(prelim="s3-prelim-s0", main="s3-main-s0"), tmp_path)
     assert both["group"].isna().all()

@@ -213,3 +213,17 @@ def test_f2_and_f4_tables_carry_each_runs_failure(tmp_path):
         out = tmp_path / f"{plot.__name__}.png"
         plot(table, [out])
         assert out.stat().st_size > 5000
+
+
+def test_extra_steps_are_measured_besides_the_regular_ones(tiny, tmp_path):
+    """fisher.extra_steps (the paper's Fig. 4: steps 1-4): measured at 0, 1, 2, every 3 and
+    the last step; the spec round-trips and carries the key only when set."""
+    spec = replace(
+        SPEC, run="extra", fisher=FisherSpec(every=EVERY, batch_size=8, extra_steps=(1, 2))
+    )
+    trace = FisherTrace(spec.fisher)
+    _train(tiny, spec, tmp_path / "extra", [trace])
+    assert sorted({r["step"] for r in trace.records}) == [0, 1, 2, 3, 6, 9]
+    assert TrainSpec.from_dict(spec.to_dict()) == spec
+    assert spec.to_dict()["fisher"]["extra_steps"] == [1, 2]
+    assert "extra_steps" not in SPEC.to_dict()["fisher"]  # runs without them: spec unchanged

@@ -118,7 +118,7 @@ def test_convert_writes_a_stratified_seeded_split_usable_as_a_file_source(archiv
     names = get_task("livedoor").label_names
     expected = [names.index(c) for c in tables["train"]["category"]]
     assert list(train["label"]) == expected
-    assert train["text_a"].iloc[0] == f"{row['title']}\n{row['content']}"
+    assert train["text_a"].iloc[0] == row["content"]  # the body alone, as the paper
 
 
 def test_convert_is_seeded_and_independent_of_archive_order(archive, tmp_path):

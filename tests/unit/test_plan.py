@@ -79,10 +79,10 @@ def test_s2_grid(paper):
     assert paper.targets["S2.T1"].datasets == ("rte-glue",)
     # in the loop: Fisher on SimCSE(0.1) and vanilla x 1e-5/2e-5/3e-5, every seed; polar: seed 0
     f4, f2 = paper.targets["S2.F4"].runs, paper.targets["S2.F2"].runs
-    assert len(f4) == 2 * 3 * 30 and len(f2) == 2 * 3 and set(f2) < set(f4)
+    assert len(f4) == 2 * 3 * 30 and len(f2) == 2 * 3 * 5 and set(f2) < set(f4)
     inloop = TrainSpec.from_dict(runs["s2-simcse-p0.1-lr2e-5-s0"].spec)
     assert (inloop.fisher.every, inloop.fisher.batch_size, inloop.polar_every) == (47, 16, 47)
-    seed1 = TrainSpec.from_dict(runs["s2-vanilla-lr1e-5-s1"].spec)
+    seed1 = TrainSpec.from_dict(runs["s2-vanilla-lr1e-5-s5"].spec)  # not a polar seed
     assert seed1.fisher.every == 47 and seed1.polar_every == 0
     assert "fisher" not in runs["s2-vanilla-lr5e-6-s0"].spec  # outside the in-loop cells
 
@@ -149,7 +149,9 @@ def test_s5_grid(paper):
     }
     assert paper.datasets["sst2-glue-ab"]["clusters"] == ["A", "B"]
     assert paper.clusterings["s5"]["k"] == 3
-    assert paper.clusterings["s5"]["embedder"] == "roberta-base"
+    # tf-idf, as c-BTM (which the poster follows) clusters: no embedder model
+    assert paper.clusterings["s5"]["embedder"] is None
+    assert (paper.clusterings["s5"]["kind"], paper.clusterings["s5"]["svd_dims"]) == ("tfidf", 128)
     target = paper.targets["S5.T1"]
     assert set(target.predictions) == set(runs) and target.clusterings == ("s5",)
 
@@ -230,7 +232,8 @@ def test_s3_tables_read_the_runs_the_paper_uses(repo, paper):
     assert t["S3.F7"].params["runs"] == {"prelim": prelim, "main": main}
     for aid in ("S3.F8", "S3.F9", "S3.T1", "S3.T2", "S3.F12"):
         assert t[aid].runs == (main,) and t[aid].params["runs"] == {"main": main}, aid
-    assert set(t["S3.T1"].params) == {"study", "runs", "stay_T", "stay_D"}
+    assert set(t["S3.T1"].params) == {"study", "runs", "stay_T", "stay_D", "space"}
+    assert t["S3.F9"].params["space"] == "hidden" and t["S3.F9"].params["speed_points"] == "probe"
     assert "stay_D" not in t["S3.F4"].params  # a table's params are what it reads
     # without a preliminary run every S3 table reads the main run
     raw = yaml.safe_load((repo / "paper.yaml").read_text())
@@ -275,3 +278,25 @@ def test_the_plan_reads_no_file(repo, monkeypatch, name):
     finally:
         monkeypatch.undo()  # before pytest reports a failure: it reads files to do so
     assert plan == expected
+
+
+def test_s2_paper_in_loop_steps_polar_seeds_and_sweep_predictions(paper):
+    run = paper.runs["s2-simcse-p0.1-lr2e-5-s0"]
+    assert run.spec["fisher"]["extra_steps"] == [1, 2, 3, 4]  # the paper's Fig. 4 ticks
+    assert len(paper.targets["S2.F2"].runs) == 2 * 3 * 5  # 2 models x 3 lrs x seeds 0-4
+    sweep = paper.targets["S2.T1"].runs
+    assert paper.targets["S2.T1"].predictions == sweep and len(sweep) == 6 * 6 * 30
+
+
+def test_s2_without_simcse_is_one_switch_and_polar_is_off_unless_asked(repo):
+    raw = yaml.safe_load((repo / "paper.yaml").read_text())
+    s2 = raw["studies"]["s2"]
+    s2["simcse"]["enabled"] = False
+    del s2["corpus"], s2["polar"]
+    plan = make_plan(validate_config(raw))
+    assert not runs_of(plan, "s2", "simcse")
+    labels = {r.extra["model_label"] for r in runs_of(plan, "s2").values()}
+    assert labels == {"vanilla"}
+    assert "S2.F2" not in plan.targets  # no polar seeds named: no weight snapshots
+    assert {r.split("-lr")[0] for r in plan.targets["S2.F4"].runs} == {"s2-vanilla"}
+    assert {f["label"] for f in plan.fishers.values()} == {"vanilla"}

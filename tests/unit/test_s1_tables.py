@@ -120,6 +120,16 @@ def test_ta1_triples_at_each_sample_size_and_exhaustive(tree):
     assert ex["value"].is_monotonic_decreasing
     dims = tuple(int(d) for d in ex["dims"].iloc[0].split(","))
     assert ex["value"].iloc[0] == pytest.approx(_masked_accuracy(tensors, "valid", dims))
+    # in_paper: the paper sampled triples (no exhaustive scan); for its large tasks only 752/75
+    assert df.groupby("mode")["in_paper"].all().to_dict() == {
+        "all": True,
+        "exhaustive": False,
+        "sampled": True,
+    }
+    large = {**SUBSETS, "large_datasets": ["sst2"], "triple_sample_sizes_large": [5]}
+    df = build_table("S1.TA1", {**_spec("r-main"), "params": {"subsets": large}}, results)
+    sampled = df[df["mode"] == "sampled"].groupby("sample_size")["in_paper"].all()
+    assert sampled.to_dict() == {5: True, 20: False}
 
 
 def test_t3_effective_pair_recovers_the_planted_dimensions(tree):

@@ -436,3 +436,95 @@ def test_k_is_checked_against_a_local_training_file(toy, tmp_path):
     raw["studies"]["s5"]["k"] = 5
     config = validate_config(raw)
     preflight(config, make_plan(config), check_device=False)
+
+
+# --- tf-idf embedder, member step budget, weight spread (issue 19) ---------------------------
+TOPICS = {  # three topics whose sentences share words within a topic, "the" across topics
+    0: [
+        "goal striker penalty match",
+        "the striker scores a goal in the match",
+        "penalty goal saved by the keeper in the match",
+    ],
+    1: [
+        "bank rates inflation economy",
+        "the bank raises rates as inflation grows",
+        "inflation slows the economy and the bank cuts rates",
+    ],
+    2: [
+        "bread oven dough bake",
+        "bake the bread dough in the oven",
+        "the oven bakes bread from flour and dough",
+    ],
+}
+
+
+def test_tfidf_embedder_clusters_a_hand_made_corpus_by_topic(tmp_path):
+    """Nine sentences on three topics (football, rates, baking) that share words only within a
+    topic: tf-idf + SVD + k-means puts each topic in one cluster of its own."""
+    rows = [
+        (i, text, None, t % 2)
+        for i, (t, text) in enumerate((t, s) for t, texts in TOPICS.items() for s in texts)
+    ]
+    data = tmp_path / "data"
+    data.mkdir()
+    frame = pd.DataFrame(rows, columns=["idx", "text_a", "text_b", "label"])
+    frame.to_parquet(data / "train.parquet")
+    test = pd.DataFrame(
+        [(100, "a goal from the penalty spot", None, 0), (101, "rates at the bank", None, 1)],
+        columns=["idx", "text_a", "text_b", "label"],
+    )
+    test.to_parquet(data / "test.parquet")
+    spec = {"kind": "tfidf", "svd_dims": 3, "k": 3, "method": "kmeans", "seed": 0}
+    cl.cluster_dataset(spec, data, None, tmp_path / "clusters")
+    assignments, info = cl.read_assignments(tmp_path / "clusters")
+    assert info["embedder"] == "tfidf" and info["svd_dims"] == 3 and info["dims"] == 3
+    train = assignments[assignments["split"] == "train"]
+    topic = [t for t, texts in TOPICS.items() for _ in texts]
+    clusters = train["cluster"].tolist()
+    # one cluster per topic: the partitions agree up to the cluster names
+    assert len({(t, c) for t, c in zip(topic, clusters, strict=True)}) == 3
+    assert len(set(clusters)) == 3
+    held = assignments[assignments["split"] == "test"].set_index("idx")["cluster"]
+    assert held[100] == clusters[0] and held[101] == clusters[3]  # football, rates
+    with pytest.raises(ValueError, match=r"studies\.s5\.embedder\.svd_dims: 9"):
+        cl.cluster_dataset({**spec, "svd_dims": 9}, data, None, tmp_path / "too-many")
+
+
+def test_members_train_as_many_steps_as_a_seed_model_by_default(toy):
+    from tuneatlas.engine.loop import plan_steps
+
+    plan = make_plan(toy)
+    assert toy["studies"]["s5"]["member_steps"] == "seed"
+    assert plan.runs["s5-ab"].spec["steps_from"] == "source"
+    assert "steps_from" not in plan.runs["s5-all-s0"].spec  # seed models: their own rows
+    epochs = make_plan(validate_config(_with_s5(toy, member_steps="epochs")))
+    assert "steps_from" not in epochs.runs["s5-ab"].spec
+    spec = train_spec(run="m", task="sst2", dataset="d", model="m", batch_size=32, epochs=2)
+    # a member on 1,000 of the 2,400 rows: 32 steps per epoch over its rows, the 150 of a
+    # seed model in all (2 x ceil(2400 / 32)) instead of its own 64
+    assert plan_steps(spec, 1000, 2400) == (32, 150)
+    assert plan_steps(spec, 1000) == (32, 64)
+
+
+def test_weight_spread_shows_how_far_weights_are_from_equal():
+    w = np.array([[0.3, 0.3, 0.4], [0.2, 0.5, 0.3]])
+    scores_eq = np.array([[1.0, 0.0], [0.0, 1.0]])
+    got = s5.weight_spread(w, np.array([0, 0]), scores_eq)
+    assert got["weight_min"] == 0.2 and got["weight_max"] == 0.5
+    assert got["weight_max_dev_uniform"] == pytest.approx(0.5 - 1 / 3)
+    assert got["same_as_uniform"] == 0.5  # the second input's prediction changed
+
+
+def test_s5_t1_reports_the_weight_spread_of_each_ensemble(tmp_path):
+    spec, labels, logits, d = _fake_results(tmp_path)
+    df = s5.table_t1(spec, tmp_path).set_index("model")
+    w = monju_weights(d)
+    assert df.loc["ensemble-monju", "weight_min"] == pytest.approx(w.min())
+    assert df.loc["ensemble-monju", "weight_max"] == pytest.approx(w.max())
+    members = ("s5-bc", "s5-ca", "s5-ab")  # the members that missed A, B, C
+    plain = sum(logits[m] for m in members).argmax(1)
+    monju = sum(w[:, i, None] * logits[m] for i, m in enumerate(members)).argmax(1)
+    assert df.loc["ensemble-monju", "same_as_uniform"] == pytest.approx(np.mean(plain == monju))
+    assert df.loc["ensemble-seeds", "weight_max_dev_uniform"] == pytest.approx(0.0)
+    assert df.loc["ensemble-cbtm-style", "members"].startswith("ours, not c-BTM")
+    assert df.loc["s5-ab", ["weight_min", "same_as_uniform"]].isna().all()

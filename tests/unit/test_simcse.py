@@ -131,3 +131,98 @@ def test_heldout_scores_are_repeatable_and_leave_the_training_rng_alone(world):
 def test_simcse_refuses_a_run_without_dropout(world):
     with pytest.raises(ValueError, match=r"dropout in \(0, 1\)"):
         SimCSERecipe(_spec(dropout=None), world["corpus"], world["base"], world["root"] / "x")
+
+
+@pytest.fixture(scope="module")
+def stsb_dir(world):
+    g = torch.Generator().manual_seed(2)
+
+    def sentence():
+        return " ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (5,), generator=g))
+
+    rows = [(sentence(), sentence(), float(i % 6)) for i in range(30)]
+    path = world["root"] / "stsb"
+    path.mkdir()
+    pd.DataFrame(
+        {
+            "idx": range(len(rows)),
+            "text_a": [r[0] for r in rows],
+            "text_b": [r[1] for r in rows],
+            "label": [r[2] for r in rows],
+        }
+    ).to_parquet(path / "valid.parquet")
+    return path
+
+
+def test_stsb_spearman_is_the_rank_correlation_of_cls_cosines(world, stsb_dir):
+    from scipy.stats import spearmanr
+
+    recipe = SimCSERecipe(_spec(), world["corpus"], world["base"], world["root"] / "u", stsb_dir)
+    torch.manual_seed(0)
+    model, data = recipe.build()
+    model.train()
+    got = recipe.evaluate(model, data, "stsb", torch.device("cpu"), with_loss=True)
+    assert model.training  # the mode is restored
+    # independently: one sentence at a time, CLS of the bare encoder (no MLP), eval mode
+    dev = pd.read_parquet(stsb_dir / "valid.parquet")
+    tok, enc = load_tokenizer(world["base"]), load_encoder(world["base"]).eval()
+    cos = []
+    with torch.no_grad():
+        for a, b in zip(dev["text_a"], dev["text_b"], strict=True):
+            za = enc(**tok(a, return_tensors="pt")).last_hidden_state[0, 0]
+            zb = enc(**tok(b, return_tensors="pt")).last_hidden_state[0, 0]
+            # the same cosine op: the tiny model's cosines lie close together, and a
+            # last-digit difference would swap ranks
+            cos.append(float(torch.nn.functional.cosine_similarity(za, zb, dim=0)))
+    expected = spearmanr(dev["label"], cos).statistic
+    assert got["spearman"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_keep_best_saves_the_early_weights_when_the_dev_score_peaks_early(
+    world, stsb_dir, monkeypatch
+):
+    """Scripted dev scores peak at the first evaluation (step 2): the saved encoder is the one
+    of step 2, not the last step's, and the build info says so."""
+    import tuneatlas.engine.recipes.simcse as mod
+
+    scores = iter([0.2, 0.9, 0.5, 0.4, 0.3, 0.1])
+    monkeypatch.setattr(mod, "sts_spearman", lambda *a, **k: next(scores, 0.0))
+
+    class Snapshots:
+        def __init__(self):
+            self.at = {}
+
+        def on_evaluate(self, state, split, _scores):
+            if not state.final:
+                enc = state.model.encoder.state_dict()
+                self.at[state.step] = {k: v.clone() for k, v in enc.items()}
+
+    snaps, root = Snapshots(), world["root"]
+    spec = _spec(keep_best=True, eval_every=2, run="s2-simcse-kb")
+    res = mod.simcse(
+        spec,
+        world["corpus"],
+        world["base"],
+        root / "kb",
+        root / "kb-run",
+        [snaps],
+        stsb_dir=stsb_dir,
+    )
+    # 108 rows / 16 = 7 steps: evaluations at steps 2, 4, 6, 7 score 0.2, 0.9, 0.5, 0.4
+    assert sorted(snaps.at) == [2, 4, 6, 7] and res["best_step"] == 4
+    saved = load_encoder(root / "kb").state_dict()
+    for k, v in snaps.at[4].items():
+        torch.testing.assert_close(saved[k], v, rtol=0, atol=0)
+    assert any(not torch.equal(saved[k], snaps.at[7][k]) for k in saved)
+    info = json.loads((root / "kb" / BUILD_INFO).read_text())
+    assert info["selected"] == {"step": 4, "split": "stsb", "metric": "spearman", "score": 0.9}
+
+
+def test_the_simcse_mlp_starts_as_bert_initialises_a_layer(world):
+    torch.manual_seed(0)
+    model = SimCSEModel(load_encoder(world["base"]))
+    w, b = model.mlp[0].weight.detach(), model.mlp[0].bias.detach()
+    std = load_encoder(world["base"]).config.initializer_range
+    assert torch.count_nonzero(b) == 0
+    # 32 x 32 draws; nn.Linear's default uniform(±1/√32) would have a std of 0.10
+    assert float(w.std()) == pytest.approx(std, rel=0.1)

@@ -408,3 +408,32 @@ def test_plan_scans_every_s1_run_a_subset_table_reads(repo):
     with pytest.raises(KeyError, match="no subset scan"):
         plan.scan_spec("s1-sst2-maxnorm-s0")
     assert validate_spec(some)["effective_top"] == 10
+
+
+def test_the_effective_rule_and_threshold_come_from_the_spec(tmp_path):
+    """studies.s1.subsets.effective_rule / effective_min_drop reach S1.T3's ablation: the scan's
+    effective flags are those of the threshold rule computed directly."""
+    results = tmp_path / "results"
+    tensors = make_embeddings(results / "embeddings" / "r" / "embeddings.safetensors", "sst2")
+    spec = spec_for("sst2", layers=None, effective_rule="threshold", effective_min_drop=0.01)
+    frames = scan_run(results / "embeddings" / "r", spec, results / "subsets" / "r")
+    valid, test = scorers(tensors, "sst2")
+    top = search_subsets(valid, 3, k=4)
+    direct = effective_dimensions(valid, top.dims, test=test, rule="threshold", min_drop=0.01)
+    got = frames["effective"]
+    ablation = got[got["kind"] == "ablation"]
+    assert list(ablation["effective"]) == list(direct.ablation["effective"])
+    assert list(ablation["effective"]) == list(ablation["drop"] >= 0.01)
+    largest = effective_dimensions(valid, top.dims, test=test)
+    assert list(largest.ablation["effective"]) != list(direct.ablation["effective"])
+
+
+def test_paper_config_names_the_effective_rule(repo):
+    from tuneatlas.config import load_config
+    from tuneatlas.plan import make_plan
+
+    config = load_config(repo / "paper.yaml")
+    sub = config["studies"]["s1"]["subsets"]
+    assert (sub["effective_rule"], sub["effective_min_drop"]) == ("largest", 0.05)
+    scans = make_plan(config).scans.values()
+    assert {(s["effective_rule"], s["effective_min_drop"]) for s in scans} == {("largest", 0.05)}

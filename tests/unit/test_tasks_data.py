@@ -9,17 +9,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from tuneatlas.data import prepare as data
 from tuneatlas.data.prepare import prepare_dataset, read_prepared
 from tuneatlas.data.tasks import GLUE_TASKS, TASKS, get_task
 from tuneatlas.data.transform import split_counts
 from tuneatlas.data.validate import check_source
-from tuneatlas.errors import DataError, HubOfflineError
+from tuneatlas.errors import ConfigError, DataError, HubOfflineError
 from tuneatlas.io import read_parquet_meta
 from tuneatlas.metrics import METRICS
 
 from .hub_fake import FakeHub
+
+REPO = Path(__file__).resolve().parents[2]
 
 SST2_DEV = Path(__file__).resolve().parents[2].parent / "shared/data/sst2/dev.tsv"
 
@@ -50,7 +53,7 @@ def test_registry_has_the_real_hub_columns():
     assert (get_task("qnli").text_a, get_task("qnli").text_b) == ("question", "sentence")
     assert (get_task("qqp").text_a, get_task("qqp").text_b) == ("question1", "question2")
     assert get_task("sst2").text_b is None and get_task("sst2").hub_path == "nyu-mll/glue"
-    assert get_task("livedoor").text_a_columns == ("title", "content")
+    assert get_task("livedoor").text_a_columns == ("content",)  # S3: the body alone
     assert get_task("pretrain").hub_path == "HuggingFaceFW/fineweb-edu"
 
 
@@ -142,20 +145,19 @@ def test_default_columns_string_labels_and_dir_source(tmp_path):
     assert len(read_prepared(out["valid"])) == 2
 
 
-def test_livedoor_joins_title_and_body(tmp_path):
+def test_livedoor_reads_the_body_by_default_and_the_title_on_request(tmp_path):
+    """S3's paper feeds the body (「本文」を入力として); the title is an option."""
     rows = pd.DataFrame(
         {"title": ["Title A", "Title B"], "content": ["body a", "body b"], "category": [3, 8]}
     )
     path = _write(rows, tmp_path / "train.parquet")
-    out = prepare_dataset(
-        "ld",
-        {"source": "file", "task": "livedoor", "files": {"train": str(path)}},
-        tmp_path / "out",
-        seed=0,
-    )
-    df = read_prepared(out["train"])
-    assert list(df["text_a"]) == ["Title A\nbody a", "Title B\nbody b"]
+    cfg = {"source": "file", "task": "livedoor", "files": {"train": str(path)}}
+    df = read_prepared(prepare_dataset("ld", cfg, tmp_path / "out", seed=0)["train"])
+    assert list(df["text_a"]) == ["body a", "body b"]
     assert list(df["label"]) == [3, 8]
+    cfg["columns"] = {"text_a": ["title", "content"]}
+    df = read_prepared(prepare_dataset("ld", cfg, tmp_path / "titled", seed=0)["train"])
+    assert list(df["text_a"]) == ["Title A\nbody a", "Title B\nbody b"]
 
 
 def test_max_rows_caps_each_source_split_keeping_source_ids(tmp_path):
@@ -469,3 +471,67 @@ def test_hub_source_maps_splits_and_columns(tmp_path, monkeypatch):
             tmp_path / "c",
             seed=0,
         )
+
+
+PAPER_GROUPS = {  # paper.yaml's map: the paper's class ids 3,4,6 / 0,1,8 / 2,5,7 by name
+    "topic-news": 0,
+    "livedoor-homme": 0,
+    "sports-watch": 0,
+    "movie-enter": 1,
+    "it-life-hack": 1,
+    "smax": 1,
+    "kaden-channel": 2,
+    "peachy": 2,
+    "dokujo-tsushin": 2,
+}
+
+
+def test_the_papers_group_map_gives_400_100_10_to_the_named_classes(tmp_path):
+    paper = yaml.safe_load((REPO / "paper.yaml").read_text())
+    imb = paper["datasets"]["livedoor-imb"]["imbalance"]
+    assert imb["groups"] == PAPER_GROUPS and imb["group_sizes"] == [400, 100, 10]
+    cfg = {
+        "source": "synthetic",
+        "task": "livedoor",
+        "sizes": {"train": 6000, "test": 900},
+        "imbalance": imb,
+    }
+    out = prepare_dataset("livedoor", cfg, tmp_path, seed=0)
+    train = read_prepared(out["train"])
+    names = get_task("livedoor").label_names
+    got = {names[c]: int(n) for c, n in train["label"].value_counts().items()}
+    assert got == {
+        "topic-news": 400,
+        "livedoor-homme": 400,
+        "sports-watch": 400,
+        "movie-enter": 100,
+        "it-life-hack": 100,
+        "smax": 100,
+        "kaden-channel": 10,
+        "peachy": 10,
+        "dokujo-tsushin": 10,
+    }
+    classes = pd.read_parquet(out["classes"]).set_index("name")
+    assert classes.loc["livedoor-homme", "n_train"] == 400  # seed 0 at random gave it 10
+    assert (classes["n_test"] == 45).all()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"smax": 1, "peachy": 2}, "missing"),
+        ({**PAPER_GROUPS, "news": 0}, "unknown class"),
+        ({**PAPER_GROUPS, "smax": 3}, "group indices must be 0..2"),
+        ({**PAPER_GROUPS, "smax": 0}, r"classes per group \[4, 2, 3\]"),
+    ],
+)
+def test_a_bad_group_map_names_the_key(change, message):
+    cfg = {
+        "source": "synthetic",
+        "task": "livedoor",
+        "sizes": {"train": 6000, "test": 900},
+        "imbalance": {"group_sizes": [400, 100, 10], "classes_per_group": 3, "groups": change},
+    }
+    with pytest.raises(ConfigError, match=message) as err:
+        check_source("ld", cfg)
+    assert "datasets.ld.imbalance.groups" in str(err.value)

@@ -5,7 +5,10 @@ They were regenerated once, at the "House v3" change (issue 18), because the toy
 tiny run fine-tunes is now pre-trained by `MLMRecipe` through the one training loop (`fit`)
 instead of its own masked-LM loop: a different data order, masking draws and weight decay give
 other weights, hence other scores. They were first recorded at commit 17c5f47, before the
-engine + recipes refactor, and were reproduced from then until that change.
+engine + recipes refactor, and were reproduced from then until that change. The S3 tables were
+re-recorded at issue 19 for two new columns (``class_name`` on every per-class table, ``points``
+on S3.F9), and S1.TA1 for ``in_paper``; every value they had before was reproduced within
+FLOAT32_DRIFT.
 
 Values agree to float32 rounding, not bit for bit: torch's CPU kernels sum in an order that
 depends on the processor (across machine kinds the tiny DAG has differed by at most 2e-5 in a

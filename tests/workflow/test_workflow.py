@@ -119,7 +119,9 @@ def test_tiny_run_s5_members_and_ensembles(tiny_run):
     t1 = pd.read_parquet(tiny_run / "results/tables/s5_t1.parquet").set_index("model")
     members = ["s5-all-s0", "s5-all-s1", "s5-ab", "s5-bc", "s5-ca"]
     assert set(members) < set(t1.index)
-    assert {"ensemble-seeds", "ensemble-monju", "ensemble-cbtm", "oracle-clusters"} < set(t1.index)
+    assert {"ensemble-seeds", "ensemble-monju", "ensemble-cbtm-style", "oracle-clusters"} < set(
+        t1.index
+    )
     for run in members:  # predictions.parquet gives back each run's own test accuracy
         ev = pd.read_parquet(tiny_run / f"results/runs/{run}/eval.parquet")
         own = ev[(ev.metric == "accuracy") & (ev.split == "test")]["value"].item()
@@ -210,9 +212,10 @@ def test_paper_dry_run_builds_every_studys_full_grid(tmp_path):
     assert counts["train"] == 120 + 1 + bool(s3.get("preliminary_dataset")) + 1080 + 6
     assert counts["simcse"] == 5 and counts["fisher"] == 6 * 30  # 30 trials per model
     assert (s2["model"], len(s2["lrs"]), s2["n_seeds"]) == ("bert-large", 6, 30)
-    # GLUE + livedoor (+ imbalanced) + S2's RTE (public validation) and wiki1m + S4's
-    # FineWeb-Edu + S5's SST-2
-    assert counts["prepare_data"] == 8 + len(s3_datasets) + 2 + 1 + 1
+    # GLUE + livedoor (+ imbalanced) + S2's RTE (public validation), wiki1m and STS-B dev
+    # (SimCSE's checkpoint selection) + S4's FineWeb-Edu + S5's SST-2
+    assert s2["simcse"]["stsb"] == "stsb-glue"
+    assert counts["prepare_data"] == 8 + len(s3_datasets) + 3 + 1 + 1
     # S4: 285M and 570M (15 variants + baseline each), the 2B check (2 variants + baseline)
     assert counts["pretrain"] == counts["lm_eval"] == 16 + 16 + 3 and counts["tokenize"] == 1
     assert counts["embed"] == 16  # main + no-dropout run per task
@@ -221,10 +224,12 @@ def test_paper_dry_run_builds_every_studys_full_grid(tmp_path):
     assert counts["table"] == counts["figure"] + 1 == 27
     assert (s5["model"], s5["k"], s5["seeds"]) == ("roberta-base", 3, [0, 1, 2])
     assert counts["cluster"] == 1 and counts["cluster_data"] == 3
-    assert counts["train_with_predictions"] == 6  # the S5 members, in the train count
+    # the S5 members and S2's sweep (per-example validation predictions), in the train count
+    assert counts["train_with_predictions"] == 6 + 1080
     # every hub dataset and model is fetched by a rule of its own, run on the submit host
     s1_datasets = paper["studies"]["s1"]["datasets"]
-    used = [*s1_datasets, *s3_datasets, s2["dataset"], s2["corpus"], s4["corpus"], s5["dataset"]]
+    used = [*s1_datasets, *s3_datasets, s2["dataset"], s2["corpus"], s2["simcse"]["stsb"]]
+    used += [s4["corpus"], s5["dataset"]]
     hub = [d for d in used if paper["datasets"][d]["source"] == "hub"]
     assert counts["fetch_hub_data"] == len(hub)  # livedoor: a local file (livedoor-convert)
     # bert-base, bert-large, bert-ja, roberta-base, gpt2 (S4's tokenizer)

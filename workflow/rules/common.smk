@@ -290,6 +290,12 @@ def models_from(*sources):
     return one_of(m for m, spec in PLAN.models.items() if spec["source"] in sources)
 
 
+def simcse_stsb(model):
+    """The prepared STS-B dev data that selects a SimCSE model's checkpoint ([] for none)."""
+    stsb = PLAN.models[model].get("stsb")
+    return [f"{RESULTS}/data/{stsb}"] if stsb else []
+
+
 def datasets_from(*sources):
     """A wildcard regex matching exactly the planned datasets of these sources."""
     return one_of(d for d, spec in PLAN.datasets.items() if spec["source"] in sources)

@@ -7,7 +7,11 @@
 rule cluster:
     input:
         data=lambda wc: f"{RESULTS}/data/{clustering_of(wc)['dataset']}",
-        embedder=lambda wc: f"{RESULTS}/models/{clustering_of(wc)['embedder']}",
+        embedder=lambda wc: (
+            [f"{RESULTS}/models/{clustering_of(wc)['embedder']}"]
+            if clustering_of(wc)["embedder"]
+            else []
+        ),
     output:
         directory(f"{RESULTS}/clusters/{{clustering}}"),
     log:
@@ -25,9 +29,12 @@ rule cluster:
         runtime=60,
     params:
         spec=lambda wc: as_json(clustering_of(wc)),
+        embedder=lambda wc, input: (
+            f"--embedder {input.embedder}" if input.embedder else ""
+        ),
     shell:
         "python -m tuneatlas --threads {threads} cluster --spec {params.spec:q} --data {input.data}"
-        " --embedder {input.embedder} --out {output} 2> {log}"
+        " {params.embedder} --out {output} 2> {log}"
 
 
 rule cluster_data:

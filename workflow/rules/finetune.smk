@@ -80,6 +80,7 @@ rule simcse:
     input:
         data=lambda wc: f"{RESULTS}/data/{PLAN.models[wc.model]['corpus']}",
         model=lambda wc: f"{RESULTS}/models/{PLAN.models[wc.model]['base']}",
+        stsb=lambda wc: simcse_stsb(wc.model),
     output:
         directory(f"{RESULTS}/models/{{model}}"),
     log:
@@ -98,6 +99,8 @@ rule simcse:
     params:
         spec=lambda wc: as_json(PLAN.runs[wc.model].spec),
         run_dir=lambda wc: f"{RESULTS}/runs/{wc.model}",
+        stsb=lambda wc: " ".join(f"--stsb {d}" for d in simcse_stsb(wc.model)),
     shell:
         "python -m tuneatlas --threads {threads} simcse --spec {params.spec:q} --data {input.data}"
-        " --model {input.model} --out {output} --run-dir {params.run_dir} 2> {log}"
+        " --model {input.model} --out {output} --run-dir {params.run_dir} {params.stsb}"
+        " 2> {log}"

@@ -1,5 +1,6 @@
-"""S5's clustering: embed a dataset with any encoder, cluster its training split, and derive the
-member datasets (each trained on all clusters but one).
+"""S5's clustering: embed a dataset with any encoder, or with tf-idf + truncated SVD (c-BTM's
+featurisation, `spec["kind"] == "tfidf"`), cluster its training split, and derive the member
+datasets (each trained on all clusters but one).
 
 `cluster_dataset` writes `results/clusters/<id>/`:
 - `centres.safetensors`: "centres" float32 [k, H] (k-means centres or mixture means);
@@ -132,7 +133,7 @@ def distances(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
 def cluster_dataset(
     spec: Mapping[str, Any],
     data_dir: str | os.PathLike,
-    embedder_dir: str | os.PathLike,
+    embedder_dir: str | os.PathLike | None,
     out_dir: str | os.PathLike,
     device: str | torch.device | None = None,
     meta: Mapping[str, str] | None = None,
@@ -145,9 +146,15 @@ def cluster_dataset(
     """
     from tuneatlas.engine.device import resolve_device
 
-    data_dir, embedder_dir = Path(data_dir), Path(embedder_dir)
-    dev = resolve_device(device)
-    frames, embedded = _embed_splits(spec, data_dir, embedder_dir, dev)
+    data_dir = Path(data_dir)
+    tfidf = spec.get("kind") == "tfidf"
+    if tfidf:
+        frames, embedded = tfidf_splits(spec, data_dir)
+    else:
+        if embedder_dir is None:
+            raise ValueError("cluster: a neural embedder needs its model directory (--embedder)")
+        embedder_dir = Path(embedder_dir)
+        frames, embedded = _embed_splits(spec, data_dir, embedder_dir, resolve_device(device))
     if "train" not in frames:
         raise DataError(f"{data_dir}: no train.parquet to cluster; prepare the dataset first")
     k = int(spec["k"])
@@ -162,11 +169,17 @@ def cluster_dataset(
             " or use method: kmeans"
         )
     info = {
-        "embedder": spec.get("embedder"),
-        "embedder_dir": str(embedder_dir),
-        "embedder_fingerprint": _dir_fingerprint(embedder_dir),
-        "pooling": spec["pooling"],
-        "max_length": int(spec["max_length"]),
+        "embedder": "tfidf" if tfidf else spec.get("embedder"),
+        **(
+            {"svd_dims": int(spec["svd_dims"])}
+            if tfidf
+            else {
+                "embedder_dir": str(embedder_dir),
+                "embedder_fingerprint": _dir_fingerprint(embedder_dir),
+                "pooling": spec["pooling"],
+                "max_length": int(spec["max_length"]),
+            }
+        ),
         "method": spec["method"],
         "k": k,
         "seed": int(spec["seed"]),
@@ -185,6 +198,48 @@ def cluster_dataset(
         write_json(info, tmp / EMBEDDER_FILE)
     log.info("cluster: k=%d train sizes %s -> %s", k, info["train_sizes"], out_dir)
     return out_dir
+
+
+def _texts(df: pd.DataFrame) -> list[str]:
+    """One text per row: text_a, and text_b after it for a pair task."""
+    a = df["text_a"].astype(str)
+    return (
+        (a + " " + df["text_b"].astype(str)).tolist() if df["text_b"].notna().all() else a.tolist()
+    )
+
+
+def tfidf_splits(
+    spec: Mapping[str, Any], data_dir: Path
+) -> tuple[dict[str, pd.DataFrame], dict[str, np.ndarray]]:
+    """The prepared splits and their tf-idf vectors reduced by truncated SVD to `svd_dims`
+    (fitted on train only, seeded) and scaled to unit length, so that Euclidean k-means on them
+    ranks as cosine does on the tf-idf vectors (latent semantic analysis)."""
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.preprocessing import normalize
+
+    frames = {
+        split: read_prepared(data_dir / f"{split}.parquet")
+        for split in SPLITS
+        if (data_dir / f"{split}.parquet").is_file()
+    }
+    if "train" not in frames:
+        raise DataError(f"{data_dir}: no train.parquet to cluster; prepare the dataset first")
+    vectoriser = TfidfVectorizer(sublinear_tf=True).fit(_texts(frames["train"]))
+    train = vectoriser.transform(_texts(frames["train"]))
+    dims = int(spec["svd_dims"])
+    if not 1 <= dims < min(train.shape):
+        raise DataError(
+            f"studies.s5.embedder.svd_dims: {dims} must be below the training rows and the"
+            f" vocabulary ({train.shape[0]} x {train.shape[1]}); lower it"
+        )
+    svd = TruncatedSVD(n_components=dims, random_state=int(spec["seed"])).fit(train)
+    embedded = {
+        split: normalize(svd.transform(vectoriser.transform(_texts(df)))).astype(np.float32)
+        for split, df in frames.items()
+    }
+    log.info("cluster: tf-idf %d terms -> %d SVD dims", train.shape[1], dims)
+    return frames, embedded
 
 
 def _embed_splits(
@@ -286,6 +341,7 @@ def derive_member_dataset(
                     **(meta or {}),
                     "clusters": ",".join(clusters),
                     "rows": str(int(keep.sum())),
+                    "source_rows": str(len(train)),  # the step budget of `steps_from: source`
                 }
                 write_parquet(train[keep].reset_index(drop=True), tmp / src.name, file_meta)
                 counts[split] = int(keep.sum())

@@ -24,7 +24,7 @@ PREDICTIONS_FILE = "predictions.parquet"
 
 
 def write_predictions(
-    model_dir: str | os.PathLike,
+    model_dir: str | os.PathLike | SequenceClassifier,
     data_dir: str | os.PathLike,
     out: str | os.PathLike,
     splits: Sequence[str] = ("valid", "test"),
@@ -32,10 +32,15 @@ def write_predictions(
     device: str | None = None,
     meta: dict[str, str] | None = None,
 ) -> pd.DataFrame:
-    """Write the logits of the model in `model_dir` on each of `splits` present in `data_dir`."""
-    model_dir = Path(model_dir)
-    dev = resolve_device(device)
-    model = SequenceClassifier.load(model_dir, device=dev)
+    """Write the logits of the model in `model_dir` (or of a model in memory) on each of
+    `splits` present in `data_dir`."""
+    if isinstance(model_dir, SequenceClassifier):
+        model, dev = model_dir, next(model_dir.parameters()).device
+        model_dir = Path(data_dir)  # only names the fallback task below
+    else:
+        model_dir = Path(model_dir)
+        dev = resolve_device(device)
+        model = SequenceClassifier.load(model_dir, device=dev)
     task = task_of_model(model, model_dir.name)
     data = tokenize_splits(
         data_dir, model.tokenizer, int(model.max_length or 512), task, splits, required=()
@@ -61,6 +66,24 @@ def write_predictions(
     info = {"model_dir": str(model_dir), "task": task.name, "version": __version__}
     write_parquet(df, out, {**info, "git_commit": git_commit(), **(meta or {})})
     return df
+
+
+class PredictionWriter:
+    """Training hook: the final model's predictions (after keep-best) from the weights in
+    memory, at the end of training, so that a run that keeps no weights (S2's sweep,
+    `save_model: false`) still writes them. Rank 0 only; draws no random numbers."""
+
+    def __init__(
+        self, data_dir: str | os.PathLike, out: str | os.PathLike, batch_size: int, meta=None
+    ) -> None:
+        self.data_dir, self.out, self.batch_size = Path(data_dir), Path(out), batch_size
+        self.meta = dict(meta or {})
+
+    def on_train_end(self, state) -> None:
+        if state.is_main:
+            write_predictions(
+                state.model, self.data_dir, self.out, batch_size=self.batch_size, meta=self.meta
+            )
 
 
 def logits_of(df: pd.DataFrame) -> np.ndarray:

@@ -1,6 +1,6 @@
 """The shared bookkeeping of S2's in-loop measurement hooks (`FisherTrace`, `PolarTrace`):
-measure at step 0, every `every` steps and at the last step, one record per measured step,
-kept in the checkpoint and dropped for steps a resumed run will replay."""
+measure at step 0, every `every` steps, at the `extra` steps and at the last step, one record
+per measured step, kept in the checkpoint and dropped for steps a resumed run will replay."""
 
 from __future__ import annotations
 
@@ -9,18 +9,19 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 
-def _due(state: Any, every: int) -> bool:
-    return state.step % every == 0 or state.step == state.total_steps
+def _due(state: Any, every: int, extra: tuple[int, ...] = ()) -> bool:
+    return state.step % every == 0 or state.step == state.total_steps or state.step in extra
 
 
 class StepHook(ABC):
     """Shared bookkeeping: one record per measured step, kept in the checkpoint, dropped for
     steps a resumed run will replay."""
 
-    def __init__(self, every: int) -> None:
+    def __init__(self, every: int, extra: tuple[int, ...] = ()) -> None:
         if every < 1:
             raise ValueError(f"{type(self).__name__} needs every >= 1 step; got {every}")
         self.every = every
+        self.extra = tuple(int(s) for s in extra)
         self.records: list[dict[str, Any]] = []
 
     def _measured(self, step: int) -> bool:
@@ -28,7 +29,7 @@ class StepHook(ABC):
         return any(r["step"] == step for r in self.records)
 
     def on_step_end(self, state: Any) -> None:
-        if _due(state, self.every) and not self._measured(state.step):
+        if _due(state, self.every, self.extra) and not self._measured(state.step):
             self.measure(state)
 
     on_train_start = on_step_end  # step 0 of a fresh run; a resumed run's step when it is due

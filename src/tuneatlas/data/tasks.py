@@ -146,7 +146,9 @@ _TASK_LIST: tuple[Task, ...] = (
         metric="accuracy",
         hub_path="shunk031/livedoor-news-corpus",
         hub_name=None,
-        text_a=("title", "content"),  # S3: title + body -> category
+        # S3: the body -> category (「本文」を入力として); `columns: {text_a: [title, content]}`
+        # on a dataset entry adds the title (joined with a newline)
+        text_a="content",
         text_b=None,
         label="category",
         hub_splits=(("train", "train"), ("validation", "validation"), ("test", "test")),

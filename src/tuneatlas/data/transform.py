@@ -290,8 +290,9 @@ def imbalance(
 ) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     """S3's imbalanced training set and balanced test set; returns (frames, class table).
 
-    Classes are assigned to groups at random (seeded); group g's classes keep
-    `group_sizes[g]` training rows each; the test split keeps `test_per_class` rows per class.
+    Classes are assigned to groups by `groups` ({class name: group index}) when given, else at
+    random (seeded); group g's classes keep `group_sizes[g]` training rows each; the test split
+    keeps `test_per_class` rows per class.
     """
     if "train" not in frames:
         raise DataError(f"{dataset_key(name, 'imbalance')}: needs a train split; none was loaded")
@@ -307,6 +308,9 @@ def imbalance(
     order = rng.permutation(task.num_labels)
     group = np.empty(task.num_labels, dtype=np.int64)
     group[order] = np.arange(task.num_labels) // per
+    if spec.get("groups"):  # the drawn permutation stays drawn: the row sample is the same RNG
+        names = list(task.label_names) or [str(c) for c in range(task.num_labels)]
+        group = np.asarray([int(spec["groups"][n]) for n in names], dtype=np.int64)
 
     def take(df: pd.DataFrame, counts: np.ndarray, split: str) -> pd.DataFrame:
         keep = []

@@ -209,11 +209,11 @@ def _check_imbalance(name: str, imb: Any, task: Task) -> None:
     where = dataset_key(name, "imbalance")
     if not isinstance(imb, Mapping):
         raise ConfigError(f"{where} must be a mapping with group_sizes, classes_per_group")
-    unknown = sorted(set(imb) - {"group_sizes", "classes_per_group", "test_per_class"})
+    unknown = sorted(set(imb) - {"group_sizes", "classes_per_group", "test_per_class", "groups"})
     if unknown:
         raise ConfigError(
             f"{where}: unknown key(s) {unknown}; allowed: classes_per_group, group_sizes,"
-            " test_per_class"
+            " groups, test_per_class"
         )
     sizes = imb.get("group_sizes")
     if (
@@ -234,6 +234,35 @@ def _check_imbalance(name: str, imb: Any, task: Task) -> None:
         raise ConfigError(
             f"{where}: {len(sizes)} groups x {per} classes = {len(sizes) * per}, but task"
             f" {task.name!r} has {task.num_labels} classes; every class needs one group"
+        )
+    if imb.get("groups") is not None:
+        _check_group_map(where, imb["groups"], len(sizes), per, task)
+
+
+def _check_group_map(where: str, groups: Any, n_groups: int, per: int, task: Task) -> None:
+    """An explicit {class name: group index} map names every class once, each group `per`
+    times."""
+    names = list(task.label_names) or [str(c) for c in range(task.num_labels)]
+    if not isinstance(groups, Mapping):
+        raise ConfigError(f"{where}.groups must map class names to group indices, got {groups!r}")
+    unknown = sorted(str(k) for k in groups if str(k) not in names)
+    missing = [n for n in names if n not in {str(k) for k in groups}]
+    if unknown or missing:
+        raise ConfigError(
+            f"{where}.groups: unknown class(es) {unknown}, missing {missing}; name every class"
+            f" of task {task.name!r} once: {', '.join(names)}"
+        )
+    bad = {k: v for k, v in groups.items() if not _is_int(v) or not 0 <= v < n_groups}
+    if bad:
+        raise ConfigError(
+            f"{where}.groups: group indices must be 0..{n_groups - 1} (positions in"
+            f" group_sizes), got {bad}"
+        )
+    counts = [list(groups.values()).count(g) for g in range(n_groups)]
+    if any(c != per for c in counts):
+        raise ConfigError(
+            f"{where}.groups: classes per group {counts}, but classes_per_group is {per};"
+            " give each group that many classes"
         )
 
 

@@ -99,10 +99,12 @@ def subsample_rows(n: int, k: int | None, seed: int) -> list[int] | None:
     return sorted(torch.randperm(n, generator=g)[:k].tolist())
 
 
-def plan_steps(spec: Any, n_train: int) -> tuple[int, int]:
-    """(steps per epoch, total steps): ceil(n / batch) per epoch, `epochs` of them, capped."""
+def plan_steps(spec: Any, n_train: int, budget_rows: int | None = None) -> tuple[int, int]:
+    """(steps per epoch, total steps): ceil(n / batch) per epoch, `epochs` of them, capped.
+    With `budget_rows` the total is that of `epochs` over that many rows (an S5 cluster member
+    trains as many steps as a model of the full training split)."""
     spe = math.ceil(n_train / spec.batch_size)
-    total = math.ceil(spec.epochs * spe - 1e-9)
+    total = math.ceil(spec.epochs * math.ceil((budget_rows or n_train) / spec.batch_size) - 1e-9)
     if spec.max_steps is not None:
         total = min(total, int(spec.max_steps))
     if total <= 0:
@@ -173,7 +175,7 @@ class _Run:
         rows = subsample_rows(len(data["train"]), spec.max_train_samples, spec.seed)
         if rows is not None:
             data["train"] = data["train"].subset(rows)
-        spe, total = plan_steps(spec, len(data["train"]))
+        spe, total = plan_steps(spec, len(data["train"]), recipe.budget_rows)
 
         model.to(device)
         model.train()
@@ -381,7 +383,14 @@ class _Run:
                 metrics_frame(self.metric_rows), out_dir / "metrics.parquet", recipe.meta()
             )
             write_yaml(spec.to_dict(), out_dir / "spec.yaml")
-            recipe.save(s.model, out_dir, results, steps=s.step, best_step=self.best["step"])
+            recipe.save(
+                s.model,
+                out_dir,
+                results,
+                steps=s.step,
+                best_step=self.best["step"],
+                best_score=self.best["score"],
+            )
             shutil.rmtree(self.ckpt_dir, ignore_errors=True)
         self._log_done(results)
         return results

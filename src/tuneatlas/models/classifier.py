@@ -1,7 +1,10 @@
 """The one fine-tuning model of every study: encoder + dropout + a new head on one vector.
 
 `SequenceClassifier` reads ONE vector of the last layer (the CLS vector, or the max-norm token of
-S1.T1). There is no BERT pooler: S1 reasons about the raw last-layer CLS dimensions the head sees.
+S1.T1). The head is a setting (`train.head`): "linear" on the raw vector (S1: its paper feeds the
+raw last-layer CLS to a new FC layer, and S1 reasons about the dimensions the head sees), BERT's
+pretrained pooler + linear ("pooler", as BertForSequenceClassification) or RoBERTa's
+classification head ("roberta", as RobertaForSequenceClassification); "mlp2" is S1.T4's.
 `build_classifier` makes one for a run (base or cross fine-tuned encoder + a new head),
 `predict` gives its logits on a tokenised split, `task_of_model` the task it was trained on.
 """
@@ -19,7 +22,13 @@ from torch import nn
 from tuneatlas.data.labelled import Split
 from tuneatlas.data.tasks import Task, fine_tuning_task
 from tuneatlas.io import atomic_dir, load_tensors, save_tensors, write_json
-from tuneatlas.models.hub import load_encoder, load_tokenizer, quiet_hf_progress, trusts_remote_code
+from tuneatlas.models.hub import (
+    BUILD_INFO,
+    load_encoder,
+    load_tokenizer,
+    quiet_hf_progress,
+    trusts_remote_code,
+)
 from tuneatlas.spec import TrainSpec
 
 CLASSIFIER_INFO = "tuneatlas.json"  # beside a fine-tuned model: task, pooling, head
@@ -127,18 +136,69 @@ def init_head(head: nn.Module, scheme: str, config: Any) -> None:
                 m.bias.zero_()
 
 
+HEADS = ("linear", "mlp2", "pooler", "roberta")
+
+
+def make_head(kind: str, hidden: int, num_labels: int, p: float) -> nn.Module:
+    """The head module after the pooled vector (see `SequenceClassifier`)."""
+    if kind == "linear":
+        return nn.Linear(hidden, num_labels)
+    if kind == "mlp2":
+        return nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_labels))
+    if kind in ("pooler", "roberta"):
+        # BERT: classifier(dropout(tanh(pooler.dense(cls)))); RoBERTa: out_proj(dropout(tanh(
+        # dense(dropout(cls))))): the same layers, the first dropout is the model's own
+        return nn.Sequential(
+            nn.Linear(hidden, hidden), nn.Tanh(), nn.Dropout(p), nn.Linear(hidden, num_labels)
+        )
+    raise ValueError(f"unknown head {kind!r}; use one of {HEADS}")
+
+
+def pretrained_pooler(model_dir: str | os.PathLike) -> dict[str, torch.Tensor] | None:
+    """BERT's pretrained pooler (dense weight and bias) from a model directory's checkpoint, or
+    None. A SimCSE model (saved without one) defers to the base it was trained from, whose pooler
+    SimCSE never touched; the SimCSE code itself keeps no pooler (`add_pooling_layer=False`)."""
+    import json
+
+    path = Path(model_dir)
+    found: dict[str, torch.Tensor] = {}
+    for file in sorted(path.glob("*.safetensors")):
+        from safetensors import safe_open
+
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                if key.endswith(("pooler.dense.weight", "pooler.dense.bias")):
+                    found[key.rsplit(".", 1)[1]] = f.get_tensor(key)
+    if not found and (path / "pytorch_model.bin").is_file():
+        state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        for key, value in state.items():
+            if key.endswith(("pooler.dense.weight", "pooler.dense.bias")):
+                found[key.rsplit(".", 1)[1]] = value
+    if len(found) == 2:
+        return found
+    info = path / BUILD_INFO
+    if info.is_file():
+        base = json.loads(info.read_text()).get("base")
+        if base and Path(base).is_dir() and Path(base).resolve() != path.resolve():
+            return pretrained_pooler(base)
+    return None
+
+
 class ClassifierOutput(NamedTuple):
     logits: torch.Tensor  # [B, C] (C = 1 for regression)
-    pooled: torch.Tensor  # [B, H], the one vector the head reads
+    pooled: torch.Tensor  # [B, H], the last-layer vector (CLS / max-norm) before any head layer
     hidden_states: tuple[torch.Tensor, ...] | None  # L+1 x [B, T, H] when asked for
 
 
 class SequenceClassifier(nn.Module):
     """Encoder + dropout + head on one last-layer vector ("cls" or "maxnorm").
 
-    head "linear": nn.Linear(H, C); "mlp2": Linear(H, H) -> ReLU -> Linear(H, C) (S1.T4, with a
-    frozen encoder). `dropout` None keeps the encoder config's dropout (and uses its classifier
-    dropout for the head); a number sets every dropout (hidden, attention, head) to it.
+    head "linear": dropout -> nn.Linear(H, C); "mlp2": dropout -> Linear(H, H) -> ReLU ->
+    Linear(H, C) (S1.T4, with a frozen encoder); "pooler": BERT's pooler Linear(H, H) -> tanh ->
+    dropout -> Linear(H, C), the pooler's weights set by `load_pooler` (`build_classifier` does);
+    "roberta": dropout -> dense Linear(H, H) -> tanh -> dropout -> out_proj Linear(H, C), all new.
+    `dropout` None keeps the encoder config's dropout (and uses its classifier dropout for the
+    head); a number sets every dropout (hidden, attention, head) to it.
     `head_init` (see `init_head`): "encoder" initialises every head Linear as the BERT family
     initialises a new classifier, "pytorch" keeps nn.Linear's default (uniform weight and bias).
     """
@@ -160,8 +220,10 @@ class SequenceClassifier(nn.Module):
         super().__init__()
         if pooling not in ("cls", "maxnorm"):
             raise ValueError(f"unknown pooling {pooling!r}; use 'cls' or 'maxnorm'")
-        if head not in ("linear", "mlp2"):
-            raise ValueError(f"unknown head {head!r}; use 'linear' or 'mlp2'")
+        if head not in HEADS:
+            raise ValueError(f"unknown head {head!r}; use one of {HEADS}")
+        if head == "pooler" and pooling != "cls":
+            raise ValueError("head 'pooler' reads the CLS vector (BERT's pooler); use pooling cls")
         if head_init not in HEAD_INITS:
             raise ValueError(f"unknown head_init {head_init!r}; use one of {HEAD_INITS}")
         if regression and num_labels != 1:
@@ -183,15 +245,18 @@ class SequenceClassifier(nn.Module):
             head_p = config_dropout(encoder.config)
         self.dropout = nn.Dropout(head_p)
         hidden = int(encoder.config.hidden_size)
-        if head == "linear":
-            self.head: nn.Module = nn.Linear(hidden, self.num_labels)
-        else:
-            self.head = nn.Sequential(
-                nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, self.num_labels)
-            )
+        self.head: nn.Module = make_head(head, hidden, self.num_labels, head_p)
         # After nn.Linear's own init, so "pytorch" draws exactly what it always drew.
         self.head_init = head_init
         init_head(self.head, head_init, encoder.config)
+
+    @torch.no_grad()
+    def load_pooler(self, pooler: dict[str, torch.Tensor]) -> None:
+        """Set the "pooler" head's dense layer to BERT's pretrained pooler weights."""
+        if self.head_kind != "pooler":
+            raise ValueError(f"head {self.head_kind!r} has no pooler")
+        self.head[0].weight.copy_(pooler["weight"])
+        self.head[0].bias.copy_(pooler["bias"])
 
     @property
     def hidden_size(self) -> int:
@@ -218,7 +283,8 @@ class SequenceClassifier(nn.Module):
                 **kwargs, output_hidden_states=output_hidden_states, return_dict=True
             )
         pooled = pool(out.last_hidden_state, attention_mask, self.pooling)
-        logits = self.head(self.dropout(pooled))
+        # BERT's pooler reads the encoder output as it is (no dropout before the pooler)
+        logits = self.head(pooled if self.head_kind == "pooler" else self.dropout(pooled))
         return ClassifierOutput(logits, pooled, out.hidden_states if output_hidden_states else None)
 
     def info(self, **extra: Any) -> dict[str, Any]:
@@ -338,6 +404,15 @@ def build_classifier(
         max_length=spec.max_length,
     )
     model.trust_remote_code = trust
+    if spec.head == "pooler":
+        pooler = pretrained_pooler(model_dir if model_dir is not None else source)
+        if pooler is None:
+            raise ValueError(
+                f"run {spec.run}: head 'pooler' needs BERT's pretrained pooler (pooler.dense) in"
+                f" {model_dir or source}, which has none; set the study's train.head to roberta"
+                " (a new dense + tanh layer) or linear"
+            )
+        model.load_pooler(pooler)
     limit = getattr(encoder.config, "max_position_embeddings", None)
     if isinstance(limit, int) and spec.max_length > limit:
         raise ValueError(

@@ -214,6 +214,7 @@ def table_f9(
     V, labels, _ = _select(caps, points, space)
     df = _per_class_rows(tr.displacements(V), labels, caps.steps[1:], class_groups)
     df["space"] = space
+    df["points"] = points  # probe = the probe set, all = every captured point
     return df
 
 
@@ -319,13 +320,12 @@ def table_f12(
 # --- colours ----------------------------------------------------------------------------------
 def _class_styles(df: pd.DataFrame) -> dict[int, dict[str, Any]]:
     """Colour, line style and legend name per class; with groups, one hue family per group."""
-    pairs = (
-        df.dropna(subset=["label"])[["label", "group"]]
-        .drop_duplicates("label")
-        .sort_values("label")
-    )
+    pairs = df.dropna(subset=["label"]).drop_duplicates("label").sort_values("label")
     labels = [int(c) for c in pairs["label"]]
     groups = [None if pd.isna(g) else str(g) for g in pairs["group"]]
+    named = pairs["class_name"] if "class_name" in pairs else pd.Series([None] * len(pairs))
+    # legend names: "3 topic-news" when the table names its classes, else the id
+    ids = {c: str(c) if pd.isna(n) else f"{c} {n}" for c, n in zip(labels, named, strict=True)}
     styles: dict[int, dict[str, Any]] = {}
     if any(g is not None for g in groups):
         order = _group_order(groups)
@@ -337,13 +337,13 @@ def _class_styles(df: pd.DataFrame) -> dict[int, dict[str, Any]]:
                 styles[c] = {
                     "color": cmap(s),
                     "ls": GROUP_STYLES[gi % len(GROUP_STYLES)],
-                    "name": f"{c} ({g if g is not None else 'no group'})",
+                    "name": f"{ids[c]} ({g if g is not None else 'no group'})",
                     "group": g,
                 }
     else:
         palette = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
         for i, c in enumerate(labels):
-            styles[c] = {"color": palette(i % palette.N), "ls": "-", "name": str(c), "group": None}
+            styles[c] = {"color": palette(i % palette.N), "ls": "-", "name": ids[c], "group": None}
     return styles
 
 
@@ -757,6 +757,31 @@ def _target_groups(run_dir: Path, results: Path) -> dict[int, str]:
     return class_groups_from_counts(labels)
 
 
+def _target_names(run_dir: Path) -> dict[int, str]:
+    """Class id -> class name of the run's task (the task registry's label names), or {}."""
+    from tuneatlas.data.tasks import TASKS
+
+    spec_file = run_dir / "spec.yaml"
+    if not spec_file.exists():
+        return {}
+    task = TASKS.get(str((yaml.safe_load(spec_file.read_text()) or {}).get("task")))
+    return dict(enumerate(task.label_names)) if task is not None else {}
+
+
+def with_class_names(df: pd.DataFrame, names: Mapping[int, str]) -> pd.DataFrame:
+    """`df` with a ``class_name`` column beside ``label`` (null where the label is null or the
+    task names no classes), so a table can be read without the id -> name list."""
+    if "label" not in df.columns:
+        return df
+    out = df.copy()
+    out["class_name"] = pd.Series(
+        [None if pd.isna(c) else names.get(int(c)) for c in out["label"]],
+        dtype="string",
+        index=out.index,
+    )
+    return out
+
+
 def _builder(
     fn: Callable[..., pd.DataFrame], which: str = "main", **param_map: str
 ) -> Callable[[dict, Path], pd.DataFrame]:
@@ -771,7 +796,8 @@ def _builder(
             setup = "prelim" if "prelim" in (spec.get("runs") or {}) else "main"
         run_dir = _run_dir(spec, results, setup)
         kwargs = {kw: spec[key] for kw, key in param_map.items() if key in spec}
-        return fn(run_dir / CAPTURES_DIR, _target_groups(run_dir, results), **kwargs)
+        df = fn(run_dir / CAPTURES_DIR, _target_groups(run_dir, results), **kwargs)
+        return with_class_names(df, _target_names(run_dir))
 
     build.__doc__ = fn.__doc__
     return build
@@ -786,7 +812,8 @@ def _build_f7(target: dict[str, Any], results: Path) -> pd.DataFrame:
     for setup in sorted(runs, key=_setup_order):
         run_dir = _run_dir(target["params"], results, setup)
         groups = _target_groups(run_dir, results)
-        frames.append(table_f7(run_dir / CAPTURES_DIR, groups, setup=setup))
+        df = table_f7(run_dir / CAPTURES_DIR, groups, setup=setup)
+        frames.append(with_class_names(df, _target_names(run_dir)))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -813,11 +840,11 @@ TABLES: dict[str, Callable[[dict, Path], pd.DataFrame]] = {
     "S3.F4": _builder(table_f4, which="shown"),
     "S3.F5": _builder(table_f5, which="shown"),
     "S3.F7": _build_f7,
-    "S3.F8": _builder(table_f8),
-    "S3.F9": _builder(table_f9),
-    "S3.T1": _builder(table_t1, D="stay_D", T="stay_T"),
-    "S3.T2": _builder(table_t2, epsilon="linearity_eps", k="linearity_k"),
-    "S3.F12": _builder(table_f12, ks="linearity_ks"),
+    "S3.F8": _builder(table_f8, space="space"),
+    "S3.F9": _builder(table_f9, space="space", points="speed_points"),
+    "S3.T1": _builder(table_t1, D="stay_D", T="stay_T", space="space"),
+    "S3.T2": _builder(table_t2, epsilon="linearity_eps", k="linearity_k", space="space"),
+    "S3.F12": _builder(table_f12, ks="linearity_ks", space="space"),
 }
 
 FIGURES: dict[str, Callable[[pd.DataFrame, list[Path]], None]] = {

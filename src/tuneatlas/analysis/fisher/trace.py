@@ -35,7 +35,7 @@ class FisherTrace(StepHook):
     """Per-layer empirical-Fisher spectra of a fixed training mini-batch during training."""
 
     def __init__(self, fisher: FisherSpec) -> None:
-        super().__init__(fisher.every)
+        super().__init__(fisher.every, fisher.extra_steps)
         self.fisher = fisher
         self._batch: dict[str, torch.Tensor] | None = None
 

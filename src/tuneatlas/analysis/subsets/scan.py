@@ -248,7 +248,13 @@ def _scan_triples(
             largest = sid
     source = largest if source is None else source
     top_triples = searches.found[source].dims[: int(spec["effective_top"])]
-    eff = effective_dimensions(valid, top_triples, test=test)
+    eff = effective_dimensions(
+        valid,
+        top_triples,
+        test=test,
+        rule=spec.get("effective_rule", "largest"),
+        min_drop=float(spec.get("effective_min_drop", 0.05)),
+    )
     return effective_rows(source, eff)
 
 

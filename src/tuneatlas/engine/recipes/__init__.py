@@ -12,7 +12,8 @@ The contract, in the order the loop calls it:
 ``build() -> (model, data)``
     after the loop seeded every RNG; ``data["train"]`` has ``len()`` and
     ``batch(rows, device) -> dict``; sets ``monitor`` (the split scored during training, None
-    for none) and ``final_splits`` (scored at the end).
+    for none) and ``final_splits`` (scored at the end); may set ``budget_rows`` (the training
+    rows the step count is planned for; None = the train split's own).
 ``inputs_fingerprint() -> str``
     what a checkpoint was trained on besides the spec (data files, starting weights).
 ``loss(model, batch) -> scalar tensor``
@@ -53,6 +54,7 @@ class Recipe(ABC):
     monitor: str | None = "valid"
     metric = "loss"
     final_splits: tuple[str, ...] = ("valid", "test")
+    budget_rows: int | None = None
 
     def __init__(self, spec: Any) -> None:
         self.spec = spec

@@ -59,6 +59,21 @@ def evaluate(
 # --------------------------------------------------------------------------------------------
 
 
+def source_rows(data_dir: Path, run: str) -> int:
+    """The training rows of the dataset `data_dir` was derived from (an S5 member dataset
+    records them)."""
+    from tuneatlas.io import read_parquet_meta
+
+    rows = read_parquet_meta(data_dir / "train.parquet").get("source_rows")
+    if rows is None:
+        raise ValueError(
+            f"run {run}: steps_from 'source' needs a derived dataset that records its source's"
+            f" training rows; {data_dir}/train.parquet does not (re-run cluster_data, or set"
+            " studies.s5.member_steps: epochs)"
+        )
+    return int(rows)
+
+
 class FinetuneRecipe(Recipe):
     """Fine-tune a `SequenceClassifier` on one prepared dataset."""
 
@@ -97,6 +112,8 @@ class FinetuneRecipe(Recipe):
                 f"run {spec.run}: keep_best selects on valid, but {self.data_dir} has none"
             )
         self.final_splits = tuple(s for s in ("valid", "test") if s in data)
+        if spec.steps_from == "source":
+            self.budget_rows = source_rows(self.data_dir, spec.run)
         return model, data
 
     def inputs_fingerprint(self) -> str:
