@@ -286,6 +286,8 @@ def cmd_table(args: argparse.Namespace) -> None:
         spec_hash=stable_hash(spec),
         input_spec_hashes=input_spec_hashes(spec, Path(args.results)),
     )
+    # what a builder records about its table (S4: the tasks it dropped, corpus passes)
+    meta.update({k: json.dumps(v, sort_keys=True) for k, v in df.attrs.items()})
     write_parquet(df, args.out, meta)
     log.info("%s: %d rows -> %s", args.artifact, len(df), args.out)
 
