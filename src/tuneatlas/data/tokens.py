@@ -5,8 +5,8 @@ document followed by the end-of-text token, concatenated; uint16 when the vocabu
 uint32; read memory-mapped), ``tokens.json`` (dtype, token counts, the sha256 of each file's
 bytes, vocabulary size, end-of-text id) and the tokenizer itself (``tokenizer.json`` + its
 transformers config), so that a run and the evaluation use the very tokenizer the tokens came
-from; a pre-training resumes only a checkpoint of the same token content. The last `valid_fraction` of the
-documents (at least one) form ``valid.bin``.
+from; a pre-training resumes only a checkpoint of the same token content. The last
+`valid_fraction` of the documents (at least one) form ``valid.bin``.
 
 At toy scale the tokenizer is a byte-level BPE trained offline on the corpus (`train_bpe`: the
 `tokenizers` trainer on one thread, documents in file order, so the same corpus gives the same
