@@ -83,6 +83,13 @@ def cmd_livedoor_convert(args: argparse.Namespace) -> None:
         print(f"  note: the paper's split is {PAPER_SIZES} (the 7,367 articles of ldcc-20140209)")
 
 
+def cmd_zsre_convert(args: argparse.Namespace) -> None:
+    from tuneatlas.data.zsre import convert
+
+    n = convert(Path(args.source), Path(args.out))
+    print(f"{args.out}: {n} facts (question, answer) for the zsRE probe")
+
+
 def cmd_fetch_hub(args: argparse.Namespace) -> None:
     from tuneatlas.data.sources import fetch_hub_dataset
 
@@ -451,6 +458,15 @@ COMMANDS = (
             option("archive", help="ldcc-20140209.tar.gz, or the directory it unpacks to"),
             option("out_dir", help="directory of train.tsv, valid.tsv, test.tsv"),
             seed_option("seed of the stratified split"),
+        ),
+    ),
+    Command(
+        "zsre-convert",
+        cmd_zsre_convert,
+        "zsRE evaluation file (ROME/MEMIT's zsre_mend_eval.json) -> S4 facts TSV (facts:)",
+        (
+            option("source", help="the zsRE evaluation JSON (a downloaded copy)"),
+            option("out", help="the facts TSV to write, e.g. data/zsre/facts.tsv"),
         ),
     ),
     Command(
