@@ -96,6 +96,13 @@ def cmd_livedoor_convert(args: argparse.Namespace) -> None:
         print(f"  note: the paper's split is {PAPER_SIZES} (the 7,367 articles of ldcc-20140209)")
 
 
+def cmd_zsre_convert(args: argparse.Namespace) -> None:
+    from tuneatlas.data.zsre import convert
+
+    n = convert(Path(args.source), Path(args.out))
+    print(f"{args.out}: {n} facts (question, answer) for the zsRE probe")
+
+
 def cmd_fetch_hub(args: argparse.Namespace) -> None:
     from tuneatlas.data.sources import fetch_hub_dataset
 
@@ -296,6 +303,8 @@ def cmd_table(args: argparse.Namespace) -> None:
         spec_hash=stable_hash(spec),
         input_spec_hashes=input_spec_hashes(spec, Path(args.results)),
     )
+    # what a builder records about its table (S4: the tasks it dropped, corpus passes)
+    meta.update({k: json.dumps(v, sort_keys=True) for k, v in df.attrs.items()})
     write_parquet(df, args.out, meta)
     log.info("%s: %d rows -> %s", args.artifact, len(df), args.out)
 
@@ -526,6 +535,15 @@ COMMANDS = (
             seed_option("seed of the stratified split"),
         ),
         group="user",
+    ),
+    Command(
+        "zsre-convert",
+        cmd_zsre_convert,
+        "zsRE evaluation file (ROME/MEMIT's zsre_mend_eval.json) -> S4 facts TSV (facts:)",
+        (
+            option("source", help="the zsRE evaluation JSON (a downloaded copy)"),
+            option("out", help="the facts TSV to write, e.g. data/zsre/facts.tsv"),
+        ),
     ),
     Command(
         "build-model",

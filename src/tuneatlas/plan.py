@@ -564,15 +564,14 @@ S4_TOKENS = "s4"  # results/tokens/s4/: the corpus tokenised once for every vari
 
 
 def _plan_s4(plan: Plan, config: dict[str, Any], s4: dict[str, Any]) -> None:
-    """Every (size, variant) pre-trains on the packed tokens (rule `pretrain`) and is evaluated
-    (rule `lm_eval`); S4.F3/T1/T2 read the evaluations."""
+    """Every (size, variant) pre-trains on its size's packed tokens (rule `pretrain`) and is
+    evaluated on its size's tasks (rule `lm_eval`); S4.F3/T1/T2 read the evaluations."""
     if not s4.get("corpus"):
         raise ConfigError(
             "config key 'studies.s4.corpus': name the pre-training corpus (a dataset of task"
             " pretrain)"
         )
-    plan.tokens[S4_TOKENS] = {k: s4[k] for k in ("corpus", "tokenizer", "vocab_size")}
-    evals, variants_info = [], {}
+    evals, variants_info, size_tasks = [], {}, {}
     for size, layouts in s4_layouts(s4).items():
         arch = s4["sizes"][size]
         wanted = arch.get("variants")
@@ -583,11 +582,17 @@ def _plan_s4(plan: Plan, config: dict[str, Any], s4: dict[str, Any]) -> None:
                 f" the grid; use names of {sorted(layouts)}"
             )
         batch = _s4_batch_size(s4, size, arch)
+        _check_s4_budget(config, s4, size)
+        corpus, tokens = s4_corpus(s4, size), s4_tokens_key(s4, size)
+        plan.tokens[tokens] = {"corpus": corpus, **{k: s4[k] for k in ("tokenizer", "vocab_size")}}
+        tasks = arch.get("eval_tasks") or s4["eval_tasks"]
+        size_tasks[size] = [*tasks, *(["zsre"] if _has_facts(config, corpus) else [])]
         for name, lay in layouts.items():
             if wanted is not None and name != "baseline" and name not in wanted:
                 continue
             run_id = f"s4-{size.lower()}-{name}"
             spec = _s4_pretrain_spec(run_id, config, s4, arch, batch, lay.ffn_widths)
+            spec = replace(spec, dataset=corpus, tokens=tokens)
             info = {
                 "size": size,
                 "variant": name,
@@ -599,20 +604,104 @@ def _plan_s4(plan: Plan, config: dict[str, Any], s4: dict[str, Any]) -> None:
             plan.add(Run(run_id, "s4", "pretrain", spec.to_dict(), info))
             plan.lm_evals[run_id] = {
                 "run": run_id,
-                "tasks": s4["eval_tasks"],
-                "corpus": s4["corpus"],
+                "tasks": tasks,
+                "corpus": corpus,
                 "max_length": s4["seq_len"],
             }
             evals.append(run_id)
             variants_info[run_id] = info
-    corpus = config["datasets"][s4["corpus"]]
-    probe = corpus.get("facts") or corpus.get("source") == "synthetic"  # facts for the zsRE probe
-    tasks = [*s4["eval_tasks"], *(["zsre"] if probe else [])]
-    params = {"study": "s4", "runs": variants_info, "tasks": tasks}
     for artifact_id in ("S4.F3", "S4.T1", "S4.T2"):
+        params = _s4_target_params(config, s4, artifact_id, variants_info, size_tasks)
         plan.targets[artifact_id] = Target(
             ARTIFACTS[artifact_id], lm_evals=tuple(evals), params=params
         )
+
+
+def s4_corpus(s4: dict[str, Any], size: str) -> str:
+    """The dataset a size pre-trains on: its own `corpus`, else studies.s4.corpus."""
+    return s4["sizes"][size].get("corpus") or s4["corpus"]
+
+
+def s4_tokens_key(s4: dict[str, Any], size: str) -> str:
+    """The token files a size reads: results/tokens/s4/ for studies.s4.corpus (shared by every
+    size on it), results/tokens/s4-<corpus>/ for a size with a corpus of its own."""
+    corpus = s4_corpus(s4, size)
+    return S4_TOKENS if corpus == s4["corpus"] else f"{S4_TOKENS}-{corpus}"
+
+
+def _has_facts(config: dict[str, Any], corpus: str) -> bool:
+    """Whether the zsRE probe runs: the corpus has a facts file (a synthetic corpus has its own)."""
+    spec = config["datasets"][corpus]
+    return bool(spec.get("facts")) or spec.get("source") == "synthetic"
+
+
+def _s4_target_params(
+    config: dict[str, Any],
+    s4: dict[str, Any],
+    artifact_id: str,
+    runs: dict[str, dict[str, Any]],
+    size_tasks: dict[str, list[str]],
+) -> dict[str, Any]:
+    """What one S4 artifact reads: its sizes' runs, per size the tasks it shows (the artifact's
+    `tasks` among those the size was evaluated on), the metric of each task, the below-chance
+    rule and, for sizes whose budget repeats their corpus, the number of passes."""
+    chosen = s4["artifacts"].get(artifact_id, {})
+    sizes = chosen.get("sizes") or list(size_tasks)
+    unknown = sorted(set(sizes) - set(size_tasks))
+    if unknown:
+        raise ConfigError(
+            f"config key 'studies.s4.artifacts.{artifact_id}.sizes': {unknown} are not sizes;"
+            f" use names of {list(size_tasks)}"
+        )
+    wanted = chosen.get("tasks")
+    tasks = {s: [t for t in size_tasks[s] if wanted is None or t in wanted] for s in sizes}
+    empty = [s for s, t in tasks.items() if not t]
+    if empty:
+        raise ConfigError(
+            f"config key 'studies.s4.artifacts.{artifact_id}.tasks': sizes {empty} were evaluated"
+            f" on none of {wanted} (their tasks: {[size_tasks[s] for s in empty]}); name tasks"
+            " of studies.s4.eval_tasks / sizes.<size>.eval_tasks (zsre needs a facts file)"
+        )
+    return {
+        "study": "s4",
+        "runs": {r: info for r, info in runs.items() if info["size"] in sizes},
+        "tasks": sorted({t for ts in tasks.values() for t in ts}, key=_first_seen(tasks)),
+        "size_tasks": tasks,
+        "metrics": dict(s4["metrics"]),
+        "drop_below_chance": s4["drop_below_chance"],
+        "passes": {s: p for s in sizes if (p := s4_passes(config, s4, s)) > 1},
+    }
+
+
+def _first_seen(tasks: dict[str, list[str]]) -> Callable[[str], int]:
+    order = list(dict.fromkeys(t for ts in tasks.values() for t in ts))
+    return order.index
+
+
+def _check_s4_budget(config: dict[str, Any], s4: dict[str, Any], size: str) -> None:
+    """Refuse a size whose token budget exceeds its corpus's declared train_tokens: the paper
+    trains every size on fresh tokens (5.7B / 11.4B / 40B), and a repeated corpus changes the
+    comparison; `repeat_ok: true` accepts it (the tables then record the passes)."""
+    passes = s4_passes(config, s4, size)
+    if passes <= 1 or s4["sizes"][size]["repeat_ok"]:
+        return
+    corpus = s4_corpus(s4, size)
+    raise ConfigError(
+        f"config key 'studies.s4.sizes.{size}.tokens': size {size} needs"
+        f" {s4['sizes'][size]['tokens']:.4g} training tokens but its corpus {corpus!r} holds"
+        f" {config['datasets'][corpus]['train_tokens']:.4g} (datasets.{corpus}.train_tokens):"
+        f" it would read the corpus {passes:.2f} times. Give the size a larger corpus"
+        f" (studies.s4.sizes.{size}.corpus, or a larger max_rows), or set"
+        f" studies.s4.sizes.{size}.repeat_ok: true"
+    )
+
+
+def s4_passes(config: dict[str, Any], s4: dict[str, Any], size: str) -> float:
+    """How many times a size's budget reads its corpus: tokens / the corpus's declared
+    train_tokens (1.0 when either is unknown)."""
+    budget = s4["sizes"][size].get("tokens")
+    available = config["datasets"][s4_corpus(s4, size)].get("train_tokens")
+    return budget / available if budget and available else 1.0
 
 
 def _s4_batch_size(s4: dict[str, Any], size: str, arch: dict[str, Any]) -> int:
@@ -646,7 +735,7 @@ def _s4_pretrain_spec(
         epochs=1e9,  # the step budget decides; the corpus repeats when it is smaller
         max_steps=s4["steps"],
         batch_size=batch,
-        micro_batch_size=s4["micro_batch_size"],
+        micro_batch_size=arch.get("micro_batch_size") or s4["micro_batch_size"],
         eval_batch_size=s4["eval_batch_size"],
         seq_len=s4["seq_len"],
         hidden_size=arch["hidden_size"],

@@ -138,7 +138,7 @@ def _write_eval(results, run, values):
 
 
 def test_relative_improvements_flip_the_sign_of_perplexity(tmp_path):
-    scores = {  # variant -> (word perplexity, acc_norm)
+    scores = {  # variant -> (word perplexity, acc)
         "baseline": (100.0, 0.40),
         "first_50": (80.0, 0.44),
         "final_50": (120.0, 0.30),
@@ -155,7 +155,7 @@ def test_relative_improvements_flip_the_sign_of_perplexity(tmp_path):
             "params": 1000,
             "rel_diff": 0.0,
         }
-        values = {("toy_wikitext", "word_perplexity"): ppl, ("toy_hellaswag", "acc_norm"): acc}
+        values = {("toy_wikitext", "word_perplexity"): ppl, ("toy_hellaswag", "acc"): acc}
         _write_eval(tmp_path, run, values)
     spec = {"params": {"runs": runs, "tasks": ["toy_wikitext", "toy_hellaswag"]}}
     f3 = s4.table_f3(spec, tmp_path).set_index(["variant", "task"])["ri"]
@@ -185,3 +185,59 @@ def test_a_missing_metric_names_the_file_and_what_it_holds(tmp_path):
                               "params": 1, "rel_diff": 0.0}}  # fmt: skip
     with pytest.raises(ValueError, match="s4-x-baseline.parquet has no word_perplexity"):
         s4.table_f3({"params": {"runs": runs, "tasks": ["toy_wikitext"]}}, tmp_path)
+
+
+def _runs(tmp_path, size, table):
+    """Write lm_eval files of one size: {variant: {(task, metric): value}}; the runs' info."""
+    runs = {}
+    for variant, values in table.items():
+        run = f"s4-{size}-{variant}"
+        position, _, ratio = variant.partition("_")
+        runs[run] = {"size": size, "variant": variant, "position": position if ratio else None,
+                     "ratio": int(ratio or 100), "params": 1, "rel_diff": 0.0}  # fmt: skip
+        _write_eval(tmp_path, run, values)
+    return runs
+
+
+def test_a_task_below_chance_is_dropped_per_size_and_named(tmp_path):
+    # size a: hellaswag's baseline (0.20) is below its 4-way chance (0.25): dropped from a's mean;
+    # size b: 0.30 is above it: kept. Accuracy (the paper's), not acc_norm, decides.
+    def evals(base_acc, var_acc):
+        return {
+            "baseline": {("wikitext", "word_perplexity"): 50.0, ("hellaswag", "acc"): base_acc,
+                         ("hellaswag", "acc_norm"): 0.5},
+            "final_90": {("wikitext", "word_perplexity"): 40.0, ("hellaswag", "acc"): var_acc,
+                         ("hellaswag", "acc_norm"): 0.5},
+        }  # fmt: skip
+
+    runs = {**_runs(tmp_path, "a", evals(0.20, 0.24)), **_runs(tmp_path, "b", evals(0.30, 0.33))}
+    params = {"runs": runs, "tasks": ["wikitext", "hellaswag"], "drop_below_chance": True}
+    t1 = s4.table_t1({"params": params}, tmp_path).set_index("size")
+    assert t1.loc["a", "mean_ri"] == pytest.approx(20.0)  # wikitext alone: (50 - 40) / 50
+    assert t1.loc["b", "mean_ri"] == pytest.approx((20.0 + 10.0) / 2)
+    assert (t1.loc["a", "tasks"], t1.loc["a", "dropped"]) == ("wikitext", "hellaswag")
+    assert (t1.loc["b", "tasks"], t1.loc["b", "dropped"]) == ("wikitext,hellaswag", "")
+    assert s4.table_t1({"params": params}, tmp_path).attrs["dropped_tasks"] == {
+        "a": {"hellaswag": "baseline acc 0.2000 < chance 0.25"}
+    }
+    # off: every task counts; the figure of the dropped set still draws
+    kept = s4.table_t1({"params": {**params, "drop_below_chance": False}}, tmp_path)
+    assert kept.set_index("size").loc["a", "mean_ri"] == pytest.approx((20.0 + 20.0) / 2)
+    f3 = s4.table_f3({"params": params}, tmp_path)
+    assert f3.loc[f3["size"] == "a", "dropped"].tolist() == [False, True, False, True]
+    s4.plot_f3(f3, [tmp_path / "f3.png"])
+    s4.plot_t2(s4.table_t2({"params": params}, tmp_path), [tmp_path / "t2.png"])
+
+
+def test_per_size_task_sets_and_a_metric_from_config(tmp_path):
+    runs = _runs(tmp_path, "big", {
+        "baseline": {("hellaswag", "acc"): 0.40, ("hellaswag", "acc_norm"): 0.50,
+                     ("piqa", "acc"): 0.60},
+        "final_90": {("hellaswag", "acc"): 0.44, ("hellaswag", "acc_norm"): 0.45,
+                     ("piqa", "acc"): 0.66},
+    })  # fmt: skip
+    spec = {"params": {"runs": runs, "tasks": ["hellaswag", "piqa"],
+                       "size_tasks": {"big": ["hellaswag"]}}}  # fmt: skip
+    assert s4.table_t1(spec, tmp_path)["mean_ri"].tolist() == pytest.approx([10.0])
+    spec["params"]["metrics"] = {"hellaswag": "acc_norm"}
+    assert s4.table_t1(spec, tmp_path)["mean_ri"].tolist() == pytest.approx([-10.0])

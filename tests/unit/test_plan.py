@@ -135,6 +135,63 @@ def test_s4_grid(paper):
     assert "wikitext" in paper.lm_evals["s4-2b-baseline"]["tasks"]
 
 
+HARNESS8 = ["wikitext", "lambada_openai", "hellaswag", "arc_easy", "arc_challenge", "winogrande",
+            "piqa", "openbookqa"]  # fmt: skip
+PAPER4 = ["wikitext", "lambada_openai", "hellaswag", "zsre"]
+
+
+def test_s4_task_sets_fresh_corpora_and_micro_batches_are_the_papers(paper):
+    # Table 1 / Fig. 3: 4 tasks (with zsRE) for 285M/570M; Tables 2/3: the 8 harness tasks for 2B
+    assert paper.lm_evals["s4-285m-final_90"]["tasks"] == PAPER4[:3]
+    assert paper.lm_evals["s4-2b-final_90"]["tasks"] == HARNESS8
+    for artifact in ("S4.T1", "S4.F3"):
+        params = paper.targets[artifact].params
+        assert params["size_tasks"] == {"285M": PAPER4, "570M": PAPER4}
+        assert {i["size"] for i in params["runs"].values()} == {"285M", "570M"}
+        assert params["drop_below_chance"] is True and params["passes"] == {}
+    t2 = paper.targets["S4.T2"].params
+    assert t2["size_tasks"] == {"2B": HARNESS8} and len(t2["runs"]) == 3
+    # every size reads a corpus that holds its budget: 570M and 2B the sample-100BT tokens
+    specs = {
+        s: PretrainSpec.from_dict(paper.runs[f"s4-{s}-baseline"].spec)
+        for s in ("285m", "570m", "2b")
+    }
+    assert [specs[s].tokens for s in specs] == [
+        "s4",
+        "s4-fineweb-edu-100bt",
+        "s4-fineweb-edu-100bt",
+    ]
+    assert paper.tokens["s4-fineweb-edu-100bt"]["corpus"] == "fineweb-edu-100bt"
+    # one forward pass of 16 / 16 / 8 sequences; the step's batch stays the token budget's
+    assert [(specs[s].micro_batch_size, specs[s].batch_size) for s in specs] == [
+        (16, 278), (16, 557), (8, 1953)
+    ]  # fmt: skip
+
+
+def _s4_paper_like(repo, **size_2b):
+    raw = yaml.safe_load((repo / "paper.yaml").read_text())
+    raw["studies"]["s4"]["sizes"]["2B"].update(corpus="fineweb-edu", **size_2b)
+    return raw
+
+
+def test_s4_refuses_a_budget_larger_than_its_corpus_unless_repeat_ok(repo):
+    raw = _s4_paper_like(repo)
+    with pytest.raises(ConfigError) as err:
+        make_plan(validate_config(raw))
+    msg = str(err.value)
+    assert "'studies.s4.sizes.2B.tokens'" in msg and "4e+10" in msg and "5.87e+09" in msg
+    assert "datasets.fineweb-edu.train_tokens" in msg and "repeat_ok: true" in msg
+    plan = make_plan(validate_config(_s4_paper_like(repo, repeat_ok=True)))
+    assert plan.targets["S4.T2"].params["passes"] == {"2B": pytest.approx(40.0e9 / 5.87e9)}
+
+
+def test_s4_an_artifact_task_no_size_was_evaluated_on_is_refused(repo):
+    raw = yaml.safe_load((repo / "paper.yaml").read_text())
+    raw["studies"]["s4"]["artifacts"]["S4.T1"]["tasks"] = ["piqa"]
+    with pytest.raises(ConfigError, match=r"studies.s4.artifacts.S4.T1.tasks': sizes \['285M'"):
+        make_plan(validate_config(raw))
+
+
 def test_s5_grid(paper):
     runs = runs_of(paper, "s5")
     assert sorted(runs) == ["s5-ab", "s5-all-s0", "s5-all-s1", "s5-all-s2", "s5-bc", "s5-ca"]

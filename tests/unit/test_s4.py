@@ -5,12 +5,14 @@ exactly."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -161,6 +163,55 @@ def test_pretraining_lowers_the_loss_saves_a_loadable_model_and_resumes_exactly(
         pretrain(SPEC, tokens["dir"], tmp_path / "broken", hooks=[Crash(8)], device="cpu")
     resumed = pretrain(SPEC, tokens["dir"], tmp_path / "broken", hooks=[Crash(None)], device="cpu")
     assert resumed["resumed_from"] == 5 and resumed["valid"] == full["valid"]
+
+
+def test_gradient_accumulation_gives_the_full_batch_update(tokens, tmp_path):
+    """paper.yaml's micro_batch_size splits S4's 278-1,953-sequence steps: in fp32 on CPU, 8
+    sequences as micro-batches of 3, 3, 2 (weighted by their share) update the model as one
+    forward pass of 8 does."""
+    from safetensors.torch import load_file
+
+    base = replace(SPEC, max_steps=4, checkpoint_every="none")
+    runs = {mb: tmp_path / f"mb{mb}" for mb in (None, 3)}
+    for mb, out in runs.items():
+        pretrain(replace(base, micro_batch_size=mb), tokens["dir"], out, device="cpu")
+    full, acc = (load_file(out / "model" / "model.safetensors") for out in runs.values())
+    assert set(full) == set(acc)
+    assert max(float((full[k] - acc[k]).abs().max()) for k in full) < 1e-5
+    # unequal micro-batches (3, 3, 2) averaged as equals would turn the gradient: it must not
+    losses = [pd.read_parquet(out / "metrics.parquet")["loss"].dropna() for out in runs.values()]
+    np.testing.assert_allclose(losses[0].to_numpy(), losses[1].to_numpy(), rtol=1e-5)
+
+
+def test_a_retokenised_corpus_of_the_same_size_never_resumes_a_stale_checkpoint(tokens, tmp_path):
+    import shutil
+
+    from tuneatlas.data.tokens import content_hash
+
+    spec = replace(SPEC, max_steps=8)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(spec, tokens["dir"], tmp_path / "run", hooks=[Crash(7)], device="cpu")
+    # a changed corpus that packs to exactly as many tokens: its train.bin reversed, with the
+    # hash `tokenize` would write for it
+    changed = tmp_path / "changed"
+    shutil.copytree(tokens["dir"], changed)
+    meta = json.loads((changed / META_FILE).read_text())
+    ids = np.fromfile(changed / "train.bin", dtype=meta["dtype"])[::-1].copy()
+    ids.tofile(changed / "train.bin")
+    meta["train_sha256"] = hashlib.sha256(ids.tobytes()).hexdigest()
+    (changed / META_FILE).write_text(json.dumps(meta))
+    assert (changed / "train.bin").stat().st_size == (tokens["dir"] / "train.bin").stat().st_size
+    assert content_hash(changed)["train"] != content_hash(tokens["dir"])["train"]
+    # pack records the hash of the bytes it wrote; a file without one is hashed when read
+    original = json.loads((tokens["dir"] / META_FILE).read_text())["train_sha256"]
+    assert original == hashlib.sha256((tokens["dir"] / "train.bin").read_bytes()).hexdigest()
+    resumed = pretrain(spec, changed, tmp_path / "run", hooks=[Crash(None)], device="cpu")
+    assert resumed["resumed_from"] in (None, 0)
+    # the same tokens do resume
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(spec, tokens["dir"], tmp_path / "again", hooks=[Crash(7)], device="cpu")
+    again = pretrain(spec, tokens["dir"], tmp_path / "again", hooks=[Crash(None)], device="cpu")
+    assert again["resumed_from"] == 5
 
 
 def test_keep_best_is_refused_for_pretraining(tokens, tmp_path):

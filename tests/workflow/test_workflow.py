@@ -195,6 +195,10 @@ def stub_local_sources(workdir: Path, config_file: Path) -> None:
         for path in (cfg.get("files") or {}).values() if cfg["source"] == "file" else ():
             if not Path(path).is_absolute() and not (workdir / path).exists():
                 write_tsv(rows, workdir / path)
+        facts = cfg.get("facts")  # S4's zsRE facts (paper.yaml: `tuneatlas zsre-convert` writes)
+        if facts and not Path(facts).is_absolute() and not (workdir / facts).exists():
+            (workdir / facts).parent.mkdir(parents=True, exist_ok=True)
+            (workdir / facts).write_text("subject\trelation\tquestion\tanswer\nx\tP1\tq?\ta\n")
 
 
 def test_paper_dry_run_builds_every_studys_full_grid(tmp_path):
@@ -213,11 +217,16 @@ def test_paper_dry_run_builds_every_studys_full_grid(tmp_path):
     assert counts["simcse"] == 5 and counts["fisher"] == 6 * 30  # 30 trials per model
     assert (s2["model"], len(s2["lrs"]), s2["n_seeds"]) == ("bert-large", 6, 30)
     # GLUE + livedoor (+ imbalanced) + S2's RTE (public validation), wiki1m and STS-B dev
-    # (SimCSE's checkpoint selection) + S4's FineWeb-Edu + S5's SST-2
+    # (SimCSE's checkpoint selection) + S4's FineWeb-Edu (sample-10BT for 285M, sample-100BT for
+    # 570M/2B: fresh tokens) + S5's SST-2
     assert s2["simcse"]["stsb"] == "stsb-glue"
-    assert counts["prepare_data"] == 8 + len(s3_datasets) + 3 + 1 + 1
+    s4_corpora = {s4["corpus"]} | {a["corpus"] for a in s4["sizes"].values() if a.get("corpus")}
+    assert counts["prepare_data"] == 8 + len(s3_datasets) + 3 + len(s4_corpora) + 1
     # S4: 285M and 570M (15 variants + baseline each), the 2B check (2 variants + baseline)
-    assert counts["pretrain"] == counts["lm_eval"] == 16 + 16 + 3 and counts["tokenize"] == 1
+    assert (
+        counts["pretrain"] == counts["lm_eval"] == 16 + 16 + 3
+        and counts["tokenize"] == len(s4_corpora) == 2
+    )
     assert counts["embed"] == 16  # main + no-dropout run per task
     assert counts["subsets"] == 16  # one subset scan per embedded run
     # S1 9 + S2 6 + S3 8 + S4 3 + S5 1; S3.F4's figure is the animation rule
@@ -229,7 +238,7 @@ def test_paper_dry_run_builds_every_studys_full_grid(tmp_path):
     # every hub dataset and model is fetched by a rule of its own, run on the submit host
     s1_datasets = paper["studies"]["s1"]["datasets"]
     used = [*s1_datasets, *s3_datasets, s2["dataset"], s2["corpus"], s2["simcse"]["stsb"]]
-    used += [s4["corpus"], s5["dataset"]]
+    used += [*s4_corpora, s5["dataset"]]
     hub = [d for d in used if paper["datasets"][d]["source"] == "hub"]
     assert counts["fetch_hub_data"] == len(hub)  # livedoor: a local file (livedoor-convert)
     # bert-base, bert-large, bert-ja, roberta-base, gpt2 (S4's tokenizer)

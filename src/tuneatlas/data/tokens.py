@@ -2,10 +2,11 @@
 
 ``results/tokens/<id>/`` holds ``train.bin`` and ``valid.bin`` (the documents' token ids, each
 document followed by the end-of-text token, concatenated; uint16 when the vocabulary fits, else
-uint32; read memory-mapped), ``tokens.json`` (dtype, token counts, vocabulary size, end-of-text
-id) and the tokenizer itself (``tokenizer.json`` + its transformers config), so that a run and
-the evaluation use the very tokenizer the tokens came from. The last `valid_fraction` of the
-documents (at least one) form ``valid.bin``.
+uint32; read memory-mapped), ``tokens.json`` (dtype, token counts, the sha256 of each file's
+bytes, vocabulary size, end-of-text id) and the tokenizer itself (``tokenizer.json`` + its
+transformers config), so that a run and the evaluation use the very tokenizer the tokens came
+from; a pre-training resumes only a checkpoint of the same token content. The last
+`valid_fraction` of the documents (at least one) form ``valid.bin``.
 
 At toy scale the tokenizer is a byte-level BPE trained offline on the corpus (`train_bpe`: the
 `tokenizers` trainer on one thread, documents in file order, so the same corpus gives the same
@@ -14,6 +15,7 @@ merges); at paper scale it is a hub tokenizer (GPT-2's) fetched like a model.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -88,6 +90,7 @@ def pack(
         with atomic_path(out / f"{split}.bin", ".bin") as tmp:
             flat.tofile(tmp)
         meta[f"{split}_tokens"] = int(flat.size)
+        meta[f"{split}_sha256"] = hashlib.sha256(memoryview(flat).cast("B")).hexdigest()
         meta[f"{split}_documents"] = len(part)
     (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return meta
@@ -120,6 +123,23 @@ def prepare_tokens(
         meta["vocab_size"],
     )
     return meta
+
+
+def content_hash(tokens_dir: str | os.PathLike) -> dict[str, str]:
+    """The sha256 of each packed file's bytes: the ones `pack` wrote into ``tokens.json``, else
+    (token files packed before it recorded them) hashed now, in 64 MiB chunks."""
+    meta = json.loads((Path(tokens_dir) / META_FILE).read_text())
+    out = {}
+    for split in ("train", "valid"):
+        digest = meta.get(f"{split}_sha256")
+        if digest is None:
+            h = hashlib.sha256()
+            with open(Path(tokens_dir) / f"{split}.bin", "rb") as f:
+                while chunk := f.read(1 << 26):
+                    h.update(chunk)
+            digest = h.hexdigest()
+        out[split] = digest
+    return out
 
 
 @dataclass

@@ -31,9 +31,10 @@ SPLIT_ALIASES: dict[str, str] = {
 COMMON_KEYS = frozenset({"source", "task", "max_rows", "resplit", "imbalance"})
 SOURCE_KEYS: dict[str, frozenset[str]] = {
     "synthetic": COMMON_KEYS | {"sizes"},
-    "file": COMMON_KEYS | {"files", "dir", "columns", "format", "facts"},
+    "file": COMMON_KEYS | {"files", "dir", "columns", "format", "facts", "train_tokens"},
     "hub": COMMON_KEYS
-    | {"path", "name", "splits", "revision", "data_files", "streaming", "columns", "facts"},
+    | {"path", "name", "splits", "revision", "data_files", "streaming", "columns", "facts"}
+    | {"train_tokens"},
 }
 FORMATS: dict[str, str] = {
     ".tsv": "tsv",

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tuneatlas.data.tokens import META_FILE, TokenBlocks
+from tuneatlas.data.tokens import META_FILE, TokenBlocks, content_hash
 from tuneatlas.engine.loop import fit
 from tuneatlas.engine.recipes import Recipe
 from tuneatlas.io import atomic_dir, stable_hash
@@ -75,8 +75,10 @@ class CausalLMRecipe(Recipe):
         return model, data
 
     def inputs_fingerprint(self) -> str:
-        files = ("train.bin", "valid.bin", META_FILE)
-        return stable_hash({f: (self.tokens_dir / f).stat().st_size for f in files}, 32)
+        """The token files' content (sha256 from `tokenize`) and metadata: a re-tokenised corpus
+        of exactly the same size still makes an old checkpoint stale."""
+        meta = (self.tokens_dir / META_FILE).read_text()
+        return stable_hash({"content": content_hash(self.tokens_dir), "meta": meta}, 32)
 
     def describe(self, data: dict[str, Any]) -> str:
         blocks = data["train"]
