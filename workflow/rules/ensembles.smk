@@ -26,8 +26,8 @@ rule cluster:
     params:
         spec=lambda wc: as_json(clustering_of(wc)),
     shell:
-        "python -m tuneatlas --threads {threads} cluster --spec {params.spec:q} --data {input.data}"
-        " --embedder {input.embedder} --out {output} 2> {log}"
+        "python -m tuneatlas --threads {threads} cluster --spec {params.spec:q} --data {input.data:q}"
+        " --embedder {input.embedder:q} --out {output:q} 2> {log:q}"
 
 
 rule cluster_data:
@@ -49,5 +49,5 @@ rule cluster_data:
     params:
         keep=lambda wc: " ".join(member_dataset_of(wc)["clusters"]),
     shell:
-        "python -m tuneatlas cluster-data --data {input.data} --clusters {input.clusters}"
-        " --keep {params.keep} --out {output} 2> {log}"
+        "python -m tuneatlas cluster-data --data {input.data:q} --clusters {input.clusters:q}"
+        " --keep {params.keep} --out {output:q} 2> {log:q}"

@@ -23,8 +23,8 @@ rule table:
         artifact=lambda wc: target_of(wc).artifact.id,
         results=lambda wc, output: Path(output[0]).parents[1],
     shell:
-        "python -m tuneatlas table {params.artifact} --spec {params.spec:q}"
-        " --results {params.results} --out {output} 2> {log}"
+        "python -m tuneatlas table {params.artifact:q} --spec {params.spec:q}"
+        " --results {params.results:q} --out {output:q} 2> {log:q}"
 
 
 rule figure:
@@ -49,7 +49,7 @@ rule figure:
         artifact=lambda wc: artifact_of(wc).id,
         title=lambda wc: artifact_of(wc).title,
     shell:
-        "python -m tuneatlas plot {params.artifact} --table {input} --out {output} 2> {log}"
+        "python -m tuneatlas plot {params.artifact:q} --table {input:q} --out {output:q} 2> {log:q}"
 
 
 # S3.F4 is an animation: a GIF beside the PNG of its final frame.
@@ -81,4 +81,4 @@ rule animation:
         mem_mb=4000,
         runtime=30,
     shell:
-        "python -m tuneatlas plot S3.F4 --table {input} --out {output.png} {output.gif} 2> {log}"
+        "python -m tuneatlas plot S3.F4 --table {input:q} --out {output.png:q} {output.gif:q} 2> {log:q}"
