@@ -4,7 +4,9 @@
 #   make lock          refresh requirements/constraints.txt (newest versions pyproject.toml allows)
 #   make demo          run the whole toy DAG on config.yaml and build the HTML report
 #   make test          lint, then unit + workflow + real-encoder fidelity tests (+ the
-#                      real-SLURM test when CI=true)
+#                      real-SLURM test when TUNEATLAS_REQUIRE names cluster, as .ci/run sets);
+#                      ends with a skip summary. TUNEATLAS_REQUIRE=cluster,fidelity,... turns
+#                      those kinds' skips into failures (tests/conftest.py REQUIRE_KINDS)
 #   make test-cluster  the real-SLURM test (installs Debian's SLURM; needs root)
 #   make gpu-check     on a GPU machine: tiny DAG on CUDA (fp32, bf16), CUDA vs CPU subset scores
 SHELL := /bin/bash

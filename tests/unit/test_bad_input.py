@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.conftest import require_or_skip
 from tuneatlas.config import load_config, validate_config
 from tuneatlas.data.prepare import load_raw_splits
 from tuneatlas.errors import ConfigError, DataError, error_lines
@@ -510,12 +511,14 @@ def small_disk(tmp_path):
     mount = tmp_path / "disk"
     mount.mkdir()
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root; test_disk_full_simulated covers the path")
+        require_or_skip(
+            "tmpfs", "mounting a tmpfs needs root; test_disk_full_simulated covers the path"
+        )
     done = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True
     )
     if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        require_or_skip("tmpfs", f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     yield mount
     subprocess.run(["umount", "--lazy", str(mount)], check=True)  # torch may hold a map
 

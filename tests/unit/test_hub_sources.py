@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.conftest import require_module
 from tuneatlas.config import validate_config
 from tuneatlas.data.prepare import load_raw_splits, output_files, prepare_dataset, read_prepared
 from tuneatlas.data.sources import fetch_hub_dataset
@@ -39,7 +40,7 @@ COMMIT = re.compile(r"[0-9a-f]{40}")
 
 @pytest.fixture
 def hub(monkeypatch):
-    datasets = pytest.importorskip("datasets")
+    datasets = require_module("datasets")
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)  # tuneatlas.io.hub_offline would refuse at once
     fake = FakeHub()
