@@ -510,6 +510,32 @@ S3_TARGET_PARAMS: dict[str, tuple[str, ...]] = {
 S4_TOKENS = "s4"  # results/tokens/s4/: the corpus tokenised once for every variant
 
 
+def _s4_matched_layouts(s4: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`s4_layouts`, refusing a grid the code cannot build faithfully: a ratio that expands no
+    layer of a size, or a variant whose parameter count misses the baseline's by more than
+    `studies.s4.max_param_diff` (the expanded width rounds to `width_multiple`)."""
+    out = {}
+    for size, arch in s4["sizes"].items():
+        try:
+            out.update(s4_layouts({**s4, "sizes": {size: arch}}))
+        except ValueError as e:
+            raise ConfigError(
+                f"config key 'studies.s4.ratios': size {size!r} ({arch['num_layers']} layers): {e}"
+            ) from None
+        limit = s4.get("max_param_diff", 0.01)
+        for name, lay in out[size].items():
+            if abs(lay.rel_diff) > limit:
+                raise ConfigError(
+                    f"config key 'studies.s4.sizes.{size}': variant {name} has {lay.params:,}"
+                    f" parameters against the baseline's {lay.baseline_params:,}"
+                    f" ({lay.rel_diff:+.1%}), beyond studies.s4.max_param_diff {limit:.1%}:"
+                    f" the expanded FFN width rounds to width_multiple {s4['width_multiple']};"
+                    " set studies.s4.width_multiple: 1 (or a smaller multiple), or change the"
+                    " size's intermediate_size"
+                )
+    return out
+
+
 def _plan_s4(plan: Plan, config: dict[str, Any], s4: dict[str, Any]) -> None:
     """Every (size, variant) pre-trains on the packed tokens (rule `pretrain`) and is evaluated
     (rule `lm_eval`); S4.F3/T1/T2 read the evaluations."""
@@ -520,7 +546,7 @@ def _plan_s4(plan: Plan, config: dict[str, Any], s4: dict[str, Any]) -> None:
         )
     plan.tokens[S4_TOKENS] = {k: s4[k] for k in ("corpus", "tokenizer", "vocab_size")}
     evals, variants_info = [], {}
-    for size, layouts in s4_layouts(s4).items():
+    for size, layouts in _s4_matched_layouts(s4).items():
         arch = s4["sizes"][size]
         wanted = arch.get("variants")
         unknown = sorted(set(wanted or ()) - set(layouts))

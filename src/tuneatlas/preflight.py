@@ -317,6 +317,21 @@ def _check_s5(config: Mapping[str, Any], problems: list[str]) -> None:
         )
 
 
+def _check_s4_tokenizer(config: Mapping[str, Any], problems: list[str]) -> None:
+    """`studies.s4.tokenizer` is `build` or the id of a `models` entry (whose directory holds
+    the tokenizer); anything else would fail only in the tokenize job, as a missing file."""
+    s4 = config["studies"].get("s4")
+    if not s4 or not s4.get("enabled", True):
+        return
+    name = s4.get("tokenizer", "build")
+    if name != "build" and name not in config["models"]:
+        problems.append(
+            f"config key 'studies.s4.tokenizer': {name!r} is neither 'build' nor a model id;"
+            f" defined models: {', '.join(sorted(config['models']))} (add the model whose"
+            " tokenizer to use, e.g. gpt2 from the hub, or write build)"
+        )
+
+
 def _check_device(config: Mapping[str, Any], problems: list[str]) -> None:
     if config.get("device") != "cuda":
         return
@@ -343,5 +358,6 @@ def preflight(config: Mapping[str, Any], plan: Plan, *, check_device: bool = Tru
     _check_datasets(config, plan, problems)
     _check_train(config, plan, problems)
     _check_s5(config, problems)
+    _check_s4_tokenizer(config, problems)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

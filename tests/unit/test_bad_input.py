@@ -149,6 +149,32 @@ def _model_json(**extra: Any) -> Callable[[dict, dict], None]:
     )
 
 
+S4_SMALL = {"num_layers": 4, "hidden_size": 32, "intermediate_size": 40, "num_heads": 2}
+
+
+def _s4(**section: Any) -> Callable[[dict, dict], None]:
+    """An S4 study over a small pre-training corpus; `section` overrides its keys."""
+
+    def mutate(c: dict, files: dict) -> None:
+        c["datasets"]["corpus"] = {
+            "source": "synthetic",
+            "task": "pretrain",
+            "sizes": {"train": 50},
+        }
+        c["studies"]["s4"] = {
+            "corpus": "corpus",
+            "vocab_size": 300,
+            "sizes": {"small": S4_SMALL},
+            "ratios": [50],
+            "positions": ["first"],
+            "steps": 2,
+            "batch_size": 4,
+            **section,
+        }
+
+    return mutate
+
+
 _hub_model = {"source": "hub", "name": "google-bert/bert-base-uncased"}
 _hub_data = {"source": "hub", "task": "sst2"}
 
@@ -297,6 +323,22 @@ CONFIG_CASES: list[tuple[str, Callable[[dict, dict], None], list[str]]] = [
         ["studies.s3.train.keep_best", "validation split"],
     ),
     ("cuda-missing", _set("device", "cuda"), ["(device)", "device: auto"]),
+    # S4: a grid the code cannot build faithfully, a tokenizer that names nothing
+    (
+        "s4-not-parameter-matched",
+        _s4(),  # 4 layers, hidden 32, FFN 40, default width_multiple 64 (the probe's case)
+        ["'studies.s4.sizes.small'", "first_50 has 48,096", "51,232 (-6.1%)", "width_multiple"],
+    ),
+    (
+        "s4-ratio-expands-nothing",
+        _s4(ratios=[10], sizes={"small": {**S4_SMALL, "num_layers": 2}}, width_multiple=1),
+        ["'studies.s4.ratios'", "size 'small' (2 layers)", "expands floor(20/100) = 0"],
+    ),
+    (
+        "s4-tokenizer-unknown",
+        _s4(tokenizer="gpt9", width_multiple=1),
+        ["'studies.s4.tokenizer'", "'gpt9' is neither 'build' nor a model id"],
+    ),
 ]
 
 
@@ -587,6 +629,24 @@ def test_cuda_without_cuda_fails_in_the_job_with_one_line(monkeypatch):
     with pytest.raises(ValueError, match=r"CUDA is not available.*'device'.*device: auto"):
         resolve_device("cuda")
     assert resolve_device("auto").type == "cpu"
+
+
+def test_a_tokenizer_without_end_of_text_is_refused_when_packing(tmp_path):
+    """A BERT tokenizer has no end-of-text token: it maps one to [UNK], so packing must refuse
+    rather than separate documents by [UNK] (the probe's case (b))."""
+    from transformers import BertTokenizerFast
+
+    from tuneatlas.data.tokens import pack
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"]) + "\n")
+    bert = BertTokenizerFast(vocab_file=str(vocab))
+    assert bert.convert_tokens_to_ids("<|endoftext|>") == bert.unk_token_id  # the trap
+    with pytest.raises(ValueError) as err:
+        pack(["a b", "b a", "a a"], bert, tmp_path)
+    (line,) = error_lines(err.value)
+    assert "no end-of-text token" in line and "studies.s4.tokenizer" in line
+    assert not list(tmp_path.glob("*.bin"))
 
 
 def _custom_code_model(src: Path, out: Path) -> None:
