@@ -148,6 +148,13 @@ def _check_renamed_keys(raw: Mapping[str, Any]) -> None:
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
 
 
+def _allowed(schema: Mapping[str, Any]) -> str:
+    """What a key with alternatives accepts: its description, which says it in words (the bare
+    'not valid under any of the given schemas' names no alternative)."""
+    words = " ".join(str(schema.get("description", "")).split())
+    return f"; allowed: {words}" if words else ""
+
+
 def validate_config(raw: Mapping[str, Any]) -> dict[str, Any]:
     """Return a validated copy of `raw` with defaults filled in; raise ConfigError otherwise."""
     _check_renamed_keys(raw)
@@ -165,6 +172,8 @@ def validate_config(raw: Mapping[str, Any]) -> dict[str, Any]:
                 lines.append(f"config key '{_key(path)}': unknown key ({err.message})")
             else:
                 hint = float_hint(err.instance) if err.validator in ("type", "oneOf") else ""
+                if not hint and err.validator in ("oneOf", "anyOf"):
+                    hint = _allowed(err.schema)
                 lines.append(f"config key '{_key(path)}': {err.message}{hint}")
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
     _check_ids(config)

@@ -111,9 +111,29 @@ class Plan:
             raise ConfigError(f"run id {run.id!r} ({run.study}) is unsafe: {why}")
         existing = self.runs.get(run.id)
         if existing is not None and existing.spec != run.spec:
-            raise ConfigError(f"two different runs share the id {run.id!r}")
+            raise ConfigError(_collision(run.id, run.study, existing.spec, run.spec))
         self.runs[run.id] = run
         return run.id
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _collision(run_id: str, study: str, a: dict[str, Any], b: dict[str, Any]) -> str:
+    """Which values of two runs differ although their ids print alike, and the way out."""
+    fa, fb = _flat(a), _flat(b)
+    keys = [k for k in sorted({*fa, *fb}) if fa.get(k) != fb.get(k)]
+    keys = [k for k in keys if k in fa and k in fb] or keys  # the values set on both first
+    diff = [f"{k} {fa.get(k)!r} vs {fb.get(k)!r}" for k in keys]
+    return (
+        f"two different runs share the id {run_id!r} (studies.{study}): {', '.join(diff)} differ"
+        " but print alike in the id; make those config values differ in the digits the id"
+        " shows (e.g. lr 2.0e-3 and 3.0e-3, dropout 0.1 and 0.2), or keep one"
+    )
 
 
 def train_spec(

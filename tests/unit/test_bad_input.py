@@ -189,6 +189,11 @@ CONFIG_CASES: list[tuple[str, Callable[[dict, dict], None], list[str]]] = [
     ("schedule-enum", _set("train.schedule", "step"), ["'train.schedule'"]),
     ("precision-enum", _set("train.precision", "fp16"), ["'train.precision'"]),
     ("checkpoint-every", _set("train.checkpoint_every", "5 min"), ["'train.checkpoint_every'"]),
+    (
+        "checkpoint-every-negative",
+        _set("train.checkpoint_every", -1),
+        ["'train.checkpoint_every'", "allowed: When to write", '"none"', '"30min"'],
+    ),
     ("warmup-negative", _set("train.warmup_epochs", -0.1), ["'train.warmup_epochs'"]),
     ("seeds-empty", _set("studies.s1.seeds", []), ["'studies.s1.seeds'"]),
     ("seeds-duplicate", _set("studies.s1.seeds", [1, 1]), ["'studies.s1.seeds'"]),
@@ -757,3 +762,26 @@ def test_counts_of_the_catalogue():
     assert len(DATA_CASES) >= 20
     assert len({c[0] for c in CONFIG_CASES}) == len(CONFIG_CASES)
     assert np.all([bool(c[2]) for c in CONFIG_CASES])
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("lrs", [2.0e-3, 2.04e-3], "optim.lr 0.002 vs 0.00204 differ but print alike"),
+        (
+            "simcse",
+            {"dropouts": [0.1, 0.1000001], "lr": 1.0e-3, "batch_size": 32, "max_length": 24},
+            "dropout 0.1 vs 0.1000001 differ but print alike",
+        ),
+    ],
+    ids=["s2-lrs", "s2-dropouts"],
+)
+def test_grid_values_that_print_alike_say_which_values_collide(key, value, expected):
+    """Two grid values that give one run id: the message names the values and the way out."""
+    raw = yaml.safe_load((REPO / "tests/workflow/tiny.yaml").read_text())
+    raw["studies"]["s2"][key] = value
+    raw["studies"]["s2"]["fisher"]["lrs"] = [2.0e-3]
+    with pytest.raises(ConfigError) as err:
+        check(raw)
+    (line,) = error_lines(err.value)
+    assert "(studies.s2)" in line and expected in line and "differ in the digits" in line
