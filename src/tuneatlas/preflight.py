@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,8 @@ def check_data_file(path: Path, fmt: str, key: str) -> str | None:
                 " (e.g. iconv -f latin1 -t utf-8)"
             )
         text = head[: err.start].decode("utf-8-sig")
-    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    # the line ends the reader accepts: LF, CRLF and a classic Mac's CR alone
+    lines = re.split(r"\r\n|\r|\n", text)
     if not complete:
         lines = lines[:-1]  # the peek may end inside a line
     rows = [line for line in lines if line.strip()]

@@ -297,6 +297,11 @@ CONFIG_CASES: list[tuple[str, Callable[[dict, dict], None], list[str]]] = [
     ),
     ("empty-file", _write("train", b""), ["datasets.f.files.train", "empty file"]),
     (
+        "cr-only-header-only",  # CR line ends are read as lines (not one duplicate-column header)
+        _write("dev", b"sentence\tlabel\r"),
+        ["datasets.f.files.validation", "no rows"],
+    ),
+    (
         "duplicate-column",
         _write("train", b"sentence\tlabel\tlabel\nx\t0\t1\n"),
         ["datasets.f.files.train", "duplicate column", "'label'", ":1"],
@@ -785,3 +790,11 @@ def test_grid_values_that_print_alike_say_which_values_collide(key, value, expec
         check(raw)
     (line,) = error_lines(err.value)
     assert "(studies.s2)" in line and expected in line and "differ in the digits" in line
+
+
+def test_a_cr_only_tsv_passes_validation_and_loads(base, files):
+    """Classic Mac line ends (CR alone): validation reads the lines as the reader does."""
+    files["train"].write_bytes(TRAIN.replace("\n", "\r").encode())
+    check(base)
+    train = load_raw_splits("f", base["datasets"]["f"], seed=0)["train"]
+    assert len(train) == 12 and list(train.columns[:2]) != ["0\rthe"]
