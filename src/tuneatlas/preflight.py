@@ -319,6 +319,31 @@ def _check_s5(config: Mapping[str, Any], problems: list[str]) -> None:
         )
 
 
+def _check_corpus_rows(config: Mapping[str, Any], problems: list[str]) -> None:
+    """Row counts a job would find too small, where the config fixes them (synthetic sizes,
+    local files): S4's and S2's corpora need 2 documents / sentences (one part is held out),
+    S2's Fisher mini-batch draws distinct training rows."""
+    studies, datasets = config["studies"], config["datasets"]
+    needs = []  # (key, dataset id, rows needed, why)
+    s4, s2 = studies.get("s4") or {}, studies.get("s2") or {}
+    if s4.get("enabled", True) and s4.get("corpus") in datasets:
+        needs.append(("studies.s4.corpus", s4["corpus"], 2, "one document is held out"))
+    if s2.get("enabled", True) and s2.get("corpus") in datasets:
+        needs.append(("studies.s2.corpus", s2["corpus"], 2, "SimCSE contrasts sentences"))
+    if s2.get("enabled", True) and s2.get("dataset") in datasets:
+        n = s2.get("fisher", {}).get("batch_size", 16)
+        why = "the Fisher mini-batch draws distinct training rows"
+        needs.append(("studies.s2.fisher.batch_size", s2["dataset"], n, why))
+    for key, name, need, why in needs:
+        rows = known_train_rows(name, datasets[name])
+        if rows is not None and rows < need:
+            problems.append(
+                f"config key '{key}': dataset {name!r} has {rows} training row(s), {need}"
+                f" needed ({why}): give it more rows"
+                + (" or lower the batch size" if key.endswith("batch_size") else "")
+            )
+
+
 def _check_s4_tokenizer(config: Mapping[str, Any], problems: list[str]) -> None:
     """`studies.s4.tokenizer` is `build` or the id of a `models` entry (whose directory holds
     the tokenizer); anything else would fail only in the tokenize job, as a missing file."""
@@ -361,5 +386,6 @@ def preflight(config: Mapping[str, Any], plan: Plan, *, check_device: bool = Tru
     _check_train(config, plan, problems)
     _check_s5(config, problems)
     _check_s4_tokenizer(config, problems)
+    _check_corpus_rows(config, problems)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

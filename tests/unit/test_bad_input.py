@@ -345,6 +345,11 @@ CONFIG_CASES: list[tuple[str, Callable[[dict, dict], None], list[str]]] = [
         ["'studies.s4.ratios'", "size 'small' (2 layers)", "expands floor(20/100) = 0"],
     ),
     (
+        "s4-one-document-corpus",
+        _both(_s4(width_multiple=1), _set("datasets.corpus.sizes", {"train": 1})),
+        ["'studies.s4.corpus'", "'corpus' has 1 training row(s), 2 needed"],
+    ),
+    (
         "s4-tokenizer-unknown",
         _s4(tokenizer="gpt9", width_multiple=1),
         ["'studies.s4.tokenizer'", "'gpt9' is neither 'build' nor a model id"],
@@ -798,3 +803,26 @@ def test_a_cr_only_tsv_passes_validation_and_loads(base, files):
     check(base)
     train = load_raw_splits("f", base["datasets"]["f"], seed=0)["train"]
     assert len(train) == 12 and list(train.columns[:2]) != ["0\rthe"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (
+            lambda c: c["datasets"]["sentences"].update(sizes={"train": 1}),
+            "config key 'studies.s2.corpus': dataset 'sentences' has 1 training row(s), 2 needed",
+        ),
+        (
+            lambda c: c["studies"]["s2"]["fisher"].update(batch_size=2000),
+            "config key 'studies.s2.fisher.batch_size': dataset 'sst2' has 1200 training row(s),"
+            " 2000 needed",
+        ),
+    ],
+    ids=["s2-one-sentence-corpus", "s2-fisher-batch-over-train"],
+)
+def test_s2_row_counts_a_job_would_find_too_small_fail_at_validation(mutate, expected):
+    raw = yaml.safe_load((REPO / "tests/workflow/tiny.yaml").read_text())
+    mutate(raw)
+    with pytest.raises(ConfigError) as err:
+        check(raw)
+    assert expected in str(err.value)
