@@ -826,3 +826,12 @@ def test_s2_row_counts_a_job_would_find_too_small_fail_at_validation(mutate, exp
     with pytest.raises(ConfigError) as err:
         check(raw)
     assert expected in str(err.value)
+
+
+def test_a_damaged_parquet_output_says_to_delete_it_and_rerun(tmp_path):
+    path = tmp_path / "eval.parquet"
+    path.write_bytes(b"PAR1 cut short")
+    with pytest.raises(ValueError) as err:
+        pd.read_parquet(path)
+    (line,) = error_lines(err.value)
+    assert str(path) in line and "Delete that file and rerun the same command" in line
