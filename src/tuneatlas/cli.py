@@ -183,6 +183,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         max_length=args.max_length,
         device=args.device,
+        trust_remote_code=args.trust_remote_code,
     )
 
 
@@ -212,6 +213,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         device=args.device,
         meta={"config_hash": args.config_hash},
+        trust_remote_code=args.trust_remote_code,
     )
     log.info("predict: %d rows (%s) -> %s", len(df), ", ".join(df["split"].unique()), args.out)
 
@@ -458,6 +460,13 @@ BATCH_SIZE = option("--batch-size", type=int, default=128, help="examples per fo
 # the analyses rank on valid and report test; train-split embeddings of QQP alone are ~12 GB
 SPLITS = option("--splits", nargs="+", default=["valid", "test"], help="splits to read")
 RUN_MODEL = model_option("the run's model directory")
+# the config's models.<id>.trust_remote_code, passed by the rules; a model directory's own JSON
+# never grants it
+TRUST = option(
+    "--trust-remote-code",
+    action="store_true",
+    help="run the model's own code (only as the config's trust_remote_code grants)",
+)
 BASE_MODEL = model_option("the base model directory")
 
 
@@ -608,6 +617,7 @@ COMMANDS = (
             option("--max-length", type=int, default=None, help="default: the run's own"),
             SPLITS,
             DEVICE,
+            TRUST,
         ),
     ),
     Command(
@@ -640,6 +650,7 @@ COMMANDS = (
             SPLITS,
             DEVICE,
             CONFIG_HASH,
+            TRUST,
         ),
     ),
     Command(

@@ -148,6 +148,13 @@ def _check_renamed_keys(raw: Mapping[str, Any]) -> None:
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
 
 
+def _allowed(schema: Mapping[str, Any]) -> str:
+    """What a key with alternatives accepts: its description, which says it in words (the bare
+    'not valid under any of the given schemas' names no alternative)."""
+    words = " ".join(str(schema.get("description", "")).split())
+    return f"; allowed: {words}" if words else ""
+
+
 def validate_config(raw: Mapping[str, Any]) -> dict[str, Any]:
     """Return a validated copy of `raw` with defaults filled in; raise ConfigError otherwise."""
     _check_renamed_keys(raw)
@@ -165,8 +172,11 @@ def validate_config(raw: Mapping[str, Any]) -> dict[str, Any]:
                 lines.append(f"config key '{_key(path)}': unknown key ({err.message})")
             else:
                 hint = float_hint(err.instance) if err.validator in ("type", "oneOf") else ""
+                if not hint and err.validator in ("oneOf", "anyOf"):
+                    hint = _allowed(err.schema)
                 lines.append(f"config key '{_key(path)}': {err.message}{hint}")
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
+    _check_ids(config)
     _declare_tasks(config)
     _check_references(config)
     return config
@@ -180,6 +190,40 @@ def _declare_tasks(config: dict[str, Any]) -> None:
         declare(config.get("tasks"))
     except ValueError as err:
         raise ConfigError(f"config key {err}") from None
+
+
+# Dataset and model ids become directory names under results/ and arguments of job commands:
+# a letter or digit first, then letters, digits, '_', '.', '-', and never '..' (a path step).
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def unsafe_id(value: str) -> str | None:
+    """Why `value` cannot be an id (a dataset, model or run), or None when it can."""
+    if not SAFE_ID.match(value):
+        return (
+            "an id must start with a letter or digit and hold only letters, digits,"
+            " '_', '.' and '-'"
+        )
+    if ".." in value:
+        return "an id must not contain '..'"
+    return None
+
+
+def _check_ids(config: dict[str, Any]) -> None:
+    """Every dataset and model id is safe as a directory name and a shell word."""
+    problems = []
+    for section in ("datasets", "models"):
+        for name in config[section]:
+            why = unsafe_id(str(name))
+            if why:
+                problems.append(
+                    f"config key '{section}.{name}': unsafe id {str(name)!r}: {why};"
+                    " rename it (e.g. 'my-data_2')"
+                )
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
 
 def _check_references(config: dict[str, Any]) -> None:

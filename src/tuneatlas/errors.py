@@ -46,6 +46,11 @@ def error_lines(exc: BaseException) -> list[str]:
             " rerun the same command (training resumes from that checkpoint)"
         ]
     text = str(exc).strip() or type(exc).__name__
+    if "Parquet magic bytes not found" in text:  # pyarrow: a damaged file under results/
+        text += (
+            " Delete that file and rerun the same command: snakemake rebuilds it (a file under"
+            " results/ is an output of the workflow)."
+        )
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if len(lines) > 1 and lines[0].rstrip(":") == "invalid config":
         lines = lines[1:]  # one line per offending key

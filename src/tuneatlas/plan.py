@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tuneatlas.catalogue import ARTIFACTS, REPRO_FIGURES, REPRO_TABLES, Artifact
+from tuneatlas.config import unsafe_id
 from tuneatlas.data.members import members
 from tuneatlas.errors import ConfigError
 from tuneatlas.models.layouts import s4_layouts
@@ -109,11 +110,34 @@ class Plan:
             ) from None
 
     def add(self, run: Run) -> str:
+        why = unsafe_id(run.id)
+        if why:  # ids are built from config ids and values: a guard for what they may build
+            raise ConfigError(f"run id {run.id!r} ({run.study}) is unsafe: {why}")
         existing = self.runs.get(run.id)
         if existing is not None and existing.spec != run.spec:
-            raise ConfigError(f"two different runs share the id {run.id!r}")
+            raise ConfigError(_collision(run.id, run.study, existing.spec, run.spec))
         self.runs[run.id] = run
         return run.id
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _collision(run_id: str, study: str, a: dict[str, Any], b: dict[str, Any]) -> str:
+    """Which values of two runs differ although their ids print alike, and the way out."""
+    fa, fb = _flat(a), _flat(b)
+    keys = [k for k in sorted({*fa, *fb}) if fa.get(k) != fb.get(k)]
+    keys = [k for k in keys if k in fa and k in fb] or keys  # the values set on both first
+    diff = [f"{k} {fa.get(k)!r} vs {fb.get(k)!r}" for k in keys]
+    return (
+        f"two different runs share the id {run_id!r} (studies.{study}): {', '.join(diff)} differ"
+        " but print alike in the id; make those config values differ in the digits the id"
+        " shows (e.g. lr 2.0e-3 and 3.0e-3, dropout 0.1 and 0.2), or keep one"
+    )
 
 
 def train_spec(
@@ -167,6 +191,7 @@ def make_plan(config: dict[str, Any]) -> Plan:
                 "not_comparable": toy_scale_reason(config, section),
             }
     _check_saved_models(plan)
+    _grant_trust(plan)
     return plan
 
 
@@ -192,6 +217,14 @@ def toy_scale_reason(config: dict[str, Any], section: dict[str, Any]) -> str | N
     parts = [f"model {m} is built here" for m in built]
     parts += [f"dataset {d} is synthetic" for d in synthetic]
     return "toy scale: " + ", ".join(parts)
+
+
+def _grant_trust(plan: Plan) -> None:
+    """A fine-tune of a model whose config entry sets trust_remote_code carries that grant in
+    its spec: the one place the train, embed and predict jobs take it from."""
+    for run in plan.runs.values():
+        if run.kind == "finetune" and plan.models[run.spec["model"]].get("trust_remote_code"):
+            run.spec["trust_remote_code"] = True
 
 
 def _check_saved_models(plan: Plan) -> None:
@@ -563,6 +596,32 @@ S3_TARGET_PARAMS: dict[str, tuple[str, ...]] = {
 S4_TOKENS = "s4"  # results/tokens/s4/: the corpus tokenised once for every variant
 
 
+def _s4_matched_layouts(s4: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`s4_layouts`, refusing a grid the code cannot build faithfully: a ratio that expands no
+    layer of a size, or a variant whose parameter count misses the baseline's by more than
+    `studies.s4.max_param_diff` (the expanded width rounds to `width_multiple`)."""
+    out = {}
+    for size, arch in s4["sizes"].items():
+        try:
+            out.update(s4_layouts({**s4, "sizes": {size: arch}}))
+        except ValueError as e:
+            raise ConfigError(
+                f"config key 'studies.s4.ratios': size {size!r} ({arch['num_layers']} layers): {e}"
+            ) from None
+        limit = s4.get("max_param_diff", 0.01)
+        for name, lay in out[size].items():
+            if abs(lay.rel_diff) > limit:
+                raise ConfigError(
+                    f"config key 'studies.s4.sizes.{size}': variant {name} has {lay.params:,}"
+                    f" parameters against the baseline's {lay.baseline_params:,}"
+                    f" ({lay.rel_diff:+.1%}), beyond studies.s4.max_param_diff {limit:.1%}:"
+                    f" the expanded FFN width rounds to width_multiple {s4['width_multiple']};"
+                    " set studies.s4.width_multiple: 1 (or a smaller multiple), or change the"
+                    " size's intermediate_size"
+                )
+    return out
+
+
 def _plan_s4(plan: Plan, config: dict[str, Any], s4: dict[str, Any]) -> None:
     """Every (size, variant) pre-trains on its size's packed tokens (rule `pretrain`) and is
     evaluated on its size's tasks (rule `lm_eval`); S4.F3/T1/T2 read the evaluations."""
@@ -572,7 +631,7 @@ def _plan_s4(plan: Plan, config: dict[str, Any], s4: dict[str, Any]) -> None:
             " pretrain)"
         )
     evals, variants_info, size_tasks = [], {}, {}
-    for size, layouts in s4_layouts(s4).items():
+    for size, layouts in _s4_matched_layouts(s4).items():
         arch = s4["sizes"][size]
         wanted = arch.get("variants")
         unknown = sorted(set(wanted or ()) - set(layouts))

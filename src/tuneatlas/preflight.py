@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,8 @@ def check_data_file(path: Path, fmt: str, key: str) -> str | None:
                 " (e.g. iconv -f latin1 -t utf-8)"
             )
         text = head[: err.start].decode("utf-8-sig")
-    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    # the line ends the reader accepts: LF, CRLF and a classic Mac's CR alone
+    lines = re.split(r"\r\n|\r|\n", text)
     if not complete:
         lines = lines[:-1]  # the peek may end inside a line
     rows = [line for line in lines if line.strip()]
@@ -357,6 +359,46 @@ def _check_s5(config: Mapping[str, Any], problems: list[str]) -> None:
         )
 
 
+def _check_corpus_rows(config: Mapping[str, Any], problems: list[str]) -> None:
+    """Row counts a job would find too small, where the config fixes them (synthetic sizes,
+    local files): S4's and S2's corpora need 2 documents / sentences (one part is held out),
+    S2's Fisher mini-batch draws distinct training rows."""
+    studies, datasets = config["studies"], config["datasets"]
+    needs = []  # (key, dataset id, rows needed, why)
+    s4, s2 = studies.get("s4") or {}, studies.get("s2") or {}
+    if s4.get("enabled", True) and s4.get("corpus") in datasets:
+        needs.append(("studies.s4.corpus", s4["corpus"], 2, "one document is held out"))
+    if s2.get("enabled", True) and s2.get("corpus") in datasets:
+        needs.append(("studies.s2.corpus", s2["corpus"], 2, "SimCSE contrasts sentences"))
+    if s2.get("enabled", True) and s2.get("dataset") in datasets:
+        n = s2.get("fisher", {}).get("batch_size", 16)
+        why = "the Fisher mini-batch draws distinct training rows"
+        needs.append(("studies.s2.fisher.batch_size", s2["dataset"], n, why))
+    for key, name, need, why in needs:
+        rows = known_train_rows(name, datasets[name])
+        if rows is not None and rows < need:
+            problems.append(
+                f"config key '{key}': dataset {name!r} has {rows} training row(s), {need}"
+                f" needed ({why}): give it more rows"
+                + (" or lower the batch size" if key.endswith("batch_size") else "")
+            )
+
+
+def _check_s4_tokenizer(config: Mapping[str, Any], problems: list[str]) -> None:
+    """`studies.s4.tokenizer` is `build` or the id of a `models` entry (whose directory holds
+    the tokenizer); anything else would fail only in the tokenize job, as a missing file."""
+    s4 = config["studies"].get("s4")
+    if not s4 or not s4.get("enabled", True):
+        return
+    name = s4.get("tokenizer", "build")
+    if name != "build" and name not in config["models"]:
+        problems.append(
+            f"config key 'studies.s4.tokenizer': {name!r} is neither 'build' nor a model id;"
+            f" defined models: {', '.join(sorted(config['models']))} (add the model whose"
+            " tokenizer to use, e.g. gpt2 from the hub, or write build)"
+        )
+
+
 def _check_device(config: Mapping[str, Any], problems: list[str]) -> None:
     if config.get("device") != "cuda":
         return
@@ -383,5 +425,7 @@ def preflight(config: Mapping[str, Any], plan: Plan, *, check_device: bool = Tru
     _check_datasets(config, plan, problems)
     _check_train(config, plan, problems)
     _check_s5(config, problems)
+    _check_s4_tokenizer(config, problems)
+    _check_corpus_rows(config, problems)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

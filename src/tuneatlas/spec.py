@@ -97,6 +97,9 @@ class TrainSpec:
     # "source": plan the step count for the training rows of the dataset this one was derived
     # from (an S5 cluster member trains as many steps as a seed model); "own": its own rows
     steps_from: str = "own"
+    # the config's models.<model>.trust_remote_code: the one grant of running a model's own code
+    # (a model or run directory's JSON can never grant it; see models.hub.refuse_self_trust)
+    trust_remote_code: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -113,6 +116,8 @@ class TrainSpec:
             del d["polar_every"]
         if self.steps_from == "own":
             del d["steps_from"]
+        if not self.trust_remote_code:
+            del d["trust_remote_code"]
         return d
 
     @classmethod

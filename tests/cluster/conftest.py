@@ -1,8 +1,9 @@
 """The real-SLURM tests' cluster: `cluster.sh up` before the first test, `cluster.sh stop` after.
 
 They install Debian's SLURM as root, so they run only when asked: `make test-cluster` (which sets
-TUNEATLAS_CLUSTER_TESTS=1) or in CI (CI=true). Everywhere else every test here is skipped with
-the command that runs them.
+TUNEATLAS_CLUSTER_TESTS=1) or with TUNEATLAS_REQUIRE naming `cluster` (CI: `.ci/run`). Everywhere
+else every test here is skipped with the command that runs them; asked for but not root, they skip
+with that reason, or fail when TUNEATLAS_REQUIRE names `cluster`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import require_or_skip, required
 
 HERE = Path(__file__).resolve().parent
 CLUSTER_SH = HERE / "cluster.sh"
@@ -32,7 +35,8 @@ NODE_SIZE = {
 
 
 def cluster_tests_enabled() -> bool:
-    return os.environ.get("CI") == "true" or os.environ.get("TUNEATLAS_CLUSTER_TESTS") == "1"
+    """Opted in by their own variable or by TUNEATLAS_REQUIRE, never by CI=true alone."""
+    return "cluster" in required() or os.environ.get("TUNEATLAS_CLUSTER_TESTS") == "1"
 
 
 def emit(config: pytest.Config, text: str) -> None:
@@ -70,13 +74,12 @@ def show(pytestconfig) -> Callable[[str], None]:
 def slurm_cluster(show):
     """A running single-node SLURM cluster (partitions cpu and gpu, one fake GPU)."""
     if not cluster_tests_enabled():
-        pytest.skip(SKIP_REASON)
+        pytest.skip(f"[cluster] {SKIP_REASON}")
     if os.geteuid() != 0:
-        pytest.fail(
-            "the real-SLURM tests are enabled (CI=true or TUNEATLAS_CLUSTER_TESTS=1) but do not "
-            "run as root: tests/cluster/cluster.sh installs Debian's SLURM and starts its daemons "
-            "as root. Run them as root (e.g. `sudo make test-cluster`) or unset those variables.",
-            pytrace=False,
+        require_or_skip(
+            "cluster",
+            "the real-SLURM tests need root (tests/cluster/cluster.sh installs Debian's SLURM"
+            " and starts its daemons); run them as root, e.g. `sudo make test-cluster`",
         )
     t0 = time.monotonic()
     up = _cluster("up", timeout=600)

@@ -6,6 +6,8 @@ test_mismatched; FineWeb-Edu's samples; SimCSE's plain text file) and fails as `
 fails on anything else: an unknown split or config is a ValueError with the real message, a
 loading-script repository is the RuntimeError datasets >= 4 raises. The rows are a few made-up
 ones per split (`<config>/<split> <column> <i>`), with GLUE's -1 labels on test splits.
+A `revision` must be one of the repository's commits the fake knows (the ones paper.yaml pins)
+or a branch it has ("main"); any other pin fails as the hub's DatasetNotFoundError does.
 """
 
 from __future__ import annotations
@@ -26,10 +28,16 @@ class Config:
     data_files: str | None = None  # a repository of plain files, loaded through data_files
 
 
+GLUE_COMMIT = "bcdcba79d07bc864c1c254ccfcedcce55bcc9a8c"  # paper.yaml's pin of nyu-mll/glue
+FINEWEB_COMMIT = "87f09149ef4734204d70ed1d046ddc9ca3f2b8f9"
+BRANCHES = ("main",)
+
+
 @dataclass(frozen=True)
 class Repo:
     configs: dict[str | None, Config]
     script: str | None = None  # a loading-script repository: datasets >= 4 refuses it
+    commits: tuple[str, ...] = ()  # the commits a revision may pin (besides BRANCHES)
 
 
 _GLUE_SPLITS = ("train", "validation", "test")
@@ -81,7 +89,8 @@ HUB: dict[str, Repo] = {
             "sst2": _glue("sentence", None, 2),
             "stsb": _glue("sentence1", "sentence2", "float"),
             "wnli": _glue("sentence1", "sentence2", 2),
-        }
+        },
+        commits=(GLUE_COMMIT,),
     ),
     # one Wikipedia sentence per line; the repository also holds NLI CSVs and SentEval
     "princeton-nlp/datasets-for-simcse": Repo(
@@ -98,7 +107,8 @@ HUB: dict[str, Repo] = {
         script="livedoor-news-corpus.py",
     ),
     "HuggingFaceFW/fineweb-edu": Repo(
-        {c: _FINEWEB for c in ("default", "sample-10BT", "sample-100BT", "sample-350BT")}
+        {c: _FINEWEB for c in ("default", "sample-10BT", "sample-100BT", "sample-350BT")},
+        commits=(FINEWEB_COMMIT,),
     ),
 }
 
@@ -150,6 +160,10 @@ class FakeHub:
         if repo is None:
             raise FileNotFoundError(
                 f"Dataset '{path}' doesn't exist on the Hub or cannot be accessed."
+            )
+        if revision is not None and revision not in (*repo.commits, *BRANCHES):
+            raise datasets.exceptions.DatasetNotFoundError(
+                f"Revision '{revision}' doesn't exist for dataset '{path}' on the Hub."
             )
         if repo.script:
             raise RuntimeError(f"Dataset scripts are no longer supported, but found {repo.script}")

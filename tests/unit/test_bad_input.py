@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.conftest import require_or_skip
 from tuneatlas.config import load_config, validate_config
 from tuneatlas.data.prepare import load_raw_splits
 from tuneatlas.errors import ConfigError, DataError, error_lines
@@ -148,6 +149,32 @@ def _model_json(**extra: Any) -> Callable[[dict, dict], None]:
     )
 
 
+S4_SMALL = {"num_layers": 4, "hidden_size": 32, "intermediate_size": 40, "num_heads": 2}
+
+
+def _s4(**section: Any) -> Callable[[dict, dict], None]:
+    """An S4 study over a small pre-training corpus; `section` overrides its keys."""
+
+    def mutate(c: dict, files: dict) -> None:
+        c["datasets"]["corpus"] = {
+            "source": "synthetic",
+            "task": "pretrain",
+            "sizes": {"train": 50},
+        }
+        c["studies"]["s4"] = {
+            "corpus": "corpus",
+            "vocab_size": 300,
+            "sizes": {"small": S4_SMALL},
+            "ratios": [50],
+            "positions": ["first"],
+            "steps": 2,
+            "batch_size": 4,
+            **section,
+        }
+
+    return mutate
+
+
 _hub_model = {"source": "hub", "name": "google-bert/bert-base-uncased"}
 _hub_data = {"source": "hub", "task": "sst2"}
 
@@ -162,6 +189,11 @@ CONFIG_CASES: list[tuple[str, Callable[[dict, dict], None], list[str]]] = [
     ("schedule-enum", _set("train.schedule", "step"), ["'train.schedule'"]),
     ("precision-enum", _set("train.precision", "fp16"), ["'train.precision'"]),
     ("checkpoint-every", _set("train.checkpoint_every", "5 min"), ["'train.checkpoint_every'"]),
+    (
+        "checkpoint-every-negative",
+        _set("train.checkpoint_every", -1),
+        ["'train.checkpoint_every'", "allowed: When to write", '"none"', '"30min"'],
+    ),
     ("warmup-negative", _set("train.warmup_epochs", -0.1), ["'train.warmup_epochs'"]),
     ("seeds-empty", _set("studies.s1.seeds", []), ["'studies.s1.seeds'"]),
     ("seeds-duplicate", _set("studies.s1.seeds", [1, 1]), ["'studies.s1.seeds'"]),
@@ -179,6 +211,22 @@ CONFIG_CASES: list[tuple[str, Callable[[dict, dict], None], list[str]]] = [
         ["'studies.s1.cross_datasets.0'"],
     ),
     ("revision-built", _set("models.tiny.revision", "main"), ["'models.tiny.revision'"]),
+    # ids become directory names and job arguments: a path step or a space is refused
+    (
+        "dataset-id-path",
+        lambda c, f: c["datasets"].update({"../x": c["datasets"]["syn"]}),
+        ["config key 'datasets.../x'", "unsafe id '../x'", "rename it"],
+    ),
+    (
+        "dataset-id-space",
+        lambda c, f: c["datasets"].update({"a b": c["datasets"]["syn"]}),
+        ["config key 'datasets.a b'", "unsafe id 'a b'", "letters, digits"],
+    ),
+    (
+        "model-id-dots",
+        lambda c, f: c["models"].update({"x..y": c["models"]["tiny"]}),
+        ["config key 'models.x..y'", "must not contain '..'"],
+    ),
     # architecture arithmetic, value ranges the schema allows but the code cannot use
     ("heads-divide", _set("models.tiny.num_heads", 3), ["models.tiny.num_heads", "num_heads: 2"]),
     ("corpus-empty", _set("models.tiny.corpus", []), ["models.tiny.corpus", "at least one"]),
@@ -249,6 +297,11 @@ CONFIG_CASES: list[tuple[str, Callable[[dict, dict], None], list[str]]] = [
     ),
     ("empty-file", _write("train", b""), ["datasets.f.files.train", "empty file"]),
     (
+        "cr-only-header-only",  # CR line ends are read as lines (not one duplicate-column header)
+        _write("dev", b"sentence\tlabel\r"),
+        ["datasets.f.files.validation", "no rows"],
+    ),
+    (
         "duplicate-column",
         _write("train", b"sentence\tlabel\tlabel\nx\t0\t1\n"),
         ["datasets.f.files.train", "duplicate column", "'label'", ":1"],
@@ -280,6 +333,27 @@ CONFIG_CASES: list[tuple[str, Callable[[dict, dict], None], list[str]]] = [
         ["studies.s3.train.keep_best", "validation split"],
     ),
     ("cuda-missing", _set("device", "cuda"), ["(device)", "device: auto"]),
+    # S4: a grid the code cannot build faithfully, a tokenizer that names nothing
+    (
+        "s4-not-parameter-matched",
+        _s4(),  # 4 layers, hidden 32, FFN 40, default width_multiple 64 (the probe's case)
+        ["'studies.s4.sizes.small'", "first_50 has 48,096", "51,232 (-6.1%)", "width_multiple"],
+    ),
+    (
+        "s4-ratio-expands-nothing",
+        _s4(ratios=[10], sizes={"small": {**S4_SMALL, "num_layers": 2}}, width_multiple=1),
+        ["'studies.s4.ratios'", "size 'small' (2 layers)", "expands floor(20/100) = 0"],
+    ),
+    (
+        "s4-one-document-corpus",
+        _both(_s4(width_multiple=1), _set("datasets.corpus.sizes", {"train": 1})),
+        ["'studies.s4.corpus'", "'corpus' has 1 training row(s), 2 needed"],
+    ),
+    (
+        "s4-tokenizer-unknown",
+        _s4(tokenizer="gpt9", width_multiple=1),
+        ["'studies.s4.tokenizer'", "'gpt9' is neither 'build' nor a model id"],
+    ),
 ]
 
 
@@ -494,12 +568,14 @@ def small_disk(tmp_path):
     mount = tmp_path / "disk"
     mount.mkdir()
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root; test_disk_full_simulated covers the path")
+        require_or_skip(
+            "tmpfs", "mounting a tmpfs needs root; test_disk_full_simulated covers the path"
+        )
     done = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True
     )
     if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        require_or_skip("tmpfs", f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     yield mount
     subprocess.run(["umount", "--lazy", str(mount)], check=True)  # torch may hold a map
 
@@ -570,6 +646,24 @@ def test_cuda_without_cuda_fails_in_the_job_with_one_line(monkeypatch):
     assert resolve_device("auto").type == "cpu"
 
 
+def test_a_tokenizer_without_end_of_text_is_refused_when_packing(tmp_path):
+    """A BERT tokenizer has no end-of-text token: it maps one to [UNK], so packing must refuse
+    rather than separate documents by [UNK] (the probe's case (b))."""
+    from transformers import BertTokenizerFast
+
+    from tuneatlas.data.tokens import pack
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"]) + "\n")
+    bert = BertTokenizerFast(vocab_file=str(vocab))
+    assert bert.convert_tokens_to_ids("<|endoftext|>") == bert.unk_token_id  # the trap
+    with pytest.raises(ValueError) as err:
+        pack(["a b", "b a", "a a"], bert, tmp_path)
+    (line,) = error_lines(err.value)
+    assert "no end-of-text token" in line and "studies.s4.tokenizer" in line
+    assert not list(tmp_path.glob("*.bin"))
+
+
 def _custom_code_model(src: Path, out: Path) -> None:
     """A local model whose config.json names its own classes (auto_map), as hub repos with
     custom code do."""
@@ -614,12 +708,22 @@ def test_trust_remote_code_reaches_fine_tuning_and_permissions_follow_the_umask(
     fetched = fetch_model(
         str(tmp_path / "custom"), tmp_path / "models" / "custom", trust_remote_code=True
     )
-    spec = train_spec(model="custom")
+    spec = train_spec(model="custom", trust_remote_code=True)  # the config's grant
     model = build_classifier(spec, get_task("sst2"), fetched, None)
     assert type(model.encoder).__name__ == "TinyModel" and model.trust_remote_code
     model.save(tmp_path / "run" / "model")
-    again = SequenceClassifier.load(tmp_path / "run" / "model")
+    again = SequenceClassifier.load(tmp_path / "run" / "model", trust_remote_code=True)
     assert type(again.encoder).__name__ == "TinyModel"
+    # the directories' JSON says trust_remote_code: true, the config does not: refused
+    for refused in (
+        lambda: build_classifier(train_spec(model="custom"), get_task("sst2"), fetched, None),
+        lambda: SequenceClassifier.load(tmp_path / "run" / "model"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            refused()
+        (line,) = error_lines(err.value)
+        assert "records trust_remote_code: true but the config does not grant it" in line
+        assert "models.<id>.trust_remote_code" in line
     umask = os.umask(0)
     os.umask(umask)
     for directory in (tmp_path / "built", fetched, tmp_path / "run" / "model"):
@@ -668,3 +772,66 @@ def test_counts_of_the_catalogue():
     assert len(DATA_CASES) >= 20
     assert len({c[0] for c in CONFIG_CASES}) == len(CONFIG_CASES)
     assert np.all([bool(c[2]) for c in CONFIG_CASES])
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("lrs", [2.0e-3, 2.04e-3], "optim.lr 0.002 vs 0.00204 differ but print alike"),
+        (
+            "simcse",
+            {"dropouts": [0.1, 0.1000001], "lr": 1.0e-3, "batch_size": 32, "max_length": 24},
+            "dropout 0.1 vs 0.1000001 differ but print alike",
+        ),
+    ],
+    ids=["s2-lrs", "s2-dropouts"],
+)
+def test_grid_values_that_print_alike_say_which_values_collide(key, value, expected):
+    """Two grid values that give one run id: the message names the values and the way out."""
+    raw = yaml.safe_load((REPO / "tests/workflow/tiny.yaml").read_text())
+    raw["studies"]["s2"][key] = value
+    raw["studies"]["s2"]["fisher"]["lrs"] = [2.0e-3]
+    with pytest.raises(ConfigError) as err:
+        check(raw)
+    (line,) = error_lines(err.value)
+    assert "(studies.s2)" in line and expected in line and "differ in the digits" in line
+
+
+def test_a_cr_only_tsv_passes_validation_and_loads(base, files):
+    """Classic Mac line ends (CR alone): validation reads the lines as the reader does."""
+    files["train"].write_bytes(TRAIN.replace("\n", "\r").encode())
+    check(base)
+    train = load_raw_splits("f", base["datasets"]["f"], seed=0)["train"]
+    assert len(train) == 12 and list(train.columns[:2]) != ["0\rthe"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (
+            lambda c: c["datasets"]["sentences"].update(sizes={"train": 1}),
+            "config key 'studies.s2.corpus': dataset 'sentences' has 1 training row(s), 2 needed",
+        ),
+        (
+            lambda c: c["studies"]["s2"]["fisher"].update(batch_size=2000),
+            "config key 'studies.s2.fisher.batch_size': dataset 'sst2' has 1200 training row(s),"
+            " 2000 needed",
+        ),
+    ],
+    ids=["s2-one-sentence-corpus", "s2-fisher-batch-over-train"],
+)
+def test_s2_row_counts_a_job_would_find_too_small_fail_at_validation(mutate, expected):
+    raw = yaml.safe_load((REPO / "tests/workflow/tiny.yaml").read_text())
+    mutate(raw)
+    with pytest.raises(ConfigError) as err:
+        check(raw)
+    assert expected in str(err.value)
+
+
+def test_a_damaged_parquet_output_says_to_delete_it_and_rerun(tmp_path):
+    path = tmp_path / "eval.parquet"
+    path.write_bytes(b"PAR1 cut short")
+    with pytest.raises(ValueError) as err:
+        pd.read_parquet(path)
+    (line,) = error_lines(err.value)
+    assert str(path) in line and "Delete that file and rerun the same command" in line

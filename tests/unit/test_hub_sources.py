@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.conftest import require_module
 from tuneatlas.config import validate_config
 from tuneatlas.data.prepare import load_raw_splits, output_files, prepare_dataset, read_prepared
 from tuneatlas.data.sources import fetch_hub_dataset
@@ -26,7 +27,7 @@ from tuneatlas.io import read_parquet_meta
 from tuneatlas.plan import make_plan
 from tuneatlas.preflight import preflight
 
-from .hub_fake import HUB, FakeHub
+from .hub_fake import GLUE_COMMIT, HUB, FakeHub
 
 PAPER = Path(__file__).resolve().parents[2] / "paper.yaml"
 # read as written, not through validate_config: one broken entry must not hide the others
@@ -39,7 +40,7 @@ COMMIT = re.compile(r"[0-9a-f]{40}")
 
 @pytest.fixture
 def hub(monkeypatch):
-    datasets = pytest.importorskip("datasets")
+    datasets = require_module("datasets")
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)  # tuneatlas.io.hub_offline would refuse at once
     fake = FakeHub()
@@ -111,7 +112,7 @@ def test_fake_hub_fails_on_unknown_split_and_config_names(hub, tmp_path):
 
 
 def test_hub_copy_must_match_its_source(hub, tmp_path):
-    cfg = {"source": "hub", "task": "rte", "revision": "a" * 40}
+    cfg = {"source": "hub", "task": "rte", "revision": GLUE_COMMIT}
     fetch_hub_dataset("rte", cfg, tmp_path / "hub")
     meta = read_parquet_meta(tmp_path / "hub" / "valid.parquet")
     assert meta["origin"] == "hub nyu-mll/glue/rte [validation]" and meta["split"] == "valid"
@@ -124,6 +125,42 @@ def test_hub_copy_must_match_its_source(hub, tmp_path):
     )
     with pytest.raises(ValueError, match="a hub copy was given for a 'synthetic' source"):
         load_raw_splits("x", {"source": "synthetic", "task": "rte"}, 0, hub_copy=tmp_path)
+
+
+def test_a_wrong_revision_pin_fails_and_leaves_no_copy(hub, tmp_path):
+    import datasets
+
+    cfg = {"source": "hub", "task": "rte", "revision": "0" * 40}
+    with pytest.raises(datasets.exceptions.DatasetNotFoundError, match="Revision '0{40}'"):
+        fetch_hub_dataset("rte", cfg, tmp_path / "hub")
+    assert hub.calls and all(c["revision"] == "0" * 40 for c in hub.calls)
+    assert not (tmp_path / "hub").exists()
+    fetch_hub_dataset("rte", {**cfg, "revision": GLUE_COMMIT}, tmp_path / "hub")  # the pin works
+
+
+def test_fetch_writes_a_split_in_several_batches_as_one_file(hub, monkeypatch, tmp_path):
+    """Every real fetch streams batches of HUB_BATCH_ROWS rows; 5 rows here: 24 train rows are
+    5 batches, written as 5 row groups of one Parquet file holding every row in order."""
+    import pyarrow.parquet as pq
+
+    from tuneatlas.data import sources
+
+    cfg = {"source": "hub", "task": "rte", "revision": GLUE_COMMIT}
+    whole = fetch_hub_dataset("rte", cfg, tmp_path / "one")
+    monkeypatch.setattr(sources, "HUB_BATCH_ROWS", 5)
+    batched = fetch_hub_dataset("rte", cfg, tmp_path / "many")
+    assert pq.ParquetFile(batched["train"]).num_row_groups == 5  # ceil(24 / 5)
+    assert pq.ParquetFile(whole["train"]).num_row_groups == 1
+    for split in whole:
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(batched[split]), pd.read_parquet(whole[split]), obj=split
+        )
+    assert read_parquet_meta(batched["train"]) == read_parquet_meta(whole["train"])
+    # and prepare reads the batched copy as it reads the whole one
+    a = prepare_dataset("rte", cfg, tmp_path / "a", seed=0, hub_copy=tmp_path / "one")
+    b = prepare_dataset("rte", cfg, tmp_path / "b", seed=0, hub_copy=tmp_path / "many")
+    for key in a:
+        pd.testing.assert_frame_equal(read_prepared(a[key]), read_prepared(b[key]))
 
 
 # --- streaming needs a budget ---------------------------------------------------------------

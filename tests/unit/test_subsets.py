@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import require_or_skip
 from tuneatlas.analysis.subsets import kernels
 from tuneatlas.analysis.subsets import scorer as scorer_module
 from tuneatlas.analysis.subsets.combinatorics import (
@@ -174,7 +175,9 @@ def test_binary_tie_is_class_zero_like_argmax():
 def _skip_unless_compiled() -> None:
     """Skip, saying why, once torch.compile has failed in this process (then all runs eager)."""
     if compile_error() is not None:
-        pytest.skip(f"torch.compile cannot build the subset kernel here: {compile_error()}")
+        require_or_skip(
+            "compile", f"torch.compile cannot build the subset kernel here: {compile_error()}"
+        )
 
 
 @pytest.mark.parametrize(("n_classes", "metric"), [(2, "f1"), (3, "mcc")])

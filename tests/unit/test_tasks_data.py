@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.conftest import require_module, require_shared_sst2
 from tuneatlas.data import prepare as data
 from tuneatlas.data.prepare import prepare_dataset, read_prepared
 from tuneatlas.data.tasks import GLUE_TASKS, TASKS, get_task
@@ -23,8 +24,6 @@ from tuneatlas.metrics import METRICS
 from .hub_fake import FakeHub
 
 REPO = Path(__file__).resolve().parents[2]
-
-SST2_DEV = Path(__file__).resolve().parents[2].parent / "shared/data/sst2/dev.tsv"
 
 
 # --- task registry ---------------------------------------------------------------------------
@@ -417,8 +416,7 @@ def test_hub_source_fails_at_once_offline(tmp_path, monkeypatch):
 
 
 def test_real_sst2_dev_loads_and_resplits_8_1_1(tmp_path):
-    if not SST2_DEV.is_file():
-        pytest.skip(f"{SST2_DEV} not present (shared data lives beside the checkout)")
+    SST2_DEV = require_shared_sst2()
     cfg = {
         "source": "file",
         "task": "sst2",
@@ -438,7 +436,7 @@ def test_real_sst2_dev_loads_and_resplits_8_1_1(tmp_path):
 
 def test_hub_source_maps_splits_and_columns(tmp_path, monkeypatch):
     # the fake hub knows GLUE's real split names and fails on any other (tests/unit/hub_fake.py)
-    datasets = pytest.importorskip("datasets")
+    datasets = require_module("datasets")
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
     hub = FakeHub()

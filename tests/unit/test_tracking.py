@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.conftest import require_module
 from tuneatlas.tracking import EXPERIMENT_PREFIX, RUN_ID_TAG, flatten, track_runs
 
-mlflow = pytest.importorskip("mlflow")
+mlflow = require_module("mlflow")
 
 STEPS = 6
 

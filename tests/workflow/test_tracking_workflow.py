@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 import yaml
 
+from tests.conftest import require_module
 from tuneatlas.config import validate_config
 from tuneatlas.plan import make_plan
 from tuneatlas.tracking import EXPERIMENT_PREFIX
@@ -15,7 +16,7 @@ from tuneatlas.tracking import EXPERIMENT_PREFIX
 from .conftest import TINY, snakemake
 
 pytestmark = pytest.mark.workflow
-mlflow = pytest.importorskip("mlflow")
+mlflow = require_module("mlflow")
 
 
 def _runs_per_study(store) -> Counter:

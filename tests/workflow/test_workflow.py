@@ -23,6 +23,7 @@ from tuneatlas.engine.checkpoint import CKPT_DIR, CKPT_FILE
 from tuneatlas.io import read_parquet_meta
 
 from .conftest import TINY
+from .rows import check_s1_rows, check_s4_t2_rows
 
 pytestmark = pytest.mark.workflow
 
@@ -73,6 +74,15 @@ def test_tiny_run_s1_t1_and_ta2_values(tiny_run):
     own = ev[(ev.metric == "accuracy") & (ev.split == "test")]["value"].item()
     row = ta2[(ta2.task == "sst2") & (ta2.seed == 0) & (ta2.split == "test")]["value"].item()
     assert row == own
+
+
+def test_tiny_run_s1_and_s4_t2_rows_are_their_run_files(tiny_run):
+    """Every S1.T1/T4/T5/TA2 row is its run's eval.parquet value; every S4.T2 score its run's
+    lm-eval value and its RI recomputed against the size's baseline (tests/workflow/rows.py)."""
+    results = tiny_run / "results"
+    # tiny.yaml: 2 datasets x 2 poolings / settings / cross targets x 2 splits, TA2 x 2 seeds
+    assert check_s1_rows(results) == 4 * 2 * 2 * 2
+    assert check_s4_t2_rows(results) >= 3 * 3  # baseline, first_50, final_50 x 3 tasks
 
 
 def test_tiny_run_s1_tables_carry_real_signal(tiny_run):

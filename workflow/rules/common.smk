@@ -138,7 +138,7 @@ def train_inputs(wildcards):
 
 
 def init_arg(wildcards, input):
-    return f"--init {input.init}" if "init" in input.keys() else ""
+    return f"--init {shlex.quote(input.init)}" if "init" in input.keys() else ""
 
 
 # runs whose per-example logits a table reads (rule train_with_predictions)
@@ -147,7 +147,9 @@ PREDICTED_RUNS = sorted({r for t in PLAN.targets.values() for r in t.predictions
 
 def predictions_arg(wildcards, output):
     return (
-        f"--predictions {output.predictions}" if "predictions" in output.keys() else ""
+        f"--predictions {shlex.quote(output.predictions)}"
+        if "predictions" in output.keys()
+        else ""
     )
 
 
@@ -309,7 +311,7 @@ def hub_copy_of(wildcards):
 
 
 def hub_copy_arg(wildcards, input):
-    return f"--hub-copy {input.hub}" if input.hub else ""
+    return f"--hub-copy {shlex.quote(input.hub)}" if input.hub else ""
 
 
 def hub_fetch_spec_of(wildcards):

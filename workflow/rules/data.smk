@@ -40,8 +40,8 @@ rule prepare_data:
         seed=config["seed"],
         hub_copy=hub_copy_arg,
     shell:
-        "python -m tuneatlas prepare --name {wildcards.dataset} --spec {params.spec:q} --seed {params.seed}"
-        " --spec-hash {params.spec_hash} {params.hub_copy} --out {output} 2> {log}"
+        "python -m tuneatlas prepare --name {wildcards.dataset:q} --spec {params.spec:q} --seed {params.seed}"
+        " --spec-hash {params.spec_hash} {params.hub_copy} --out {output:q} 2> {log:q}"
 
 
 rule fetch_hub_data:
@@ -60,7 +60,7 @@ rule fetch_hub_data:
     params:
         spec=hub_fetch_spec_of,
     shell:
-        "python -m tuneatlas fetch-hub --name {wildcards.dataset} --spec {params.spec:q} --out {output} 2> {log}"
+        "python -m tuneatlas fetch-hub --name {wildcards.dataset:q} --spec {params.spec:q} --out {output:q} 2> {log:q}"
 
 
 rule build_model:
@@ -86,7 +86,7 @@ rule build_model:
         data_root=f"{RESULTS}/data",
     shell:
         "python -m tuneatlas --threads {threads} build-model --spec {params.spec:q} --seed {params.seed}"
-        " --data-root {params.data_root} --out {output} 2> {log}"
+        " --data-root {params.data_root:q} --out {output:q} 2> {log:q}"
 
 
 rule fetch_model:
@@ -107,4 +107,4 @@ rule fetch_model:
     params:
         spec=lambda wc: as_json(PLAN.models[wc.model]),
     shell:
-        "python -m tuneatlas build-model --spec {params.spec:q} --out {output} 2> {log}"
+        "python -m tuneatlas build-model --spec {params.spec:q} --out {output:q} 2> {log:q}"

@@ -30,11 +30,11 @@ rule cluster:
     params:
         spec=lambda wc: as_json(clustering_of(wc)),
         embedder=lambda wc, input: (
-            f"--embedder {input.embedder}" if input.embedder else ""
+            f"--embedder {shlex.quote(input.embedder)}" if input.embedder else ""
         ),
     shell:
-        "python -m tuneatlas --threads {threads} cluster --spec {params.spec:q} --data {input.data}"
-        " {params.embedder} --out {output} 2> {log}"
+        "python -m tuneatlas --threads {threads} cluster --spec {params.spec:q} --data {input.data:q}"
+        " {params.embedder} --out {output:q} 2> {log:q}"
 
 
 rule cluster_data:
@@ -56,5 +56,5 @@ rule cluster_data:
     params:
         keep=lambda wc: " ".join(member_dataset_of(wc)["clusters"]),
     shell:
-        "python -m tuneatlas cluster-data --data {input.data} --clusters {input.clusters}"
-        " --keep {params.keep} --out {output} 2> {log}"
+        "python -m tuneatlas cluster-data --data {input.data:q} --clusters {input.clusters:q}"
+        " --keep {params.keep} --out {output:q} 2> {log:q}"

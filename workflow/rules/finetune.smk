@@ -27,9 +27,9 @@ rule train:
         run_dir=lambda wc: f"{RESULTS}/runs/{wc.run}",
         predictions=predictions_arg,
     shell:
-        "python -m tuneatlas --threads {threads} train --spec {params.spec:q} --data {input.data}"
-        " --model {input.model} {params.init} --out {params.run_dir} {params.predictions}"
-        " 2> {log}"
+        "python -m tuneatlas --threads {threads} train --spec {params.spec:q} --data {input.data:q}"
+        " --model {input.model:q} {params.init} --out {params.run_dir:q} {params.predictions}"
+        " 2> {log:q}"
 
 
 # Runs an ensemble reads (S5's members) also write their per-example logits on valid/test.
@@ -69,9 +69,13 @@ rule embed:
     params:
         batch_size=lambda wc: run_of(wc).spec["eval_batch_size"],
         out_dir=lambda wc: f"{RESULTS}/embeddings/{wc.run}",
+        # the config's grant (plan._grant_trust), never the run directory's JSON
+        trust=lambda wc: (
+            "--trust-remote-code" if run_of(wc).spec.get("trust_remote_code") else ""
+        ),
     shell:
-        "python -m tuneatlas --threads {threads} embed --model {input.model} --data {input.data}"
-        " --batch-size {params.batch_size} --out {params.out_dir} 2> {log}"
+        "python -m tuneatlas --threads {threads} embed --model {input.model:q} --data {input.data:q}"
+        " --batch-size {params.batch_size} --out {params.out_dir:q} {params.trust} 2> {log:q}"
 
 
 # S2: SimCSE continued training of a base model -> a new base model results/models/<id>/
@@ -99,8 +103,8 @@ rule simcse:
     params:
         spec=lambda wc: as_json(PLAN.runs[wc.model].spec),
         run_dir=lambda wc: f"{RESULTS}/runs/{wc.model}",
-        stsb=lambda wc: " ".join(f"--stsb {d}" for d in simcse_stsb(wc.model)),
+        stsb=lambda wc: " ".join(f"--stsb {shlex.quote(d)}" for d in simcse_stsb(wc.model)),
     shell:
-        "python -m tuneatlas --threads {threads} simcse --spec {params.spec:q} --data {input.data}"
-        " --model {input.model} --out {output} --run-dir {params.run_dir} {params.stsb}"
-        " 2> {log}"
+        "python -m tuneatlas --threads {threads} simcse --spec {params.spec:q} --data {input.data:q}"
+        " --model {input.model:q} --out {output:q} --run-dir {params.run_dir:q} {params.stsb}"
+        " 2> {log:q}"

@@ -24,5 +24,5 @@ rule fisher:
     params:
         spec=lambda wc: as_json(fisher_of(wc)),
     shell:
-        "python -m tuneatlas --threads {threads} fisher --spec {params.spec:q} --data {input.data}"
-        " --model {input.model} --out {output} 2> {log}"
+        "python -m tuneatlas --threads {threads} fisher --spec {params.spec:q} --data {input.data:q}"
+        " --model {input.model:q} --out {output:q} 2> {log:q}"

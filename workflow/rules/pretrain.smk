@@ -23,8 +23,8 @@ rule tokenize:
         tokenizer=lambda wc, input: input.get("tokenizer", "build"),
         vocab=lambda wc: PLAN.tokens[wc.tokens]["vocab_size"],
     shell:
-        "python -m tuneatlas --threads {threads} tokenize --data {input.data}"
-        " --tokenizer {params.tokenizer} --vocab-size {params.vocab} --out {output} 2> {log}"
+        "python -m tuneatlas --threads {threads} tokenize --data {input.data:q}"
+        " --tokenizer {params.tokenizer:q} --vocab-size {params.vocab} --out {output:q} 2> {log:q}"
 
 
 ruleorder: pretrain > train
@@ -62,7 +62,7 @@ rule pretrain:
         ),
     shell:
         "{params.launcher} -m tuneatlas --threads {threads} pretrain --spec {params.spec:q}"
-        " --tokens {input.tokens} --out {params.run_dir} 2> {log}"
+        " --tokens {input.tokens:q} --out {params.run_dir:q} 2> {log:q}"
 
 
 rule lm_eval:
@@ -88,4 +88,4 @@ rule lm_eval:
         spec=lambda wc: as_json(PLAN.lm_evals[wc.run]),
     shell:
         "python -m tuneatlas --threads {threads} lm-eval --spec {params.spec:q}"
-        " --model {input.model} --data {input.data} --out {output} 2> {log}"
+        " --model {input.model:q} --data {input.data:q} --out {output:q} 2> {log:q}"

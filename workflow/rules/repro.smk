@@ -19,7 +19,7 @@ rule repro_tables:
         results=lambda wc, output: Path(output.repro).parents[1],
     shell:
         "python -m tuneatlas repro tables --spec {params.spec:q} --results {params.results}"
-        " --out {output.repro} {output.findings} 2> {log}"
+        " --out {output.repro:q} {output.findings:q} 2> {log:q}"
 
 
 rule repro_figures:
@@ -50,8 +50,8 @@ rule repro_figures:
         mem_mb=4000,
         runtime=30,
     shell:
-        "python -m tuneatlas repro figures --table {input.repro} {input.findings}"
-        " --out {output.repro} {output.findings} 2> {log}"
+        "python -m tuneatlas repro figures --table {input.repro:q} {input.findings:q}"
+        " --out {output.repro:q} {output.findings:q} 2> {log:q}"
 
 
 # The reproduction summary's tables as HTML pages of the report, beside its figures.
@@ -83,6 +83,6 @@ rule summary_views:
         mem_mb=2000,
         runtime=10,
     shell:
-        "(python -m tuneatlas report-view --input {input.repro} --out {output.repro}"
-        " && python -m tuneatlas report-view --input {input.findings}"
-        " --out {output.findings}) 2> {log}"
+        "(python -m tuneatlas report-view --input {input.repro:q} --out {output.repro:q}"
+        " && python -m tuneatlas report-view --input {input.findings:q}"
+        " --out {output.findings:q}) 2> {log:q}"

@@ -23,5 +23,5 @@ rule subsets:
         # the scan spec only; the device comes from $TUNEATLAS_DEVICE (shell prefix)
         scan=lambda wc: as_json(PLAN.scan_spec(wc.run)),
     shell:
-        "python -m tuneatlas --threads {threads} subsets --embeddings {input.tensors}"
-        " --params {params.scan:q} --out $(dirname {output.summary:q}) 2> {log}"
+        "python -m tuneatlas --threads {threads} subsets --embeddings {input.tensors:q}"
+        " --params {params.scan:q} --out $(dirname {output.summary:q}) 2> {log:q}"

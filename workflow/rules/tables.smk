@@ -23,8 +23,8 @@ rule table:
         artifact=lambda wc: target_of(wc).artifact.id,
         results=lambda wc, output: Path(output[0]).parents[1],
     shell:
-        "python -m tuneatlas table {params.artifact} --spec {params.spec:q}"
-        " --results {params.results} --out {output} 2> {log}"
+        "python -m tuneatlas table {params.artifact:q} --spec {params.spec:q}"
+        " --results {params.results:q} --out {output:q} 2> {log:q}"
 
 
 rule figure:
@@ -49,7 +49,7 @@ rule figure:
         title=lambda wc: artifact_of(wc).title,
         paper=paper_reported,
     shell:
-        "python -m tuneatlas plot {params.artifact} --table {input} --out {output} 2> {log}"
+        "python -m tuneatlas plot {params.artifact:q} --table {input:q} --out {output:q} 2> {log:q}"
 
 
 # S3.F4 is an animation: a GIF beside the PNG of its final frame. The report cannot play a GIF
@@ -76,7 +76,7 @@ rule animation:
         mem_mb=4000,
         runtime=30,
     shell:
-        "python -m tuneatlas plot S3.F4 --table {input} --out {output.png} {output.gif} 2> {log}"
+        "python -m tuneatlas plot S3.F4 --table {input:q} --out {output.png:q} {output.gif:q} 2> {log:q}"
 
 
 # What the report shows of a table: an HTML page of its first rows, under the artifact's entry.
@@ -104,7 +104,7 @@ rule table_view:
         title=lambda wc: artifact_of(wc).title,
         paper=paper_reported,
     shell:
-        "python -m tuneatlas report-view --input {input} --out {output} 2> {log}"
+        "python -m tuneatlas report-view --input {input:q} --out {output:q} 2> {log:q}"
 
 
 rule animation_view:
@@ -125,4 +125,4 @@ rule animation_view:
         mem_mb=2000,
         runtime=10,
     shell:
-        "python -m tuneatlas report-view --input {input} --out {output} 2> {log}"
+        "python -m tuneatlas report-view --input {input:q} --out {output:q} 2> {log:q}"

@@ -28,5 +28,5 @@ rule track:
         ),
         failure=" ".join(f"--failure-table {t}" for t in FAILURE_TABLES),
     shell:
-        "python -m tuneatlas track --runs {params.runs:q} --results {params.results} --out {output}"
-        " {params.uri} {params.failure} 2> {log}"
+        "python -m tuneatlas track --runs {params.runs:q} --results {params.results:q} --out {output:q}"
+        " {params.uri} {params.failure} 2> {log:q}"

@@ -42,6 +42,7 @@ def extract(
     batch_size: int = 128,
     max_length: int | None = None,
     device: str | torch.device | None = None,
+    trust_remote_code: bool = False,
 ) -> Path:
     """Write `out_dir/embeddings.safetensors` and `out_dir/index.parquet`; returns the former.
 
@@ -49,10 +50,11 @@ def extract(
     output), "<split>.maxnorm" [N, H], "<split>.labels" [N]; "head.weight"/"head.bias" when the
     head is linear. `max_length` defaults to the one the model was trained with. A requested
     split without a file is skipped with a log line (test may be absent); none at all fails.
+    `trust_remote_code` is the config's grant for the model's own code.
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     dev = resolve_device(device)
-    model = SequenceClassifier.load(model_dir, device=dev)
+    model = SequenceClassifier.load(model_dir, device=dev, trust_remote_code=trust_remote_code)
     model.eval()
     task = task_of_model(model, model_dir.name)
     max_length = int(max_length or model.max_length or 512)

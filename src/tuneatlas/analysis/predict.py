@@ -31,16 +31,18 @@ def write_predictions(
     batch_size: int = 128,
     device: str | None = None,
     meta: dict[str, str] | None = None,
+    trust_remote_code: bool = False,
 ) -> pd.DataFrame:
     """Write the logits of the model in `model_dir` (or of a model in memory) on each of
-    `splits` present in `data_dir`."""
+    `splits` present in `data_dir` (`trust_remote_code`: the config's grant for the model's own
+    code)."""
     if isinstance(model_dir, SequenceClassifier):
         model, dev = model_dir, next(model_dir.parameters()).device
         model_dir = Path(data_dir)  # only names the fallback task below
     else:
         model_dir = Path(model_dir)
         dev = resolve_device(device)
-        model = SequenceClassifier.load(model_dir, device=dev)
+        model = SequenceClassifier.load(model_dir, device=dev, trust_remote_code=trust_remote_code)
     task = task_of_model(model, model_dir.name)
     data = tokenize_splits(
         data_dir, model.tokenizer, int(model.max_length or 512), task, splits, required=()

@@ -74,9 +74,15 @@ def pack(
     and write ``tokens.json``; returns that metadata."""
     if len(texts) < 2:
         raise ValueError(f"a pre-training corpus needs at least 2 documents, got {len(texts)}")
-    eos = tokenizer.convert_tokens_to_ids(tokenizer.eos_token or EOS)
-    if eos is None:
-        raise ValueError("the tokenizer has no end-of-text token; set its eos_token")
+    token = tokenizer.eos_token or EOS
+    eos = tokenizer.convert_tokens_to_ids(token)
+    # a tokenizer without the token maps it to its unknown id (a BERT: [UNK]), not to None
+    if eos is None or token not in tokenizer.get_vocab():
+        raise ValueError(
+            f"the tokenizer has no end-of-text token ({token!r} is not in its vocabulary, e.g."
+            " a BERT tokenizer): documents could not be separated; point studies.s4.tokenizer"
+            " at a causal-LM tokenizer (GPT-2's) or use build"
+        )
     vocab = len(tokenizer)
     dtype = np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.uint32
     n_valid = held_out(len(texts), valid_fraction)

@@ -22,13 +22,7 @@ from torch import nn
 from tuneatlas.data.labelled import Split
 from tuneatlas.data.tasks import Task, fine_tuning_task
 from tuneatlas.io import atomic_dir, load_tensors, save_tensors, write_json
-from tuneatlas.models.hub import (
-    BUILD_INFO,
-    load_encoder,
-    load_tokenizer,
-    quiet_hf_progress,
-    trusts_remote_code,
-)
+from tuneatlas.models.hub import BUILD_INFO, load_encoder, load_tokenizer, quiet_hf_progress
 from tuneatlas.spec import TrainSpec
 
 CLASSIFIER_INFO = "tuneatlas.json"  # beside a fine-tuned model: task, pooling, head
@@ -340,16 +334,20 @@ class SequenceClassifier(nn.Module):
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike, device: str | torch.device | None = None
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device | None = None,
+        trust_remote_code: bool = False,
     ) -> SequenceClassifier:
-        """Reload a model written by `save` (encoder config keeps the dropout it trained with)."""
+        """Reload a model written by `save` (encoder config keeps the dropout it trained with).
+        `trust_remote_code` is the config's grant; the directory's own JSON cannot give it."""
         info = cls.read_info(path)
         if info.get("weights_saved") is False:
             raise FileNotFoundError(
                 f"{path} holds no weights: run {info.get('run')!r} was trained with "
                 "save_model: false; set save_model: true for runs whose model is used later"
             )
-        trust = bool(info.get("trust_remote_code", False))
+        trust = bool(trust_remote_code)
         encoder = load_encoder(path, trust_remote_code=trust)
         model = cls(
             encoder,
@@ -388,8 +386,7 @@ def build_classifier(
     source = init_dir if init_dir is not None else model_dir
     if source is None:
         raise ValueError(f"run {spec.run}: pass model_dir (or init_dir for cross fine-tuning)")
-    # the base model's own record of the config's trust_remote_code (fetch_model wrote it)
-    trust = trusts_remote_code(model_dir if model_dir is not None else source)
+    trust = spec.trust_remote_code  # the config's grant, never the directory's JSON
     encoder = load_encoder(source, trust_remote_code=trust)
     model = SequenceClassifier(
         encoder,

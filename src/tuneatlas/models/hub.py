@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tuneatlas.errors import ConfigError
 from tuneatlas.io import atomic_dir, hub_offline, write_json
 
 log = logging.getLogger(__name__)
@@ -101,9 +102,9 @@ def fetch_model(
     return out_dir
 
 
-def trusts_remote_code(path: str | os.PathLike) -> bool:
-    """Whether the model directory was fetched (or fine-tuned from one fetched) with the
-    config's `trust_remote_code: true`: the flag its own code needs to load again."""
+def claims_trust(path: str | os.PathLike) -> bool:
+    """Whether a model directory's own JSON (build info, or a fine-tuned run's tuneatlas.json)
+    records `trust_remote_code: true`. Only a refusal reads this: trust is the config's."""
     import json
 
     for name in (BUILD_INFO, "tuneatlas.json"):
@@ -114,6 +115,18 @@ def trusts_remote_code(path: str | os.PathLike) -> bool:
             except ValueError:
                 return False
     return False
+
+
+def refuse_self_trust(path: str | os.PathLike, trust_remote_code: bool) -> None:
+    """Refuse a model directory that asks for its own code to run when the config did not
+    grant it: a directory received from someone else must not opt itself in."""
+    if not trust_remote_code and claims_trust(path):
+        raise ConfigError(
+            f"model directory {path} records trust_remote_code: true but the config does not"
+            " grant it (models.<id>.trust_remote_code): a model directory cannot grant itself"
+            " trust; set trust_remote_code: true on its model in the config only if you trust"
+            " its code"
+        )
 
 
 def _require_model_dir(path: str | os.PathLike, what: str) -> Path:
@@ -136,6 +149,7 @@ def load_encoder(path: str | os.PathLike, trust_remote_code: bool = False) -> An
     from transformers import AutoConfig, AutoModel
 
     path = _require_model_dir(path, "encoder directory")
+    refuse_self_trust(path, trust_remote_code)
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     kwargs: dict[str, Any] = {}
     model_cls = AutoModel._model_mapping.get(type(config), None) if not trust_remote_code else None
