@@ -30,7 +30,7 @@ rule cluster:
     params:
         spec=lambda wc: as_json(clustering_of(wc)),
         embedder=lambda wc, input: (
-            f"--embedder {shlex.quote(input.embedder)}" if input.embedder else ""
+            " ".join(f"--embedder {shlex.quote(e)}" for e in input.embedder)
         ),
     shell:
         "python -m tuneatlas --threads {threads} cluster --spec {params.spec:q} --data {input.data:q}"

@@ -14,6 +14,8 @@ rule train:
         f"{RESULTS}/logs/train/{{run}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train/{{run}}.tsv"
+    wildcard_constraints:
+        run=one_of(FINETUNE_RUNS),
     conda:
         "../../envs/tuneatlas.yaml"
     threads: THREADS
@@ -103,7 +105,9 @@ rule simcse:
     params:
         spec=lambda wc: as_json(PLAN.runs[wc.model].spec),
         run_dir=lambda wc: f"{RESULTS}/runs/{wc.model}",
-        stsb=lambda wc: " ".join(f"--stsb {shlex.quote(d)}" for d in simcse_stsb(wc.model)),
+        stsb=lambda wc: " ".join(
+            f"--stsb {shlex.quote(d)}" for d in simcse_stsb(wc.model)
+        ),
     shell:
         "python -m tuneatlas --threads {threads} simcse --spec {params.spec:q} --data {input.data:q}"
         " --model {input.model:q} --out {output:q} --run-dir {params.run_dir:q} {params.stsb}"
