@@ -74,7 +74,7 @@ def test_s4_f3_all_nan_panel_says_why(monkeypatch):
             rows.append(
                 {"size": "tiny", "task": task, "metric": "m", "variant": variant,
                  "position": pos, "ratio": ratio, "score": score, "ri": ri, "params": 1,
-                 "rel_diff": 0.0}
+                 "rel_diff": 0.0, "dropped": False}
             )  # fmt: skip
     s4.plot_f3(pd.DataFrame(rows), ["unused.png"])
     ax = figs[0].axes[1]

@@ -289,9 +289,11 @@ def _is_declared(task: Task) -> bool:
 
 
 def declare(decls: dict | None) -> dict[str, Task]:
-    """Build and register the config's declared tasks (idempotent; a later declaration of the
-    same name replaces the earlier); returns them by name."""
+    """Build and register the config's declared tasks, replacing those of any config declared
+    before in this process (the registry is the built-ins plus this config's); returns them."""
     rows = {name: declared_task(name, dict(decl)) for name, decl in (decls or {}).items()}
+    for name in [n for n, task in TASKS.items() if _is_declared(task)]:
+        del TASKS[name]
     TASKS.update(rows)
     return rows
 
