@@ -553,6 +553,7 @@ COMMANDS = (
             option("source", help="the zsRE evaluation JSON (a downloaded copy)"),
             option("out", help="the facts TSV to write, e.g. data/zsre/facts.tsv"),
         ),
+        group="user",
     ),
     Command(
         "build-model",
