@@ -50,8 +50,8 @@ def _column(raw: pd.DataFrame, col: str, key: str, origin: str) -> pd.Series:
     if col not in raw.columns:
         raise DataError(
             f"{origin}: column {col!r} ({key}) not found; available columns:"
-            f" {[str(c) for c in raw.columns]}. Set columns.{key} in the dataset config to one"
-            " of them"
+            f" {[str(c) for c in raw.columns]}. Set columns.{key} in the dataset config (or"
+            f" {key} of a task declared under tasks:) to one of them"
         )
     return raw[col]
 
