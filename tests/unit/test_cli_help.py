@@ -21,7 +21,14 @@ def test_help_lists_user_commands_first_then_internals():
     text = build_parser().format_help()
     user = [c.name for c in COMMANDS if c.group == "user"]
     internal = [c.name for c in COMMANDS if c.group == "internal"]
-    assert {"validate", "catalogue", "layouts", "livedoor-convert", "zsre-convert", "compare"} <= set(user)
+    assert {
+        "validate",
+        "catalogue",
+        "layouts",
+        "livedoor-convert",
+        "zsre-convert",
+        "compare",
+    } <= set(user)
     assert {"prepare", "train", "embed", "table", "plot"} <= set(internal)
     head = text.index("internal commands")
     for name in user:
