@@ -142,8 +142,8 @@ def init_arg(wildcards, input):
 
 
 # runs whose per-example logits a table reads (rule train_with_predictions)
-# rule train takes only fine-tunes: without the constraint snakemake also tries it for every
-# pre-training run (same output paths, `ruleorder: pretrain > train`) and logs a KeyError each
+# Only fine-tunes go to the train rule. Without this constraint snakemake also tries that rule
+# for every pre-training run (same output paths, pretrain wins by ruleorder) and logs a KeyError
 FINETUNE_RUNS = sorted(r for r, run in PLAN.runs.items() if run.kind == "finetune")
 PREDICTED_RUNS = sorted({r for t in PLAN.targets.values() for r in t.predictions})
 
