@@ -195,8 +195,18 @@ def stub_local_sources(workdir: Path, config_file: Path) -> None:
 
 
 def test_paper_dry_run_builds_every_studys_full_grid(tmp_path):
-    stub_local_sources(tmp_path, REPO / "paper.yaml")
+    """CI's dry-run: a work directory without any data file plans the whole DAG and warns once
+    per missing local file, naming the command that makes it."""
     out = snakemake(tmp_path, "--configfile", str(REPO / "paper.yaml"), "-n").stdout
+    warnings = sorted(line for line in out.splitlines() if line.startswith("WARNING tuneatlas"))
+    assert len(warnings) == 3, warnings  # livedoor's train and test TSVs, the zsRE facts
+    livedoor = "make it with `tuneatlas livedoor-convert ldcc-20140209.tar.gz data/livedoor`"
+    assert warnings[0].startswith("WARNING tuneatlas: data/livedoor/test.tsv does not exist")
+    assert "datasets.livedoor-imb.files.test" in warnings[0] and livedoor in warnings[0]
+    assert "data/livedoor/train.tsv" in warnings[1] and livedoor in warnings[1]
+    assert "`tuneatlas zsre-convert zsre_mend_eval.json data/zsre/facts.tsv`" in warnings[2]
+    assert "Exception" not in out  # no rule's input function failed on the way
+    assert not (tmp_path / "data").exists()
     counts = job_counts(out)
     counts["train"] += counts.get("train_with_predictions", 0)
     # S3: the main run, and the preliminary run when paper.yaml's S3 section names its dataset
@@ -232,6 +242,15 @@ def test_paper_dry_run_builds_every_studys_full_grid(tmp_path):
     assert counts["fetch_hub_data"] == len(hub)  # livedoor: a local file (livedoor-convert)
     # bert-base, bert-large, bert-ja, roberta-base, gpt2 (S4's tokenizer)
     assert counts["fetch_model"] == 5 and "build_model" not in counts
+
+
+def test_a_real_paper_run_still_refuses_missing_data_up_front(tmp_path):
+    proc = snakemake(
+        tmp_path, "--configfile", str(REPO / "paper.yaml"), "--cores", "1", check=False
+    )
+    assert proc.returncode != 0
+    assert "file not found (datasets.livedoor.files.train: data/livedoor/train.tsv" in proc.stdout
+    assert "tuneatlas zsre-convert" in proc.stdout and "Building DAG" not in proc.stdout
 
 
 def test_only_the_hub_fetches_and_the_tracking_store_are_local_rules(tmp_path):

@@ -17,6 +17,11 @@ from tuneatlas.io import stable_hash
 from tuneatlas.plan import make_plan
 from tuneatlas.preflight import preflight
 
+# `snakemake -n` (CI's dry-run on a clone without data): plan without the local data files a
+# real run needs, one warning each; the executor is not chosen yet when this file is read, so
+# the dry-run flag comes from the output settings (absent when the API builds no output)
+DRY_RUN = bool(getattr(workflow.output_settings, "dryrun", False))
+
 try:
     # snakemake's own YAML reader keeps the last of two equal keys: re-read strictly
     for _configfile in workflow.configfiles:
@@ -24,8 +29,15 @@ try:
     config = validate_config(config)
     PLAN = make_plan(config)
     # the same checks as `tuneatlas validate`: files, model dirs, lengths, device; CUDA only
-    # where the jobs run on this machine (a cluster profile sends them to GPU nodes)
-    preflight(config, PLAN, check_device=getattr(workflow, "local_exec", True))
+    # where the jobs run on this machine (a cluster profile sends them to GPU nodes), and not
+    # in a dry-run, which runs nothing
+    for _warning in preflight(
+        config,
+        PLAN,
+        check_device=getattr(workflow, "local_exec", True) and not DRY_RUN,
+        dry_run=DRY_RUN,
+    ):
+        print(f"WARNING tuneatlas: {_warning}", file=sys.stderr)
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
@@ -90,6 +102,9 @@ def dataset_sources(wildcards):
         files = local_source_files(name, PLAN.datasets[name])
     except DataError as exc:
         raise WorkflowError(str(exc)) from None
+    # a dry-run plans without the missing ones (preflight warned of each)
+    if DRY_RUN:
+        files = {key: path for key, path in files.items() if path.is_file()}
     for key, path in files.items():
         if not path.is_file():
             raise WorkflowError(
@@ -240,6 +255,10 @@ def hub_copy_arg(wildcards, input):
 
 def hub_fetch_spec_of(wildcards):
     return as_json(hub_fetch_spec(PLAN.datasets[wildcards.dataset]))
+
+
+# the runs of rule train (finetune.smk): a pre-training run's outputs match its patterns too
+FINETUNE_RUNS = sorted(r for r, run in PLAN.runs.items() if run.kind == "finetune")
 
 
 # S4 (pretrain.smk): the pre-training runs, GPUs per pre-training job, tokenize's inputs

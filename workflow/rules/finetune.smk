@@ -14,6 +14,9 @@ rule train:
         f"{RESULTS}/logs/train/{{run}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train/{{run}}.tsv"
+    wildcard_constraints:
+        # the fine-tune runs only: a pre-training run's outputs match too (rule pretrain)
+        run=one_of(FINETUNE_RUNS),
     conda:
         "../../envs/tuneatlas.yaml"
     threads: THREADS
