@@ -340,6 +340,17 @@ def cmd_layouts(args: argparse.Namespace) -> None:
     print(f"largest |rel_diff|: {abs(worst['rel_diff']):.2e} ({worst['size']} {worst['variant']})")
 
 
+def cmd_estimate(args: argparse.Namespace) -> None:
+    from tuneatlas.config import load_config
+    from tuneatlas.estimate import report, settings_for
+    from tuneatlas.plan import make_plan
+
+    config = load_config(args.config)
+    settings = settings_for(args.gpu, args.mfu, args.max_hours)
+    if report(config, make_plan(config), settings, args.json):
+        raise SystemExit(1)
+
+
 @dataclass(frozen=True)
 class Option:
     """One argument of a sub-command, as `argparse.add_argument` takes it. `env` names the
@@ -678,6 +689,18 @@ COMMANDS = (
         cmd_layouts,
         "S4: per-layer FFN widths and parameter counts of every variant",
         (CONFIG, option("--json", action="store_true", help="one JSON list instead of a table")),
+    ),
+    Command(
+        "estimate",
+        cmd_estimate,
+        "peak GPU memory, FLOPs and GPU-hours of every planned GPU job, and whether it fits",
+        (
+            CONFIG,
+            option("--gpu", default="h100", help="h100, h200, a100-80g, a100-40g or v100"),
+            option("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed"),
+            option("--max-hours", type=float, default=48.0, help="the site's job time limit"),
+            option("--json", action="store_true", help="jobs and totals as JSON"),
+        ),
     ),
     Command(
         "catalogue",
