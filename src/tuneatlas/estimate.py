@@ -15,11 +15,13 @@ prints them, and the workflow's resource callables (common.smk) size each job's 
   (Korthikanti et al. 2022, "Reducing activation recomputation", per token and layer:
   BERT b·(8d + 2f) + 2d, LLaMA/SwiGLU b·(10d + 4f), b bytes per element; attention scores
   heads·s·(2b + 1) only where they are materialised - not on GPUs, whose SDPA kernels are
-  flash / memory-efficient), the LM's logits s·V·(b + 12), and the embeddings' output.
+  flash / memory-efficient), the LM's logits s·V·(b + 8) (+ 4: their fp32 copy under
+  autocast), and the embeddings' output. tests/unit/test_estimate.py checks both against a
+  measured CPU step (within 25%) and the FLOPs against torch's FlopCounterMode (within 3%).
 - Hours: FLOPs / (GPUs x the GPU's dense peak at the job's precision x MFU), plus a start-up
   allowance (imports, loading the model); MFU (model FLOPs utilisation) is a setting, 0.4 by
-  default: what well-tuned transformer training reaches on A100/H100 (PaLM 46%, Chinchilla-size
-  runs 40-50%); short fine-tunes of small models reach less, so their hours are a lower bound.
+  default, a common planning figure for large transformer training (PaLM reports 46%); short
+  fine-tunes of small models reach less, so their hours are a lower bound there.
 - Verdict: "fits", "does not fit" (peak above `headroom` x the GPU's memory: the allocator and
   the CUDA context need the rest) or "exceeds runtime" (hours above the site's job limit).
 
@@ -157,7 +159,8 @@ class Arch:
         total = sum(per_layer) + (b + 1) * d  # + the embeddings' output and dropout mask
         if scores:
             total += self.layers * self.heads * seq * (2 * b + 1)
-        logits = self.vocab * (b + 12) if self.causal else 0
+        # the LM's logits, their fp32 copy under autocast, log-softmax and its gradient
+        logits = self.vocab * (b + (4 if b == 2 else 0) + 8) if self.causal else 0
         return seq * (total + logits)
 
 
