@@ -587,3 +587,27 @@ def settings_for(gpu: str, mfu: float = 0.4, max_hours: float = 48.0) -> Setting
     if not 0 < mfu <= 1:
         raise ConfigError(f"MFU {mfu} (--mfu): a share of the peak in (0, 1], e.g. 0.4")
     return Settings(GPUS[gpu], mfu, max_hours)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scheduler resources (the workflow's resource callables)
+
+MARGIN = 2.0  # a job asks twice its estimate: short jobs run below the MFU, data loading, evals
+
+
+def job_resources(
+    est: JobEstimate | None, attempt: int, settings: Settings, default: Mapping[str, int]
+) -> dict[str, int]:
+    """`runtime` (minutes) and `mem_mb` (host memory) of one attempt of a job: MARGIN x the
+    estimate, times the attempt number on a retry (a job killed for time or memory asks for
+    more), the runtime capped at the site limit (a longer job resumes from its checkpoint on
+    the next attempt). Host memory: 8 GB (Python, torch, CUDA context, data) + two fp32 copies
+    of the weights (the loaded state dict beside the model). `default` (the rule's own values)
+    stands in for a job without an estimate."""
+    if est is None or est.verdict == "unknown":
+        return {k: int(v) * attempt for k, v in default.items()}
+    minutes = max(15.0, MARGIN * est.hours * 60) * attempt
+    return {
+        "runtime": math.ceil(min(minutes, settings.max_hours * 60)),
+        "mem_mb": math.ceil((8000 + 8 * est.params / 1e6) * attempt),
+    }

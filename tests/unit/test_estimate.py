@@ -186,3 +186,19 @@ def test_paper_scale_fits_an_80gb_gpu_and_says_how_long_the_2b_runs_take(capsys)
     assert main(["estimate", str(REPO / "paper.yaml"), "--json"]) is None
     doc = json.loads(capsys.readouterr().out)
     assert doc["totals"]["study"]["s4"]["jobs"] == 70 and doc["assumptions"]["mfu"] == 0.4
+
+
+def test_a_jobs_resources_follow_its_estimate_and_grow_with_each_attempt():
+    from tuneatlas.estimate import JobEstimate, job_resources
+
+    settings = settings_for("h100", max_hours=48)
+    est = JobEstimate("pretrain", "x", "s4", 414_000_000, 1e19, 31.0, 1, 9.15, 9.15)
+    first = job_resources(est, 1, settings, {"runtime": 60, "mem_mb": 4000})
+    assert first == {"runtime": 1098, "mem_mb": 8000 + 3312}  # 2 x 9.15 h; 8 GB + 8 B/param
+    second = job_resources(est, 2, settings, {})
+    assert second["mem_mb"] == 2 * first["mem_mb"] and second["runtime"] == 2 * 1098
+    assert job_resources(est, 3, settings, {})["runtime"] == 48 * 60  # the site's limit
+    short = JobEstimate("fisher", "y", "s2", 3e8, 1e12, 6.0, 1, 0.01, 0.01)
+    assert job_resources(short, 1, settings, {})["runtime"] == 15  # a floor for start-up
+    unknown = JobEstimate("train", "z", "s3", 0, 0.0, 0.0, 1, 0.0, 0.0, "unknown")
+    assert job_resources(unknown, 2, settings, {"runtime": 240}) == {"runtime": 480}

@@ -244,6 +244,33 @@ def test_paper_dry_run_builds_every_studys_full_grid(tmp_path):
     assert counts["fetch_model"] == 5 and "build_model" not in counts
 
 
+def test_the_slurm_profile_sizes_each_gpu_job_from_its_estimate(tmp_path):
+    """`snakemake -n --profile profiles/slurm --configfile paper.yaml`: per-job runtime and host
+    memory of the GPU rules follow `tuneatlas estimate` (larger S4 models ask for more)."""
+    out = snakemake(
+        tmp_path,
+        "--profile",
+        str(REPO / "profiles/slurm"),
+        "--configfile",
+        str(REPO / "paper.yaml"),
+        "-n",
+        env=snakemake_env(drop=["TUNEATLAS_ESTIMATE_GPU", "TUNEATLAS_GPU_MODEL"]),
+    ).stdout
+    found = {}
+    for block in re.split(r"\n(?=\[)", out):
+        rule = re.search(r"^rule (\w+):", block, re.M)
+        run = re.search(r"wildcards: \w+=(\S+)", block)
+        res = re.search(r"resources: (.*)", block)
+        if rule and run and res:
+            fields = dict(f.split("=", 1) for f in res[1].split(", "))
+            found[rule[1], run[1]] = (int(fields["runtime"]), int(fields["mem_mb"]))
+    small, mid, big = (found["pretrain", f"s4-{s}-baseline"] for s in ("285m", "570m", "2b"))
+    assert small[0] < mid[0] and small[1] < mid[1] < big[1]
+    assert big[0] == 48 * 60  # the 2B run needs ~430 h: the site limit, resumed on retries
+    assert found["train", "s1-qqp-s42"][0] > found["train", "s1-rte-s42"][0]
+    assert found["subsets", "s1-rte-s42"] == (240, 32000)  # not estimated: the profile's value
+
+
 def test_a_real_paper_run_still_refuses_missing_data_up_front(tmp_path):
     proc = snakemake(
         tmp_path, "--configfile", str(REPO / "paper.yaml"), "--cores", "1", check=False

@@ -1,5 +1,6 @@
 # Everything that is not a rule: config validation, the plan, input functions.
 import json
+import os
 import re
 import shlex
 import sys
@@ -13,6 +14,7 @@ from tuneatlas.config import config_hash, read_yaml, validate_config
 from tuneatlas.data.prepare import local_source_files
 from tuneatlas.data.sources import hub_fetch_spec
 from tuneatlas.errors import ConfigError, DataError
+from tuneatlas.estimate import GPUS, Settings, estimate_plan, job_resources
 from tuneatlas.io import stable_hash
 from tuneatlas.plan import make_plan
 from tuneatlas.preflight import preflight
@@ -257,7 +259,7 @@ def hub_fetch_spec_of(wildcards):
     return as_json(hub_fetch_spec(PLAN.datasets[wildcards.dataset]))
 
 
-# the runs of rule train (finetune.smk): a pre-training run's outputs match its patterns too
+# the runs of the train rule (finetune.smk), whose patterns a pre-training run matches too
 FINETUNE_RUNS = sorted(r for r, run in PLAN.runs.items() if run.kind == "finetune")
 
 
@@ -302,3 +304,26 @@ def tracked_runs(wildcards):
     for r, run in PLAN.runs.items():
         grouped.setdefault(run.study, {}).setdefault(run.kind, []).append(r)
     return as_json(grouped)
+
+
+# Resources of the GPU rules from `tuneatlas estimate` (cluster profiles): runtime and host
+# memory per job, scaled by the attempt (the profile's `retries`). Execution settings from the
+# environment, as the profile's partition: TUNEATLAS_ESTIMATE_GPU (or TUNEATLAS_GPU_MODEL) when
+# it names a GPU the estimate knows (h100, h200, a100-80g, a100-40g, v100; else h100),
+# TUNEATLAS_MAX_HOURS the site's job limit (48 by default). A local run ignores runtime.
+_GPU = os.environ.get("TUNEATLAS_ESTIMATE_GPU") or os.environ.get("TUNEATLAS_GPU_MODEL")
+ESTIMATE_SETTINGS = Settings(
+    GPUS.get(_GPU or "h100", GPUS["h100"]),
+    max_hours=float(os.environ.get("TUNEATLAS_MAX_HOURS") or 48),
+)
+ESTIMATES = {
+    (e.rule.replace("train_with_predictions", "train"), e.job): e
+    for e in estimate_plan(config, PLAN, ESTIMATE_SETTINGS)
+}
+
+
+def estimated(rule, field, default, wildcards, attempt):
+    """`field` (runtime or mem_mb) of a job's attempt from its estimate, `default` where there
+    is none (the rule's one wildcard names the job)."""
+    est = ESTIMATES.get((rule, wildcards[0]))
+    return job_resources(est, attempt, ESTIMATE_SETTINGS, {field: default})[field]

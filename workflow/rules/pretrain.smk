@@ -49,8 +49,8 @@ rule pretrain:
     threads: THREADS
     resources:
         gpu=GPUS_PER_PRETRAIN,
-        mem_mb=32000,
-        runtime=1440,
+        mem_mb=lambda wc, attempt: estimated("pretrain", "mem_mb", 32000, wc, attempt),
+        runtime=lambda wc, attempt: estimated("pretrain", "runtime", 1440, wc, attempt),
     params:
         spec=lambda wc: as_json(run_of(wc).spec),
         run_dir=lambda wc: f"{RESULTS}/runs/{wc.run}",
@@ -82,8 +82,8 @@ rule lm_eval:
     threads: THREADS
     resources:
         gpu=1,
-        mem_mb=16000,
-        runtime=240,
+        mem_mb=lambda wc, attempt: estimated("lm_eval", "mem_mb", 16000, wc, attempt),
+        runtime=lambda wc, attempt: estimated("lm_eval", "runtime", 240, wc, attempt),
     params:
         spec=lambda wc: as_json(PLAN.lm_evals[wc.run]),
     shell:
