@@ -273,6 +273,13 @@ def cmd_lm_eval(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_fetch_harness(args: argparse.Namespace) -> None:
+    from tuneatlas.analysis.lmeval import fetch_harness_tasks
+
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    fetch_harness_tasks(args.tasks, Path(args.out))
+
+
 def cmd_track(args: argparse.Namespace) -> None:
     from tuneatlas.tracking import track_runs
 
@@ -643,6 +650,15 @@ COMMANDS = (
             out_option("the evaluation's Parquet file"),
             DEVICE,
             CONFIG_HASH,
+        ),
+    ),
+    Command(
+        "fetch-harness",
+        cmd_fetch_harness,
+        "download the datasets of lm-evaluation-harness tasks into a cache (needs the network)",
+        (
+            option("--tasks", required=True, nargs="+", help="harness task names"),
+            out_option("the cache directory the lm-eval jobs read offline"),
         ),
     ),
     Command(

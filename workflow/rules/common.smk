@@ -10,6 +10,7 @@ from pathlib import Path
 SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 
+from tuneatlas.analysis.lmeval import TOY_TASKS, harness_cache_env
 from tuneatlas.config import config_hash, read_yaml, validate_config
 from tuneatlas.data.prepare import local_source_files
 from tuneatlas.data.sources import hub_fetch_spec
@@ -266,6 +267,29 @@ FINETUNE_RUNS = sorted(r for r, run in PLAN.runs.items() if run.kind == "finetun
 # S4 (pretrain.smk): the pre-training runs, GPUs per pre-training job, tokenize's inputs
 PRETRAIN_RUNS = sorted(r for r, run in PLAN.runs.items() if run.kind == "pretrain")
 GPUS_PER_PRETRAIN = config["studies"].get("s4", {}).get("gpus", 1)
+
+
+# the harness tasks whose datasets come from the hub (toy tasks are written from the corpus):
+# fetched once on the submit host (rule fetch_harness_data), read offline by the lm_eval jobs
+HARNESS_TASKS = sorted(
+    {t for spec in PLAN.lm_evals.values() for t in spec["tasks"] if t not in TOY_TASKS}
+)
+HARNESS_CACHE = f"{RESULTS}/hub/harness"
+
+
+def harness_cache_of(wildcards):
+    """The harness's dataset cache, for an lm_eval job with hub tasks; nothing for toy tasks."""
+    if any(t not in TOY_TASKS for t in PLAN.lm_evals[wildcards.run]["tasks"]):
+        return HARNESS_CACHE
+    return []
+
+
+def harness_env(wildcards, input):
+    """Every lm_eval job runs offline; one with hub tasks reads the fetched cache."""
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    if input.get("harness"):
+        env.update(harness_cache_env(input.harness))
+    return " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
 
 
 def tokens_inputs(wildcards):

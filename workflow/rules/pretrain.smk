@@ -65,10 +65,31 @@ rule pretrain:
         " --tokens {input.tokens} --out {params.run_dir} 2> {log}"
 
 
+# The harness's datasets are fetched on the submit host (compute nodes often have no network);
+# the lm_eval jobs read that cache offline.
+localrules:
+    fetch_harness_data,
+
+
+rule fetch_harness_data:
+    output:
+        directory(HARNESS_CACHE),
+    log:
+        f"{RESULTS}/logs/fetch_harness_data.log",
+    conda:
+        "../../envs/tuneatlas.yaml"
+    threads: 1
+    params:
+        tasks=" ".join(HARNESS_TASKS),
+    shell:
+        "python -m tuneatlas fetch-harness --tasks {params.tasks} --out {output} 2> {log}"
+
+
 rule lm_eval:
     input:
         model=f"{RESULTS}/runs/{{run}}/model",
         data=lambda wc: f"{RESULTS}/data/{PLAN.lm_evals[wc.run]['corpus']}",
+        harness=harness_cache_of,
     output:
         f"{RESULTS}/lm_eval/{{run}}.parquet",
     log:
@@ -86,6 +107,7 @@ rule lm_eval:
         runtime=lambda wc, attempt: estimated("lm_eval", "runtime", 240, wc, attempt),
     params:
         spec=lambda wc: as_json(PLAN.lm_evals[wc.run]),
+        env=harness_env,
     shell:
-        "python -m tuneatlas --threads {threads} lm-eval --spec {params.spec:q}"
+        "export {params.env}; python -m tuneatlas --threads {threads} lm-eval --spec {params.spec:q}"
         " --model {input.model} --data {input.data} --out {output} 2> {log}"
