@@ -285,6 +285,13 @@ def cmd_lm_eval(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_fetch_harness(args: argparse.Namespace) -> None:
+    from tuneatlas.analysis.lmeval import fetch_harness_tasks
+
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    fetch_harness_tasks(args.tasks, Path(args.out))
+
+
 def cmd_track(args: argparse.Namespace) -> None:
     from tuneatlas.tracking import track_runs
 
@@ -394,6 +401,17 @@ def cmd_layouts(args: argparse.Namespace) -> None:
         print(f"{head}  {widths}")
     worst = max(rows, key=lambda r: abs(r["rel_diff"]))
     print(f"largest |rel_diff|: {abs(worst['rel_diff']):.2e} ({worst['size']} {worst['variant']})")
+
+
+def cmd_estimate(args: argparse.Namespace) -> None:
+    from tuneatlas.config import load_config
+    from tuneatlas.estimate import report, settings_for
+    from tuneatlas.plan import make_plan
+
+    config = load_config(args.config)
+    settings = settings_for(args.gpu, args.mfu, args.max_hours)
+    if report(config, make_plan(config), settings, args.json):
+        raise SystemExit(1)
 
 
 @dataclass(frozen=True)
@@ -728,6 +746,15 @@ COMMANDS = (
         ),
     ),
     Command(
+        "fetch-harness",
+        cmd_fetch_harness,
+        "download the datasets of lm-evaluation-harness tasks into a cache (needs the network)",
+        (
+            option("--tasks", required=True, nargs="+", help="harness task names"),
+            out_option("the cache directory the lm-eval jobs read offline"),
+        ),
+    ),
+    Command(
         "table",
         cmd_table,
         "build one artifact table",
@@ -809,6 +836,19 @@ COMMANDS = (
         cmd_layouts,
         "S4: per-layer FFN widths and parameter counts of every variant",
         (CONFIG, option("--json", action="store_true", help="one JSON list instead of a table")),
+        group="user",
+    ),
+    Command(
+        "estimate",
+        cmd_estimate,
+        "peak GPU memory, FLOPs and GPU-hours of every planned GPU job, and whether it fits",
+        (
+            CONFIG,
+            option("--gpu", default="h100", help="h100, h200, a100-80g, a100-40g or v100"),
+            option("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed"),
+            option("--max-hours", type=float, default=48.0, help="the site's job time limit"),
+            option("--json", action="store_true", help="jobs and totals as JSON"),
+        ),
         group="user",
     ),
     Command(

@@ -205,7 +205,50 @@ def _check_models(config: Mapping[str, Any], problems: list[str]) -> None:
                 )
 
 
-def _check_datasets(config: Mapping[str, Any], plan: Plan, problems: list[str]) -> None:
+def maker_of(ds: Mapping[str, Any], where: str, path: Path) -> str | None:
+    """The command that writes a missing local file of a dataset, when the package has one:
+    livedoor's TSVs (`livedoor-convert`) and S4's zsRE facts (`zsre-convert`)."""
+    if where == "facts":
+        return f"`tuneatlas zsre-convert zsre_mend_eval.json {path}`"
+    if ds.get("task") == "livedoor":
+        return f"`tuneatlas livedoor-convert ldcc-20140209.tar.gz {path.parent}` (see README)"
+    return None
+
+
+# {missing path: [(config key, the command that makes it or None)]}: the files a real run needs
+Missing = dict[Path, list[tuple[str, str | None]]]
+
+
+def _missing_problems(missing: Missing) -> list[str]:
+    """One error per config key naming a missing file (a real run refuses to start)."""
+    problems = []
+    for path, keys in missing.items():
+        for key, maker in keys:
+            fix = f"make it with {maker}, or fix the path" if maker else "fix the path"
+            problems.append(
+                f"file not found ({key}: {path} does not exist; relative paths are read from"
+                f" the working directory {Path.cwd()}): {fix} in the config"
+            )
+    return problems
+
+
+def missing_warnings(missing: Missing) -> list[str]:
+    """One warning per missing file (a dry-run plans without it), naming every key that reads
+    it and the command that makes it."""
+    out = []
+    for path, keys in missing.items():
+        maker = next((m for _, m in keys if m), None)
+        names = ", ".join(k for k, _ in keys)
+        out.append(
+            f"{path} does not exist yet ({names}): a real run refuses to start without it;"
+            + (f" make it with {maker}" if maker else " write it or fix the path in the config")
+        )
+    return out
+
+
+def _check_datasets(
+    config: Mapping[str, Any], plan: Plan, problems: list[str], missing: Missing
+) -> None:
     offline = config.get("offline", False)
     for name, ds in config["datasets"].items():
         key = f"datasets.{name}"
@@ -215,6 +258,12 @@ def _check_datasets(config: Mapping[str, Any], plan: Plan, problems: list[str]) 
         except ValueError as err:  # DataError too: a missing `dir`
             problems.append(f"{err} ({key})" if key not in str(err) else str(err))
             continue
+        for where, path in files.items():
+            if not path.exists():
+                sub = "dir" if where.startswith("dir/") else where
+                missing.setdefault(path, []).append((f"{key}.{sub}", maker_of(ds, where, path)))
+        complete = all(p.exists() for p in files.values())
+        files = {w: p for w, p in files.items() if p.exists()}
         if ds["source"] == "hub" and offline and not (Path("results") / "hub" / name).exists():
             problems.append(
                 f"hub dataset while offline: true ({key}.source): point it at local files"
@@ -239,10 +288,10 @@ def _check_datasets(config: Mapping[str, Any], plan: Plan, problems: list[str]) 
                 )
             if problem:
                 problems.append(problem)
-        if len(problems) == before:  # the files open: check their rows as prepare_data will
+        if complete and len(problems) == before:  # all open: check rows as prepare_data will
             problems += _row_problems(name, ds, task, files, config.get("seed", 0))
         if "facts" in files and not files["facts"].is_file():
-            problems.append(f"file not found ({key}.facts = {files['facts']}): fix the path")
+            problems.append(f"not a file ({key}.facts = {files['facts']}): fix the path")
         if ds["source"] == "synthetic" and "imbalance" in ds:
             problems += imbalance_size_problems(name, ds, task)
         try:
@@ -412,20 +461,28 @@ def _check_device(config: Mapping[str, Any], problems: list[str]) -> None:
         )
 
 
-def preflight(config: Mapping[str, Any], plan: Plan, *, check_device: bool = True) -> None:
+def preflight(
+    config: Mapping[str, Any], plan: Plan, *, check_device: bool = True, dry_run: bool = False
+) -> list[str]:
     """Every check that the config and the files it names allow, before any job starts.
 
     Raises one ConfigError listing every problem (one line each). `check_device=False` skips
-    the CUDA check where jobs run on other machines (a cluster profile).
+    the CUDA check where jobs run on other machines (a cluster profile). With `dry_run` (a
+    plan that runs nothing, e.g. CI's `snakemake -n`) a missing local data file is no error:
+    the returned warnings name each one and the command that makes it.
     """
     problems: list[str] = []
+    missing: Missing = {}
     if check_device:
         _check_device(config, problems)
     _check_models(config, problems)
-    _check_datasets(config, plan, problems)
+    _check_datasets(config, plan, problems, missing)
     _check_train(config, plan, problems)
     _check_s5(config, problems)
     _check_s4_tokenizer(config, problems)
     _check_corpus_rows(config, problems)
+    if not dry_run:
+        problems = _missing_problems(missing) + problems
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    return missing_warnings(missing)

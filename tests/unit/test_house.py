@@ -31,6 +31,7 @@ LAYERS = {
     "tuneatlas.config": 5,
     "tuneatlas.plan": 6,
     "tuneatlas.preflight": 7,
+    "tuneatlas.estimate": 7,  # reads the plan and preflight's row counts
     "tuneatlas.tracking": 7,
     "tuneatlas.cli": 8,
     "tuneatlas.__main__": 9,

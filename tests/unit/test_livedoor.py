@@ -191,3 +191,25 @@ def test_paper_reads_livedoor_from_the_converter_output():
         "tuneatlas livedoor-convert ldcc-20140209.tar.gz data/livedoor"
         in (REPO / "paper.yaml").read_text()
     )
+
+
+def test_paper_preflight_warns_in_a_dry_run_and_refuses_a_real_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data/ here: a fresh clone
+    config = validate_config(yaml.safe_load((REPO / "paper.yaml").read_text()))
+    plan = make_plan(config)
+    warnings = preflight(config, plan, check_device=False, dry_run=True)
+    paths = [w.split(" ")[0] for w in warnings]
+    assert paths == ["data/livedoor/train.tsv", "data/livedoor/test.tsv", "data/zsre/facts.tsv"]
+    assert all(
+        "a real run refuses to start without it; make it with `tuneatlas" in w for w in warnings
+    )
+    with pytest.raises(ConfigError) as err:
+        preflight(config, plan, check_device=False)
+    lines = str(err.value).splitlines()[1:]
+    assert len(lines) == 6  # one per config key: 2 livedoor datasets x 2 files, 2 facts keys
+    assert "datasets.livedoor-imb.files.test: data/livedoor/test.tsv does not exist" in lines[3]
+    (tmp_path / "data/livedoor").mkdir(parents=True)
+    for split in ("train", "test"):
+        (tmp_path / f"data/livedoor/{split}.tsv").write_text("text\tlabel\nx\ty\n")
+    warnings = preflight(config, plan, check_device=False, dry_run=True)
+    assert [w.split(" ")[0] for w in warnings] == ["data/zsre/facts.tsv"]

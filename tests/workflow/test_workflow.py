@@ -212,8 +212,18 @@ def stub_local_sources(workdir: Path, config_file: Path) -> None:
 
 
 def test_paper_dry_run_builds_every_studys_full_grid(tmp_path):
-    stub_local_sources(tmp_path, REPO / "paper.yaml")
-    out = snakemake(tmp_path, "--configfile", str(REPO / "paper.yaml"), "-n").stdout
+    """CI's dry-run: a work directory without any data file plans the whole DAG and warns once
+    per missing local file, naming the command that makes it."""
+    out = snakemake(tmp_path, "--configfile", str(REPO / "paper.yaml"), "-n", "-p").stdout
+    warnings = sorted(line for line in out.splitlines() if line.startswith("WARNING tuneatlas"))
+    assert len(warnings) == 3, warnings  # livedoor's train and test TSVs, the zsRE facts
+    livedoor = "make it with `tuneatlas livedoor-convert ldcc-20140209.tar.gz data/livedoor`"
+    assert warnings[0].startswith("WARNING tuneatlas: data/livedoor/test.tsv does not exist")
+    assert "datasets.livedoor-imb.files.test" in warnings[0] and livedoor in warnings[0]
+    assert "data/livedoor/train.tsv" in warnings[1] and livedoor in warnings[1]
+    assert "`tuneatlas zsre-convert zsre_mend_eval.json data/zsre/facts.tsv`" in warnings[2]
+    assert "Exception" not in out  # no rule's input function failed on the way
+    assert not (tmp_path / "data").exists()
     counts = job_counts(out)
     counts["train"] += counts.get("train_with_predictions", 0)
     # S3: the main run, and the preliminary run when paper.yaml's S3 section names its dataset
@@ -253,6 +263,46 @@ def test_paper_dry_run_builds_every_studys_full_grid(tmp_path):
     assert counts["fetch_hub_data"] == len(hub)  # livedoor: a local file (livedoor-convert)
     # bert-base, bert-large, bert-ja, roberta-base, gpt2 (S4's tokenizer)
     assert counts["fetch_model"] == 5 and "build_model" not in counts
+    # the harness tasks' datasets: one local fetch for the 35 lm_eval jobs, which read it offline
+    assert counts["fetch_harness_data"] == 1
+    harness = re.search(r"fetch-harness --tasks ([\w ]+) --out results/hub/harness", out)
+    assert harness and set(harness[1].split()) == set(s4["sizes"]["2B"]["eval_tasks"])
+
+
+def test_the_slurm_profile_sizes_each_gpu_job_from_its_estimate(tmp_path):
+    """`snakemake -n --profile profiles/slurm --configfile paper.yaml`: per-job runtime and host
+    memory of the GPU rules follow `tuneatlas estimate` (larger S4 models ask for more)."""
+    out = snakemake(
+        tmp_path,
+        "--profile",
+        str(REPO / "profiles/slurm"),
+        "--configfile",
+        str(REPO / "paper.yaml"),
+        "-n",
+        env=snakemake_env(drop=["TUNEATLAS_ESTIMATE_GPU", "TUNEATLAS_GPU_MODEL"]),
+    ).stdout
+    found = {}
+    for block in re.split(r"\n(?=\[)", out):
+        rule = re.search(r"^rule (\w+):", block, re.M)
+        run = re.search(r"wildcards: \w+=(\S+)", block)
+        res = re.search(r"resources: (.*)", block)
+        if rule and run and res:
+            fields = dict(f.split("=", 1) for f in res[1].split(", "))
+            found[rule[1], run[1]] = (int(fields["runtime"]), int(fields["mem_mb"]))
+    small, mid, big = (found["pretrain", f"s4-{s}-baseline"] for s in ("285m", "570m", "2b"))
+    assert small[0] < mid[0] and small[1] < mid[1] < big[1]
+    assert big[0] == 48 * 60  # the 2B run needs ~430 h: the site limit, resumed on retries
+    assert found["train", "s1-qqp-s42"][0] > found["train", "s1-rte-s42"][0]
+    assert found["subsets", "s1-rte-s42"] == (240, 32000)  # not estimated: the profile's value
+
+
+def test_a_real_paper_run_still_refuses_missing_data_up_front(tmp_path):
+    proc = snakemake(
+        tmp_path, "--configfile", str(REPO / "paper.yaml"), "--cores", "1", check=False
+    )
+    assert proc.returncode != 0
+    assert "file not found (datasets.livedoor.files.train: data/livedoor/train.tsv" in proc.stdout
+    assert "tuneatlas zsre-convert" in proc.stdout and "Building DAG" not in proc.stdout
 
 
 def test_only_the_hub_fetches_and_the_tracking_store_are_local_rules(tmp_path):
@@ -268,7 +318,35 @@ def test_only_the_hub_fetches_and_the_tracking_store_are_local_rules(tmp_path):
             snakefile=REPO / "Snakefile",
             workdir=tmp_path,
         )._workflow
-        assert workflow._localrules == {"fetch_hub_data", "fetch_model", "track"}
+        assert workflow._localrules == {
+            "fetch_hub_data",
+            "fetch_model",
+            "fetch_harness_data",
+            "track",
+        }
+
+
+def test_the_harness_job_runs_with_the_network_cut_off(tmp_path):
+    """An lm_eval job (a GPU rule) reads nothing from the network: the rule itself sets the hub
+    and datasets libraries offline, whatever the config's `offline`, and the job succeeds with
+    every proxy pointing at a closed port. Paper-scale hub tasks come from the local rule
+    fetch_harness_data's cache (test_paper_dry_run...)."""
+    raw = yaml.safe_load(TINY.read_text())
+    raw["offline"] = False  # the rule, not the config, keeps the job offline
+    config = tmp_path / "online.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    nowhere = "http://127.0.0.1:9"
+    env = snakemake_env(
+        drop=["HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "NO_PROXY"],
+        **{k: nowhere for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")},
+    )
+    target = "results/lm_eval/s4-tiny-baseline.parquet"
+    out = snakemake(tmp_path, "--configfile", str(config), "--cores", "2", "-p", target, env=env)
+    shell = next(line for line in out.stdout.splitlines() if " lm-eval " in line)
+    assert shell.startswith("Shell command: export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1;")
+    scores = pd.read_parquet(tmp_path / target)
+    assert {"toy_wikitext", "toy_lambada", "toy_hellaswag"} <= set(scores["task"])
+    assert "fetch_harness_data" not in out.stdout  # toy tasks: nothing to fetch
 
 
 def test_lint_is_clean(tmp_path):

@@ -1,5 +1,6 @@
 # Everything that is not a rule: config validation, the plan, input functions.
 import json
+import os
 import re
 import shlex
 import sys
@@ -9,13 +10,20 @@ from pathlib import Path
 SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 
+from tuneatlas.analysis.lmeval import TOY_TASKS, harness_cache_env
 from tuneatlas.config import config_hash, read_yaml, validate_config
 from tuneatlas.data.prepare import local_source_files
 from tuneatlas.data.sources import hub_fetch_spec
 from tuneatlas.errors import ConfigError, DataError
+from tuneatlas.estimate import GPUS, Settings, estimate_plan, job_resources
 from tuneatlas.io import stable_hash
 from tuneatlas.plan import make_plan
 from tuneatlas.preflight import preflight
+
+# `snakemake -n` (CI's dry-run on a clone without data): plan without the local data files a
+# real run needs, one warning each; the executor is not chosen yet when this file is read, so
+# the dry-run flag comes from the output settings (absent when the API builds no output)
+DRY_RUN = bool(getattr(workflow.output_settings, "dryrun", False))
 
 try:
     # snakemake's own YAML reader keeps the last of two equal keys: re-read strictly
@@ -24,8 +32,15 @@ try:
     config = validate_config(config)
     PLAN = make_plan(config)
     # the same checks as `tuneatlas validate`: files, model dirs, lengths, device; CUDA only
-    # where the jobs run on this machine (a cluster profile sends them to GPU nodes)
-    preflight(config, PLAN, check_device=getattr(workflow, "local_exec", True))
+    # where the jobs run on this machine (a cluster profile sends them to GPU nodes), and not
+    # in a dry-run, which runs nothing
+    for _warning in preflight(
+        config,
+        PLAN,
+        check_device=getattr(workflow, "local_exec", True) and not DRY_RUN,
+        dry_run=DRY_RUN,
+    ):
+        print(f"WARNING tuneatlas: {_warning}", file=sys.stderr)
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
@@ -102,6 +117,9 @@ def dataset_sources(wildcards):
         files = local_source_files(name, PLAN.datasets[name])
     except DataError as exc:
         raise WorkflowError(str(exc)) from None
+    # a dry-run plans without the missing ones (preflight warned of each)
+    if DRY_RUN:
+        files = {key: path for key, path in files.items() if path.is_file()}
     for key, path in files.items():
         if not path.is_file():
             raise WorkflowError(
@@ -326,6 +344,29 @@ PRETRAIN_RUNS = sorted(r for r, run in PLAN.runs.items() if run.kind == "pretrai
 GPUS_PER_PRETRAIN = config["studies"].get("s4", {}).get("gpus", 1)
 
 
+# the harness tasks whose datasets come from the hub (toy tasks are written from the corpus):
+# fetched once on the submit host (rule fetch_harness_data), read offline by the lm_eval jobs
+HARNESS_TASKS = sorted(
+    {t for spec in PLAN.lm_evals.values() for t in spec["tasks"] if t not in TOY_TASKS}
+)
+HARNESS_CACHE = f"{RESULTS}/hub/harness"
+
+
+def harness_cache_of(wildcards):
+    """The harness's dataset cache, for an lm_eval job with hub tasks; nothing for toy tasks."""
+    if any(t not in TOY_TASKS for t in PLAN.lm_evals[wildcards.run]["tasks"]):
+        return HARNESS_CACHE
+    return []
+
+
+def harness_env(wildcards, input):
+    """Every lm_eval job runs offline; one with hub tasks reads the fetched cache."""
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    if input.get("harness"):
+        env.update(harness_cache_env(input.harness))
+    return " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+
+
 def tokens_inputs(wildcards):
     spec = PLAN.tokens[wildcards.tokens]
     inputs = {"data": f"{RESULTS}/data/{spec['corpus']}"}
@@ -376,3 +417,26 @@ PUBLISHED = sorted(
 def repro_inputs(wildcards):
     tables = [table for study in PLAN.repro.values() for table in study["tables"]]
     return tables + PUBLISHED
+
+
+# Resources of the GPU rules from `tuneatlas estimate` (cluster profiles): runtime and host
+# memory per job, scaled by the attempt (the profile's `retries`). Execution settings from the
+# environment, as the profile's partition: TUNEATLAS_ESTIMATE_GPU (or TUNEATLAS_GPU_MODEL) when
+# it names a GPU the estimate knows (h100, h200, a100-80g, a100-40g, v100; else h100),
+# TUNEATLAS_MAX_HOURS the site's job limit (48 by default). A local run ignores runtime.
+_GPU = os.environ.get("TUNEATLAS_ESTIMATE_GPU") or os.environ.get("TUNEATLAS_GPU_MODEL")
+ESTIMATE_SETTINGS = Settings(
+    GPUS.get(_GPU or "h100", GPUS["h100"]),
+    max_hours=float(os.environ.get("TUNEATLAS_MAX_HOURS") or 48),
+)
+ESTIMATES = {
+    (e.rule.replace("train_with_predictions", "train"), e.job): e
+    for e in estimate_plan(config, PLAN, ESTIMATE_SETTINGS)
+}
+
+
+def estimated(rule, field, default, wildcards, attempt):
+    """`field` (runtime or mem_mb) of a job's attempt from its estimate, `default` where there
+    is none (the rule's one wildcard names the job)."""
+    est = ESTIMATES.get((rule, wildcards[0]))
+    return job_resources(est, attempt, ESTIMATE_SETTINGS, {field: default})[field]

@@ -1,9 +1,10 @@
 # Datasets -> results/data/<dataset>/, base models -> results/models/<model>/
 #
-# Only two rules reach the hub, and they run on the submit host (`localrules`: compute nodes
+# Only three rules reach the hub, and they run on the submit host (`localrules`: compute nodes
 # often have no network): fetch_hub_data downloads a hub dataset's splits as they are into
-# results/hub/<dataset>/ (batch by batch, a stream up to its max_rows), and fetch_model copies
-# a hub model into results/models/<model>/. Every other job reads those local copies.
+# results/hub/<dataset>/ (batch by batch, a stream up to its max_rows), fetch_model copies
+# a hub model into results/models/<model>/, and fetch_harness_data (pretrain.smk) caches the
+# harness tasks' datasets. Every other job reads those local copies.
 
 
 localrules:

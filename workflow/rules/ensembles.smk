@@ -25,8 +25,8 @@ rule cluster:
     threads: THREADS
     resources:
         gpu=1,
-        mem_mb=16000,
-        runtime=60,
+        mem_mb=lambda wc, attempt: estimated("cluster", "mem_mb", 16000, wc, attempt),
+        runtime=lambda wc, attempt: estimated("cluster", "runtime", 60, wc, attempt),
     params:
         spec=lambda wc: as_json(clustering_of(wc)),
         embedder=lambda wc, input: (

@@ -15,14 +15,15 @@ rule train:
     benchmark:
         f"{RESULTS}/benchmarks/train/{{run}}.tsv"
     wildcard_constraints:
+        # the fine-tune runs only: a pre-training run's outputs match too (rule pretrain)
         run=one_of(FINETUNE_RUNS),
     conda:
         "../../envs/tuneatlas.yaml"
     threads: THREADS
     resources:
         gpu=1,
-        mem_mb=16000,
-        runtime=240,
+        mem_mb=lambda wc, attempt: estimated("train", "mem_mb", 16000, wc, attempt),
+        runtime=lambda wc, attempt: estimated("train", "runtime", 240, wc, attempt),
     params:
         spec=lambda wc: as_json(run_of(wc).spec),
         init=init_arg,
@@ -66,8 +67,8 @@ rule embed:
     threads: THREADS
     resources:
         gpu=1,
-        mem_mb=16000,
-        runtime=60,
+        mem_mb=lambda wc, attempt: estimated("embed", "mem_mb", 16000, wc, attempt),
+        runtime=lambda wc, attempt: estimated("embed", "runtime", 60, wc, attempt),
     params:
         batch_size=lambda wc: run_of(wc).spec["eval_batch_size"],
         out_dir=lambda wc: f"{RESULTS}/embeddings/{wc.run}",
@@ -100,8 +101,8 @@ rule simcse:
     threads: THREADS
     resources:
         gpu=1,
-        mem_mb=16000,
-        runtime=240,
+        mem_mb=lambda wc, attempt: estimated("simcse", "mem_mb", 16000, wc, attempt),
+        runtime=lambda wc, attempt: estimated("simcse", "runtime", 240, wc, attempt),
     params:
         spec=lambda wc: as_json(PLAN.runs[wc.model].spec),
         run_dir=lambda wc: f"{RESULTS}/runs/{wc.model}",

@@ -19,8 +19,8 @@ rule fisher:
     threads: THREADS
     resources:
         gpu=1,
-        mem_mb=16000,
-        runtime=30,
+        mem_mb=lambda wc, attempt: estimated("fisher", "mem_mb", 16000, wc, attempt),
+        runtime=lambda wc, attempt: estimated("fisher", "runtime", 30, wc, attempt),
     params:
         spec=lambda wc: as_json(fisher_of(wc)),
     shell:

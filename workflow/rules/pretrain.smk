@@ -49,8 +49,8 @@ rule pretrain:
     threads: THREADS
     resources:
         gpu=GPUS_PER_PRETRAIN,
-        mem_mb=32000,
-        runtime=1440,
+        mem_mb=lambda wc, attempt: estimated("pretrain", "mem_mb", 32000, wc, attempt),
+        runtime=lambda wc, attempt: estimated("pretrain", "runtime", 1440, wc, attempt),
     params:
         spec=lambda wc: as_json(run_of(wc).spec),
         run_dir=lambda wc: f"{RESULTS}/runs/{wc.run}",
@@ -65,10 +65,31 @@ rule pretrain:
         " --tokens {input.tokens:q} --out {params.run_dir:q} 2> {log:q}"
 
 
+# The harness's datasets are fetched on the submit host (compute nodes often have no network);
+# the lm_eval jobs read that cache offline.
+localrules:
+    fetch_harness_data,
+
+
+rule fetch_harness_data:
+    output:
+        directory(HARNESS_CACHE),
+    log:
+        f"{RESULTS}/logs/fetch_harness_data.log",
+    conda:
+        "../../envs/tuneatlas.yaml"
+    threads: 1
+    params:
+        tasks=" ".join(map(shlex.quote, HARNESS_TASKS)),
+    shell:
+        "python -m tuneatlas fetch-harness --tasks {params.tasks} --out {output:q} 2> {log:q}"
+
+
 rule lm_eval:
     input:
         model=f"{RESULTS}/runs/{{run}}/model",
         data=lambda wc: f"{RESULTS}/data/{PLAN.lm_evals[wc.run]['corpus']}",
+        harness=harness_cache_of,
     output:
         f"{RESULTS}/lm_eval/{{run}}.parquet",
     log:
@@ -82,10 +103,11 @@ rule lm_eval:
     threads: THREADS
     resources:
         gpu=1,
-        mem_mb=16000,
-        runtime=240,
+        mem_mb=lambda wc, attempt: estimated("lm_eval", "mem_mb", 16000, wc, attempt),
+        runtime=lambda wc, attempt: estimated("lm_eval", "runtime", 240, wc, attempt),
     params:
         spec=lambda wc: as_json(PLAN.lm_evals[wc.run]),
+        env=harness_env,
     shell:
-        "python -m tuneatlas --threads {threads} lm-eval --spec {params.spec:q}"
+        "export {params.env}; python -m tuneatlas --threads {threads} lm-eval --spec {params.spec:q}"
         " --model {input.model:q} --data {input.data:q} --out {output:q} 2> {log:q}"

@@ -201,6 +201,30 @@ def toy_tasks(documents: list[str], facts: pd.DataFrame, out_dir: Path, seed: in
     return out_dir
 
 
+def harness_cache_env(cache_dir: Path) -> dict[str, str]:
+    """The environment that points the datasets and hub caches at `cache_dir`: the same for the
+    fetch on the submit host (`fetch_harness_tasks`) and the offline `lm_eval` jobs."""
+    cache = Path(cache_dir).resolve()
+    return {"HF_DATASETS_CACHE": str(cache / "datasets"), "HF_HUB_CACHE": str(cache / "hub")}
+
+
+def fetch_harness_tasks(tasks: list[str], cache_dir: Path) -> None:
+    """Download the datasets of lm-evaluation-harness `tasks` into `cache_dir` (the local rule
+    fetch_harness_data, on the submit host), so that `lm_eval` jobs on compute nodes build the
+    same tasks offline (HF_DATASETS_OFFLINE=1). Call in a fresh process: the cache variables
+    are read when `datasets` is first imported."""
+    import os
+
+    unknown = [t for t in tasks if t in TOY_TASKS]
+    if unknown:
+        raise ValueError(f"{unknown}: toy tasks are written from the corpus, not fetched")
+    os.environ.update(harness_cache_env(cache_dir))
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    built = get_task_dict(list(tasks), TaskManager())
+    (Path(cache_dir) / "tasks.json").write_text(json.dumps(sorted(built), indent=1) + "\n")
+
+
 def run_harness(
     model: Any,
     tokenizer: Any,
