@@ -645,6 +645,32 @@ def test_ddp_with_two_processes_matches_one_process(env, tmp_path):
     np.testing.assert_allclose(one["value"], two["value"], rtol=1e-5, atol=1e-6)
 
 
+def test_ddp_short_last_batch_with_fewer_rows_than_ranks_matches_one_process(env, tmp_path):
+    # 96 rows in batches of 19: every epoch ends with a batch of one row, so rank 1 has no row
+    # of it. It runs a zero-weighted pass (on the batch's first row) to join the all-reduce:
+    # the step, its loss and the weights stay those of one process.
+    s = spec(dropout=0.0, batch_size=19, epochs=2, max_steps=None)
+    one = tmp_path / "one"
+    train(s, env["sst2"], env["model"], one)
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    args = [json.dumps(s.to_dict()), str(env["sst2"]), str(env["model"]), str(tmp_path / "two")]
+    proc = subprocess.run(
+        [sys.executable, str(script), *args, str(tmp_path / "rendezvous")],
+        env={**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    a, b = frames(one)[0], frames(tmp_path / "two")[0]
+    assert a["step"].max() == b["step"].max() == 12  # 6 steps per epoch, the short ones kept
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+    np.testing.assert_allclose(a["value"], b["value"], rtol=1e-5, atol=1e-6)
+    wa = load_file(one / "model" / "model.safetensors")
+    wb = load_file(tmp_path / "two" / "model" / "model.safetensors")
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5
+
+
 def test_save_model_false_keeps_scores_and_no_weights(env, tmp_path):
     from tuneatlas.models.classifier import CLASSIFIER_INFO, SequenceClassifier
 

@@ -118,7 +118,8 @@ def plan_steps(spec: Any, n_train: int) -> tuple[int, int]:
 
 def micro_batches(rows: list[int], rank: int, world: int, micro: int | None) -> list[list[int]]:
     """This rank's share of one global batch (rows rank, rank + world, ...), cut into
-    micro-batches of at most `micro` rows (None: one micro-batch)."""
+    micro-batches of at most `micro` rows (None: one micro-batch); `[[]]` when a short last
+    batch has fewer rows than there are ranks and none is left for this one."""
     mine = rows[rank::world]
     size = micro or max(1, len(mine))
     return [mine[i : i + size] for i in range(0, len(mine), size)] or [[]]
@@ -317,11 +318,17 @@ class _Run:
         s.optimizer.zero_grad(set_to_none=True)
         total_loss = 0.0
         for i, part in enumerate(parts):
+            # Each part's mean weighted by its share of the global batch: the summed gradient
+            # is the global batch's mean (DDP averages over ranks, hence x world).
+            weight = len(part) * world / len(rows)
+            if not part:
+                # A short last batch left this rank no row (fewer rows than ranks): it still
+                # runs forward/backward, on the batch's first row with weight 0, so that every
+                # rank joins DDP's gradient all-reduce; the step is the one process's step.
+                part = rows[:1]
             loss = self.recipe.loss(self.trained, s.data["train"].batch(part, s.device))
             if len(parts) > 1 or world > 1:
-                # Each part's mean weighted by its share of the global batch: the summed
-                # gradient is the global batch's mean (DDP averages over ranks, hence x world).
-                loss = loss * (len(part) * world / len(rows))
+                loss = loss * weight
             if world > 1 and i < len(parts) - 1:
                 with self.trained.no_sync():
                     loss.backward()
