@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import seaborn as sns
 
 from tuneatlas.analysis.lmeval import PRIMARY
 from tuneatlas.studies import plots
@@ -96,6 +95,8 @@ def plot_f3(df: pd.DataFrame, outputs: list[Path]) -> None:
 
 
 def plot_t1(df: pd.DataFrame, outputs: list[Path]) -> None:
+    import seaborn as sns
+
     sizes = list(dict.fromkeys(df["size"]))
     fig, axes = plots.subplots(ncols=len(sizes), width=4.2, height=2.6, layout="constrained")
     for ax, size in zip(axes[0], sizes, strict=True):
@@ -111,6 +112,8 @@ def plot_t1(df: pd.DataFrame, outputs: list[Path]) -> None:
 
 
 def plot_t2(df: pd.DataFrame, outputs: list[Path]) -> None:
+    import seaborn as sns
+
     grid = df.pivot(index="variant", columns="task", values="ri").reindex(
         list(dict.fromkeys(df["variant"]))
     )
