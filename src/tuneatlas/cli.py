@@ -908,10 +908,15 @@ def main(argv: list[str] | None = None) -> None:
     _setup(args.threads)
     if os.environ.get("TUNEATLAS_DETERMINISTIC", "1") == "1":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    from tuneatlas.errors import debug, error_lines
+    from tuneatlas.errors import PREEMPTED_EXIT, Preempted, debug, error_lines
 
     try:
         args.func(args)
+    except Preempted as exc:
+        # not an error: the checkpoint is saved, and this status asks for a rerun (retries)
+        logging.shutdown()
+        print(f"PREEMPTED tuneatlas: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(PREEMPTED_EXIT) from None
     except Exception as exc:
         # one `ERROR tuneatlas: ...` line per error, no traceback wall (TUNEATLAS_DEBUG=1 shows it)
         if debug():

@@ -31,6 +31,24 @@ class HubOfflineError(TuneatlasError, RuntimeError):
     """A hub source was requested while the hub is unreachable by configuration (offline)."""
 
 
+# The exit status of a command stopped by SIGTERM after saving its checkpoint (sysexits'
+# EX_TEMPFAIL: "try again later"); snakemake's `retries` (profiles/slurm) then reruns the job,
+# which resumes from that checkpoint.
+PREEMPTED_EXIT = 75
+
+
+class Preempted(Exception):
+    """A training run stopped on SIGTERM (SLURM's preemption / time-limit signal) after writing
+    a checkpoint at `step`; the same command again resumes from there."""
+
+    def __init__(self, run: str, step: int, total: int) -> None:
+        super().__init__(
+            f"run {run}: stopped by SIGTERM at step {step}/{total} after saving a checkpoint;"
+            " run the same command again (snakemake: retries) to resume from it"
+        )
+        self.run, self.step, self.total = run, step, total
+
+
 def debug() -> bool:
     """Whether TUNEATLAS_DEBUG asks for the traceback instead of the one-line form."""
     return os.environ.get(DEBUG_ENV, "") not in ("", "0")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from tests.support import REPO, snakemake, snakemake_command, snakemake_env
 
@@ -67,10 +68,10 @@ pytestmark = pytest.mark.cluster
 
 
 # --------------------------------------------------------------------------- helpers
-def slurm_args(*args: str, slurm: bool = True) -> list[str]:
+def slurm_args(*args: str, slurm: bool = True, config: Path = CONFIG) -> list[str]:
     """The test's config, on SLURM the users' profile and the test-only options, then `args`."""
     profile = ["--profile", str(PROFILE), *TEST_ONLY] if slurm else []
-    return ["--configfile", str(CONFIG), *profile, *args]
+    return ["--configfile", str(config), *profile, *args]
 
 
 def cluster_env(**extra: str) -> dict[str, str]:
@@ -214,11 +215,12 @@ def same_frames(a: Path, b: Path) -> None:
 class Background:
     """A snakemake run in the background; its output is collected line by line."""
 
-    def __init__(self, workdir: Path, *args: str, slurm: bool = True):
+    def __init__(self, workdir: Path, *args: str, slurm: bool = True, config: Path = CONFIG):
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir, self.t0, self.lines = workdir, time.monotonic(), []
+        command = snakemake_command(workdir, *slurm_args(*args, slurm=slurm, config=config))
         self.proc = subprocess.Popen(
-            [*LAUNCHER, *snakemake_command(workdir, *slurm_args(*args, slurm=slurm))],
+            [*LAUNCHER, *command],
             cwd=workdir,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -253,7 +255,9 @@ class FaultRun(Background):
     TARGET = f"results/runs/{RUN}/eval.parquet"  # prepare_data, build_model, then train
 
     def __init__(self, workdir: Path):
-        super().__init__(workdir, self.TARGET)
+        # --retries 0: the profile's retries would resubmit the cancelled job (see the
+        # preemption test); this scenario is the rerun by hand after a failure
+        super().__init__(workdir, "--retries", "0", self.TARGET)
         self.cancelled: dict[str, str] | None = None
         self.watcher = threading.Thread(target=self._cancel_train, daemon=True)
         self.watcher.start()
@@ -401,6 +405,108 @@ def test_scancel_of_a_running_train_job_then_rerun_completes_only_what_is_missin
         same_frames(workdir / path, local_reference / path)
 
 
+# --------------------------------------------------------------------------- preemption
+def long_config(path: Path) -> Path:
+    """tiny_slurm.yaml with a fine-tune long enough to be signalled mid-run and no periodic
+    checkpoint: the only checkpoint a retry can resume from is the one the SIGTERM made."""
+    config = yaml.safe_load(CONFIG.read_text())
+    config["train"].update(epochs=40, checkpoint_every="none")
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class PreemptRun(Background):
+    """A SLURM run of one long fine-tune whose train job gets `scancel --signal=TERM` (what
+    SLURM sends on preemption and before the time limit) while it trains."""
+
+    RUN = TRAIN_RUNS[0]
+    TARGET = f"results/runs/{RUN}/eval.parquet"
+
+    def __init__(self, workdir: Path, config: Path):
+        super().__init__(workdir, self.TARGET, config=config)
+        self.signalled: dict[str, str] | None = None
+        self.watcher = threading.Thread(target=self._signal_train, daemon=True)
+        self.watcher.start()
+
+    def _signal_train(self) -> None:
+        train_log = self.workdir / f"results/logs/train/{self.RUN}.log"
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            uuid = run_uuid(self.stdout)
+            started = train_log.exists() and "recipe finetune" in train_log.read_text()
+            if uuid and started:
+                running = slurm("squeue", "-h", "--name", uuid, "-t", "RUNNING", "-o", "%i|%k")
+                for job_id, comment in (ln.split("|", 1) for ln in running.split()):
+                    if comment.startswith("rule_train"):
+                        time.sleep(1.5)  # some steps into the training
+                        subprocess.run(["scancel", "--signal=TERM", job_id], check=True, timeout=30)
+                        self.signalled = {"id": job_id, "comment": comment}
+                        return
+            time.sleep(0.25)
+
+    def wait(self) -> tuple[int, str, float]:
+        result = super().wait()
+        self.watcher.join(timeout=30)
+        return result
+
+
+@pytest.fixture(scope="module")
+def preempt_config(tmp_path_factory) -> Path:
+    return long_config(tmp_path_factory.mktemp("preempt-config") / "long.yaml")
+
+
+@pytest.fixture(scope="module")
+def preempt_started(slurm_cluster, preempt_config, tmp_path_factory):
+    run = PreemptRun(tmp_path_factory.mktemp("preempt"), preempt_config)
+    yield run
+    run.wait()
+
+
+@pytest.fixture(scope="module")
+def preempt_local(preempt_config, tmp_path_factory):
+    """The same long fine-tune run locally without interruption: the reference."""
+    target = PreemptRun.TARGET
+    run = Background(
+        tmp_path_factory.mktemp("preempt-local"),
+        "--cores",
+        "1",
+        target,
+        slurm=False,
+        config=preempt_config,
+    )
+    yield run
+    run.wait()
+
+
+def test_sigterm_to_a_running_train_job_checkpoints_and_the_retry_resumes(
+    preempt_started, preempt_local, show
+):
+    run = preempt_started
+    first = SlurmRun.collect(run.workdir, *run.wait())
+    signalled = run.signalled
+    what = f"{signalled['id']} ({signalled['comment']})" if signalled else "nothing"
+    show(first.report(f"preemption run of {run.TARGET}: scancel --signal=TERM {what}"))
+    assert signalled, first.failure("no train job was seen RUNNING")
+    # the profile's retries resubmit the stopped job within the same snakemake run
+    assert first.returncode == 0, first.failure("snakemake did not finish after the retry")
+    trains = [r for r in first.records if rule_of(r) == "train"]
+    assert [(r["JobId"], r["JobState"]) for r in trains] == [
+        (signalled["id"], "FAILED"),
+        (trains[-1]["JobId"], "COMPLETED"),
+    ], first.failure("expected the signalled train job FAILED, then its retry COMPLETED")
+    assert all(r["Partition"] == "gpu" for r in trains)
+    # the retry resumed from the step the signal stopped it at (checkpoint_every: none, so
+    # the SIGTERM wrote that checkpoint)
+    log = (run.workdir / f"results/logs/train/{run.RUN}.log").read_text()
+    resumed = re.search(r"resuming from checkpoint at step (\d+)/(\d+)", log)
+    assert resumed and 0 < int(resumed[1]) < int(resumed[2]), log[-2000:]
+    returncode, stdout, _ = preempt_local.wait()
+    assert returncode == 0, stdout[-4000:]
+    for name in ("eval.parquet", "metrics.parquet"):
+        path = f"results/runs/{run.RUN}/{name}"
+        same_frames(run.workdir / path, preempt_local.workdir / path)
+
+
 def test_profile_site_values_come_from_the_environment(tmp_path):
     """Partitions, account and GPU model change without editing a file (a dry-run, no cluster)."""
     site = {
@@ -420,3 +526,5 @@ def test_profile_site_values_come_from_the_environment(tmp_path):
         assert res["slurm_account"] == "proj42", (rule, res)
         assert res.get("gpu") == ("1" if gpu else None), (rule, res)
         assert res.get("gpu_model") == ("a100" if gpu else None), (rule, res)
+        # SIGTERM 120 s before the time limit, so a training job can save its checkpoint
+        assert res["slurm_extra"] == "--signal=TERM@120", (rule, res)

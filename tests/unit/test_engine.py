@@ -537,6 +537,36 @@ def test_resume_after_sigkill_matches_uninterrupted_run(env, tmp_path, recipe):
     assert_same_run(tmp_path / "clean", out)
 
 
+class SigtermAt:
+    """Sends this process a SIGTERM after step `at` (on `rank` only), as SLURM does to a job."""
+
+    def __init__(self, at: int | None, rank: int = 0) -> None:
+        self.at, self.rank = at, rank
+
+    def on_step_end(self, state) -> None:
+        if state.step == self.at and state.rank == self.rank:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_checkpoints_the_current_step_and_a_rerun_ends_identical(env, tmp_path):
+    from tuneatlas.errors import Preempted
+
+    # checkpoint_every: none, so the checkpoint can only come from the SIGTERM; step 7 is not
+    # an epoch end (6 steps per epoch), so resume starts mid-epoch
+    s = spec(checkpoint_every="none")
+    out = tmp_path / "o"
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Preempted, match="step 7/"):
+        train(s, env["sst2"], env["model"], out, hooks=[SigtermAt(7)])
+    assert signal.getsignal(signal.SIGTERM) is previous  # the loop's handler is gone again
+    assert torch.load(out / CKPT_DIR / CKPT_FILE, weights_only=True)["step"] == 7
+    assert not (out / "metrics.parquet").exists()
+    res = train(s, env["sst2"], env["model"], out, hooks=[SigtermAt(None)])
+    assert res["resumed_from"] == 7
+    for x, y in zip(frames(env["ref"]), frames(out), strict=True):
+        assert_frame_equal(x, y, check_exact=True)
+
+
 # --------------------------------------------------------------------------------------------
 # engine options: checkpoint policy, gradient accumulation, save_model, recipe check
 # --------------------------------------------------------------------------------------------
@@ -643,6 +673,95 @@ def test_ddp_with_two_processes_matches_one_process(env, tmp_path):
     one, two = frames(tmp_path / "one")[0], frames(tmp_path / "two")[0]
     np.testing.assert_allclose(one["loss"], two["loss"], rtol=1e-5)
     np.testing.assert_allclose(one["value"], two["value"], rtol=1e-5, atol=1e-6)
+
+
+def test_ddp_short_last_batch_with_fewer_rows_than_ranks_matches_one_process(env, tmp_path):
+    # 96 rows in batches of 19: every epoch ends with a batch of one row, so rank 1 has no row
+    # of it. It runs a zero-weighted pass (on the batch's first row) to join the all-reduce:
+    # the step, its loss and the weights stay those of one process.
+    s = spec(dropout=0.0, batch_size=19, epochs=2, max_steps=None)
+    one = tmp_path / "one"
+    train(s, env["sst2"], env["model"], one)
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    args = [json.dumps(s.to_dict()), str(env["sst2"]), str(env["model"]), str(tmp_path / "two")]
+    proc = subprocess.run(
+        [sys.executable, str(script), *args, str(tmp_path / "rendezvous")],
+        env={**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    a, b = frames(one)[0], frames(tmp_path / "two")[0]
+    assert a["step"].max() == b["step"].max() == 12  # 6 steps per epoch, the short ones kept
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+    np.testing.assert_allclose(a["value"], b["value"], rtol=1e-5, atol=1e-6)
+    wa = load_file(one / "model" / "model.safetensors")
+    wb = load_file(tmp_path / "two" / "model" / "model.safetensors")
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5
+
+
+DDP_SIGTERM_SCRIPT = """
+import json, os, signal, sys
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from tuneatlas.errors import Preempted
+from tuneatlas.spec import TrainSpec
+from tuneatlas.engine.recipes.finetune import finetune
+
+class SigtermAt:  # SIGTERM to rank 1 only, after step `at` (None: never)
+    def __init__(self, at):
+        self.at = at
+    def on_step_end(self, state):
+        if state.step == self.at and state.rank == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+def rank_main(rank, spec, data, model, out, rendezvous, at):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
+    try:
+        hooks = [SigtermAt(None if at == "none" else int(at))]
+        try:
+            res = finetune(TrainSpec.from_dict(json.loads(spec)), data, model, out, hooks=hooks)
+            print(f"rank {rank} resumed_from {res['resumed_from']}", flush=True)
+        except Preempted as e:
+            print(f"rank {rank} preempted at {e.step}", flush=True)
+    finally:
+        dist.destroy_process_group()
+
+if __name__ == "__main__":
+    mp.spawn(rank_main, args=tuple(sys.argv[1:]), nprocs=2)
+"""
+
+
+def test_ddp_sigterm_to_one_rank_stops_every_rank_after_the_same_step(env, tmp_path):
+    # SLURM signals every process, but not at the same instant: the ranks agree (all-reduce)
+    # on stopping, so all stop after the same step and rank 0's checkpoint is that step's.
+    s = spec(dropout=0.0, max_steps=10, checkpoint_every="none")
+    script = tmp_path / "ddp_term.py"
+    script.write_text(DDP_SIGTERM_SCRIPT)
+
+    def ddp(out: str, rendezvous: str, at: str) -> list[str]:
+        args = [json.dumps(s.to_dict()), str(env["sst2"]), str(env["model"]), str(tmp_path / out)]
+        proc = subprocess.run(
+            [sys.executable, str(script), *args, str(tmp_path / rendezvous), at],
+            env={**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return sorted(line for line in proc.stdout.splitlines() if line.startswith("rank "))
+
+    first = ddp("term", "r1", "4")
+    assert first == ["rank 0 preempted at 4", "rank 1 preempted at 4"]
+    assert torch.load(tmp_path / "term" / CKPT_DIR / CKPT_FILE, weights_only=True)["step"] == 4
+    again = ddp("term", "r2", "none")
+    assert again == ["rank 0 resumed_from 4", "rank 1 resumed_from 4"]
+    ddp("clean", "r3", "none")
+    for x, y in zip(frames(tmp_path / "clean"), frames(tmp_path / "term"), strict=True):
+        assert_frame_equal(x, y, check_exact=True)
 
 
 def test_save_model_false_keeps_scores_and_no_weights(env, tmp_path):

@@ -1,5 +1,6 @@
 """Real snakemake runs: the tiny DAG end to end, one table alone, lint, the paper dry-run,
-reproducibility, and resume after `kill -9` of a fine-tune job."""
+reproducibility, resume after `kill -9` of a fine-tune job, and preemption (SIGTERM -> checkpoint,
+exit 75, snakemake's retry resumes)."""
 
 from __future__ import annotations
 
@@ -410,3 +411,45 @@ def test_kill_9_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
         b = pd.read_parquet(killed / "results/runs" / run / name)
         pd.testing.assert_frame_equal(a, b, check_exact=True, obj=name)
     assert rerun.returncode == 0
+
+
+def test_sigterm_saves_a_checkpoint_and_the_retry_resumes_to_identical_outputs(tmp_path):
+    # SLURM's preemption / time-limit signal is a SIGTERM to the job's processes (profiles/slurm
+    # sends it --signal seconds early). checkpoint_every: none, so the only checkpoint the retry
+    # can resume from is the one the SIGTERM made.
+    config = yaml.safe_load(TINY.read_text())
+    config["train"].update(epochs=40, checkpoint_every="none")
+    long_cfg = tmp_path / "long.yaml"
+    long_cfg.write_text(yaml.safe_dump(config))
+    run = "s1-sst2-s42"
+    target = f"results/runs/{run}/eval.parquet"
+
+    term = tmp_path / "term"
+    cmd = snakemake_command(
+        term, "--configfile", str(long_cfg), "--cores", "1", "--retries", "1", target
+    )
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=snakemake_env()
+    )
+    log = term / f"results/logs/train/{run}.log"
+    deadline, pid = time.monotonic() + 300, None
+    while time.monotonic() < deadline and proc.poll() is None:
+        pid = _train_pid(run)
+        if pid and log.exists() and "recipe finetune" in log.read_text():
+            time.sleep(1.5)  # some steps into the training
+            os.kill(pid, signal.SIGTERM)
+            break
+        time.sleep(0.02)
+    clean = tmp_path / "clean"  # meanwhile: the uninterrupted reference
+    snakemake(clean, "--configfile", str(long_cfg), "--cores", "1", target)
+    out, _ = proc.communicate(timeout=600)
+    assert pid is not None and proc.returncode == 0, out[-3000:]
+    assert "exit status 75" in out, out[-3000:]  # the first attempt stopped as preempted
+    resumed = re.search(r"resuming from checkpoint at step (\d+)/(\d+)", log.read_text())
+    assert resumed, log.read_text()[-2000:]
+    assert 0 < int(resumed[1]) < int(resumed[2])
+    assert not (term / "results/runs" / run / CKPT_DIR).exists()
+    for name in ("metrics.parquet", "eval.parquet"):
+        a = pd.read_parquet(clean / "results/runs" / run / name)
+        b = pd.read_parquet(term / "results/runs" / run / name)
+        pd.testing.assert_frame_equal(a, b, check_exact=True, obj=name)

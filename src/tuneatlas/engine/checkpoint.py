@@ -8,6 +8,10 @@ again ends with exactly the outputs of an uninterrupted one. It is loaded with
 When to write one is the spec's `checkpoint_every`: an int N (0 = at epoch ends only, N > 0 =
 also every N steps), "none" (never: runs that are cheap to redo, such as S2's sweep), or
 "<T>min" (when T minutes of wall time passed since the last one).
+
+Whatever the policy, a SIGTERM during training (SLURM's preemption and time-limit signal, sent
+`--signal` seconds early by profiles/slurm) makes the loop write one at the step it is on and
+stop (`StopOnSigterm`, `tuneatlas.errors.Preempted`): a preempted job loses no finished step.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import logging
 import random
 import re
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -75,6 +81,31 @@ class CheckpointPolicy:
         return (self.at_epoch_ends and epoch_end) or (
             self.every_steps > 0 and step % self.every_steps == 0
         )
+
+
+class StopOnSigterm:
+    """While entered, SIGTERM only sets `requested` (the loop checks it after each step) instead
+    of ending the process; the previous handler is restored on exit. Outside the main thread,
+    where Python cannot install a handler, it does nothing and SIGTERM keeps its old effect."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if not self.requested:
+            log.warning("SIGTERM: saving a checkpoint after this step, then stopping")
+        self.requested = True
+
+    def __enter__(self) -> StopOnSigterm:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:

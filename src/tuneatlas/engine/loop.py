@@ -11,6 +11,8 @@ rank 0 writes. The recipe (`tuneatlas.engine.recipes`) says what differs: model,
 evaluation, outputs. On CPU a fixed spec gives bit-identical metrics, and a run killed at any
 point and started again ends with exactly the metrics of an uninterrupted run: the data order
 of an epoch is a pure function of (seed, epoch) and the checkpoint holds the rest.
+A SIGTERM makes the loop save a checkpoint after the current step and raise
+`tuneatlas.errors.Preempted` (the CLI exits with status 75, and a rerun resumes).
 
 Outputs in `out_dir`: `metrics.parquet`, `spec.yaml` and the recipe's (`model/`,
 `eval.parquet`, ...); all written atomically after training, and `ckpt/` is removed once they
@@ -35,6 +37,7 @@ import torch
 from tuneatlas.engine.checkpoint import (
     CKPT_DIR,
     CheckpointPolicy,
+    StopOnSigterm,
     hook_names,
     load_checkpoint,
     rng_state,
@@ -45,6 +48,7 @@ from tuneatlas.engine.device import rank_and_world, resolve_device, seed_everyth
 from tuneatlas.engine.hooks import call_hooks
 from tuneatlas.engine.optim import AdamW, make_scheduler
 from tuneatlas.engine.recipes import Recipe
+from tuneatlas.errors import Preempted
 from tuneatlas.io import stable_hash, write_parquet, write_yaml
 
 log = logging.getLogger(__name__)
@@ -116,7 +120,8 @@ def plan_steps(spec: Any, n_train: int, budget_rows: int | None = None) -> tuple
 
 def micro_batches(rows: list[int], rank: int, world: int, micro: int | None) -> list[list[int]]:
     """This rank's share of one global batch (rows rank, rank + world, ...), cut into
-    micro-batches of at most `micro` rows (None: one micro-batch)."""
+    micro-batches of at most `micro` rows (None: one micro-batch); `[[]]` when a short last
+    batch has fewer rows than there are ranks and none is left for this one."""
     mine = rows[rank::world]
     size = micro or max(1, len(mine))
     return [mine[i : i + size] for i in range(0, len(mine), size)] or [[]]
@@ -258,25 +263,55 @@ class _Run:
         bar = _progress(s.total_steps, s.step, spec.run, s.is_main)
         self.policy.start()
         first_epoch, offset = divmod(s.step, spe)
-        for epoch in range(first_epoch, math.ceil(s.total_steps / spe)):
-            order = epoch_order(n_train, spec.seed, epoch).tolist()
-            for b in range(offset if epoch == first_epoch else 0, spe):
-                if s.step >= s.total_steps:
-                    break
-                s.lr = float(s.scheduler.get_last_lr()[0])
-                s.loss = self.train_step(order[b * spec.batch_size : (b + 1) * spec.batch_size])
-                s.step += 1
-                s.epoch = s.step / spe
-                self.metric_rows.append(self._row(s.lr, s.loss, None, None, math.nan))
-                bar.update(1)
-                bar.set_postfix(loss=f"{s.loss:.4f}", refresh=False)
-                call_hooks(self.hooks, "on_step_end", s)
-                epoch_end = b == spe - 1
-                if self._evaluation_due(epoch_end):
-                    self.evaluate()
-                if s.step < s.total_steps and self.policy.due(s.step, epoch_end):
-                    self.checkpoint()
+        with StopOnSigterm() as stop:
+            for epoch in range(first_epoch, math.ceil(s.total_steps / spe)):
+                order = epoch_order(n_train, spec.seed, epoch).tolist()
+                for b in range(offset if epoch == first_epoch else 0, spe):
+                    if s.step >= s.total_steps:
+                        break
+                    s.lr = float(s.scheduler.get_last_lr()[0])
+                    s.loss = self.train_step(order[b * spec.batch_size : (b + 1) * spec.batch_size])
+                    s.step += 1
+                    s.epoch = s.step / spe
+                    self.metric_rows.append(self._row(s.lr, s.loss, None, None, math.nan))
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{s.loss:.4f}", refresh=False)
+                    call_hooks(self.hooks, "on_step_end", s)
+                    epoch_end = b == spe - 1
+                    if self._evaluation_due(epoch_end):
+                        self.evaluate()
+                    saved = s.step < s.total_steps and self.policy.due(s.step, epoch_end)
+                    if saved:
+                        self.checkpoint()
+                    if s.step < s.total_steps and self._stop_requested(stop):
+                        bar.close()
+                        self._stop(saved)
         bar.close()
+
+    def _stop_requested(self, stop: StopOnSigterm) -> bool:
+        """Whether SIGTERM arrived; under DDP whether it arrived on any rank, so that every
+        rank stops after the same step."""
+        if self.state.world_size == 1:
+            return stop.requested
+        flag = torch.tensor([float(stop.requested)], device=self.state.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _stop(self, saved: bool) -> None:
+        """Preemption: the checkpoint of the current step (the state after the step, its
+        evaluation and hooks: exactly what a periodic one holds), then `Preempted`."""
+        s = self.state
+        if not saved:
+            self.checkpoint()
+        if s.world_size > 1:
+            torch.distributed.barrier()  # no rank exits (and gets torchrun to kill rank 0) early
+        log.warning(
+            "run %s: SIGTERM: checkpoint saved at step %d/%d; the same command resumes from it",
+            self.spec.run,
+            s.step,
+            s.total_steps,
+        )
+        raise Preempted(self.spec.run, s.step, s.total_steps)
 
     def train_step(self, rows: list[int]) -> float:
         """One optimiser step on the global batch `rows`; returns its mean loss."""
@@ -285,11 +320,17 @@ class _Run:
         s.optimizer.zero_grad(set_to_none=True)
         total_loss = 0.0
         for i, part in enumerate(parts):
+            # Each part's mean weighted by its share of the global batch: the summed gradient
+            # is the global batch's mean (DDP averages over ranks, hence x world).
+            weight = len(part) * world / len(rows)
+            if not part:
+                # A short last batch left this rank no row (fewer rows than ranks): it still
+                # runs forward/backward, on the batch's first row with weight 0, so that every
+                # rank joins DDP's gradient all-reduce; the step is the one process's step.
+                part = rows[:1]
             loss = self.recipe.loss(self.trained, s.data["train"].batch(part, s.device))
             if len(parts) > 1 or world > 1:
-                # Each part's mean weighted by its share of the global batch: the summed
-                # gradient is the global batch's mean (DDP averages over ranks, hence x world).
-                loss = loss * (len(part) * world / len(rows))
+                loss = loss * weight
             if world > 1 and i < len(parts) - 1:
                 with self.trained.no_sync():
                     loss.backward()

@@ -23,9 +23,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import seaborn as sns
-from matplotlib import cm, colormaps, colors, ticker
-from scipy import stats
 
 from tuneatlas.studies import plots
 
@@ -38,6 +35,8 @@ def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float, floa
     mean = float(values.mean())
     if len(values) < 2:
         return mean, np.nan, np.nan
+    from scipy import stats  # lazy: only the tables with intervals need it
+
     half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
     return mean, mean - half, mean + half
 
@@ -116,6 +115,8 @@ def _lr_axis(ax: Any, lrs: list[float]) -> None:
     """A log lr axis ticked at the grid's values only."""
     ax.set_xscale("log")
     ax.set_xticks(lrs, [f"{lr:g}" for lr in lrs])
+    from matplotlib import ticker
+
     ax.xaxis.set_minor_locator(ticker.NullLocator())
 
 
@@ -209,6 +210,8 @@ def plot_f3(df: pd.DataFrame, outputs: list[Path]) -> None:
 
 
 def plot_t2(df: pd.DataFrame, outputs: list[Path]) -> None:
+    import seaborn as sns
+
     fig, axes = plots.subplots(width=5.0, height=0.5 * len(df) + 1.5)
     ax = axes[0, 0]
     y = np.arange(len(df))[::-1]
@@ -286,6 +289,8 @@ def _readable_labels(run: pd.DataFrame, gap: float = 0.1) -> list[tuple[int, flo
 
 
 def plot_f2(df: pd.DataFrame, outputs: list[Path]) -> None:
+    from matplotlib import cm, colors
+
     cells = _cells(df)
     fig, axes = plots.subplots(
         ncols=len(cells),
@@ -324,6 +329,8 @@ def plot_f2(df: pd.DataFrame, outputs: list[Path]) -> None:
 
 
 def plot_f4(df: pd.DataFrame, outputs: list[Path]) -> None:
+    from matplotlib import cm, colormaps, colors
+
     models = list(dict.fromkeys(df["model"]))
     lrs = sorted(df["lr"].unique())
     fig, axes = plots.subplots(

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import seaborn as sns
 
 from tuneatlas.analysis.lmeval import ACCURACY_METRICS, CHANCE, primary
 from tuneatlas.studies import plots
@@ -178,6 +177,8 @@ def _no_ri_note(ax: Any, cell: pd.DataFrame, title: str) -> None:
 
 
 def plot_t1(df: pd.DataFrame, outputs: list[Path]) -> None:
+    import seaborn as sns
+
     sizes = list(dict.fromkeys(df["size"]))
     fig, axes = plots.subplots(ncols=len(sizes), width=4.2, height=2.8, layout="constrained")
     for ax, size in zip(axes[0], sizes, strict=True):
@@ -197,6 +198,8 @@ def plot_t1(df: pd.DataFrame, outputs: list[Path]) -> None:
 
 
 def plot_t2(df: pd.DataFrame, outputs: list[Path]) -> None:
+    import seaborn as sns
+
     shown = df[~df["dropped"]]
     grid = shown.pivot(index="variant", columns="task", values="ri").reindex(
         list(dict.fromkeys(shown["variant"]))
