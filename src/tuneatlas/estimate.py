@@ -461,6 +461,8 @@ def _jobs(plan: Plan, config: Mapping[str, Any], results: Path) -> list[tuple[st
         )
         out.append(("embed", rid, plan.runs[rid].study, work))
     for cid, spec in plan.clusterings.items():
+        if not spec["embedder"]:  # tf-idf (+ SVD): no model, no GPU work to estimate
+            continue
         arch = model_arch(plan, spec["embedder"], results)
         train, _ = sizes[spec["dataset"]]
         work = (

@@ -181,8 +181,9 @@ def test_paper_scale_fits_an_80gb_gpu_and_says_how_long_the_2b_runs_take(capsys)
     # 6 x 2.54e9 parameters x 40e9 tokens (+ attention) at 40% of 989 TFLOPS: ~427 h
     assert all(400 < e.hours < 460 and "studies.s4.gpus" in e.note for e in slow)
     # every planned GPU job has an estimate: 1,202 + 6 fine-tunes, 5 SimCSE, 180 Fisher trials,
-    # 16 embeddings, 1 clustering, 35 pre-trainings and 35 harness runs
-    assert len(found) == 1202 + 6 + 5 + 180 + 16 + 1 + 35 + 35
+    # 16 embeddings, 35 pre-trainings and 35 harness runs (S5 clusters with tf-idf: no GPU)
+    assert config["studies"]["s5"]["embedder"]["kind"] == "tfidf"
+    assert len(found) == 1202 + 6 + 5 + 180 + 16 + 35 + 35
     assert main(["estimate", str(REPO / "paper.yaml"), "--json"]) is None
     doc = json.loads(capsys.readouterr().out)
     assert doc["totals"]["study"]["s4"]["jobs"] == 70 and doc["assumptions"]["mfu"] == 0.4
