@@ -16,6 +16,7 @@ import torch
 from tuneatlas.analysis.lmeval import (
     EVAL_COLUMNS,
     TOY_TASKS,
+    primary,
     run_harness,
     toy_tasks,
     zsre_probe,
@@ -241,3 +242,15 @@ def test_per_size_task_sets_and_a_metric_from_config(tmp_path):
     assert s4.table_t1(spec, tmp_path)["mean_ri"].tolist() == pytest.approx([10.0])
     spec["params"]["metrics"] = {"hellaswag": "acc_norm"}
     assert s4.table_t1(spec, tmp_path)["mean_ri"].tolist() == pytest.approx([-10.0])
+
+
+def test_toy_tasks_are_scored_as_the_papers_tasks_they_stand_for():
+    # the toy demo's panels read as the paper's: LAMBADA by accuracy, Wikitext by word perplexity
+    pairs = {
+        "toy_wikitext": "wikitext",
+        "toy_lambada": "lambada_openai",
+        "toy_hellaswag": "hellaswag",
+    }
+    for toy, paper in pairs.items():
+        assert primary(toy) == primary(paper), toy
+    assert primary("toy_lambada") == ("acc", True)

@@ -126,6 +126,36 @@ def test_pretrain_documents_state_every_fact_several_times():
     assert not synthetic.pretrain_corpus(200, seed=1)[1].equals(facts)
 
 
+def test_pretrain_corpus_options_make_a_small_world_stated_often():
+    # the toy S4 corpus (config.yaml): few facts, some in the probe's wording, documents that
+    # end on a fact so that the toy LAMBADA target is a fact's object
+    docs, facts = synthetic.pretrain_corpus(
+        400, seed=3, n_facts=16, qa_wording=True, end_with_fact=True
+    )
+    assert len(facts) == 16 and len(docs) == 400
+    text = " ".join(docs["text"])
+    words = text.split()
+    answers = set(facts["answer"])
+    for row in facts.itertuples():
+        # 3 statements per document over 16 facts, in turn: each fact exactly 3 x 400 / 16 times
+        assert words.count(row.answer) == 3 * 400 // 16, row
+        assert f"{row.question} {row.answer} ." in text, row
+    # every document's last word (before its final " .") is a name of a fact: its answer, or
+    # its subject in a wording that ends on the subject ("X founded Y .")
+    names = answers | set(facts["subject"])
+    last = [doc.removesuffix(" .").split()[-1] for doc in docs["text"]]
+    assert set(last) <= names and len(set(last) & answers) >= 12
+    # the defaults leave the corpus as it was: no question wording, fillers may end a document
+    plain, _ = synthetic.pretrain_corpus(400, seed=3, n_facts=16)
+    assert not any(q in " ".join(plain["text"]) for q in facts["question"])
+    assert not {doc.removesuffix(" .").split()[-1] for doc in plain["text"]} <= names
+    again = synthetic.pretrain_corpus(400, seed=3, n_facts=16, qa_wording=True, end_with_fact=True)
+    pd.testing.assert_frame_equal(docs, again[0])
+    pd.testing.assert_frame_equal(facts, again[1])
+    with pytest.raises(ValueError, match="n_facts must be >= 8"):
+        synthetic.pretrain_corpus(400, seed=3, n_facts=4)
+
+
 def test_tokenizer_texts_cover_the_whole_vocabulary():
     words = {w for line in synthetic.tokenizer_texts(seed=0, n_per_task=20) for w in line.split()}
     assert synthetic.vocabulary() <= words

@@ -377,6 +377,8 @@ def test_bad_csv_and_parquet_rows_name_the_row(tmp_path):
 def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ValueError, match=r"datasets\.x: unknown key\(s\) \['sizez'\]"):
         check_source("x", {"source": "synthetic", "task": "sst2", "sizez": {}})
+    with pytest.raises(ConfigError, match=r"datasets\.x\.n_facts shapes the synthetic pre-"):
+        check_source("x", {"source": "synthetic", "task": "sst2", "n_facts": 16})
     with pytest.raises(ValueError, match=r"datasets\.x\.resplit must be three numbers"):
         check_source("x", {"source": "synthetic", "task": "sst2", "resplit": [8, 2]})
     with pytest.raises(ValueError, match=r"datasets\.x\.task: unknown task 'nope'"):

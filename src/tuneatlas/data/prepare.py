@@ -104,7 +104,8 @@ def load_raw_splits(
         if max_rows:
             sizes = {s: min(n, int(max_rows)) for s, n in sizes.items()}
         if task.is_corpus:
-            frames = synthetic.corpus(task.name, sizes["train"], seed)
+            options = {k: cfg[k] for k in synthetic.CORPUS_OPTIONS if k in cfg}
+            frames = synthetic.corpus(task.name, sizes["train"], seed, **options)
         else:
             for split, df in synthetic.generate_splits(task.name, sizes, seed).items():
                 frames[SPLIT_ALIASES[split]] = df

@@ -13,6 +13,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -457,17 +458,36 @@ def _fact_world(n_facts: int, rng: np.random.Generator) -> pd.DataFrame:
     )
 
 
-def pretrain_corpus(n_docs: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+# options of the synthetic pre-training corpus (config: datasets.<name>.<option>); the defaults
+# are the corpus `tokenizer_texts` samples, so setting none of them changes no tokenizer
+CORPUS_OPTIONS = ("n_facts", "qa_wording", "end_with_fact")
+
+
+def pretrain_corpus(
+    n_docs: int,
+    seed: int,
+    n_facts: int | None = None,
+    qa_wording: bool = False,
+    end_with_fact: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Pre-training documents stating invented facts, and the facts a zsRE-style probe asks.
 
     Returns (docs with idx, text; facts with idx, subject, relation, question, answer). There
-    are about n_docs / 2 facts and each document states 3 of them amid filler sentences, so each
-    fact is stated about 6 times, in varied wordings, across the corpus.
+    are `n_facts` facts (default about n_docs / 2) and each document states 3 of them amid
+    filler sentences, so each fact is stated about 3 n_docs / n_facts times (6 by default), in
+    varied wordings, across the corpus. `qa_wording` adds the probe's own wording (the
+    question, then the answer: "what is the capital of X ? Y .") to the wordings a fact is
+    stated in, as web text holds questions with their answers; `end_with_fact` ends every
+    document with a fact statement (no filler after it), so the last word of a document, the
+    toy LAMBADA target, is a name the corpus binds to another: a fact's object, or its subject
+    in a wording that ends on it ("X founded Y .").
     """
     if n_docs < 1:
         raise ValueError(f"synthetic pretrain corpus: n_docs must be >= 1, got {n_docs}")
+    if n_facts is not None and n_facts < 8:
+        raise ValueError(f"synthetic pretrain corpus: n_facts must be >= 8, got {n_facts}")
     rng = _rng(seed, "pretrain")
-    facts = _fact_world(max(8, n_docs // 2), rng)
+    facts = _fact_world(max(8, n_docs // 2) if n_facts is None else n_facts, rng)
     fillers = [g for name, g in GENERATORS.items() if name in ("sentiment", "acceptability")]
     # every fact appears in turn before any repeats, so coverage is even even for small corpora
     order = np.concatenate(
@@ -478,11 +498,13 @@ def pretrain_corpus(n_docs: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]
     for d in range(n_docs):
         sentences = []
         for f in order[3 * d : 3 * d + 3]:
-            template = _pick(rng, RELATIONS[relations[f]].say)
-            sentences.append(template.format(s=subjects[f], o=answers[f]))
+            relation = RELATIONS[relations[f]]
+            wordings = (*relation.say, f"{relation.ask} {{o}} .") if qa_wording else relation.say
+            sentences.append(_pick(rng, wordings).format(s=subjects[f], o=answers[f]))
         for _ in range(int(rng.integers(1, 4))):
             filler = fillers[int(rng.integers(len(fillers)))](rng)[0]
-            sentences.insert(int(rng.integers(len(sentences) + 1)), filler.rstrip(" .") + " .")
+            slots = len(sentences) + (0 if end_with_fact else 1)
+            sentences.insert(int(rng.integers(slots)), filler.rstrip(" .") + " .")
         texts.append(" ".join(sentences))
     docs = pd.DataFrame(
         {"idx": np.arange(n_docs, dtype=np.int64), "text": pd.Series(texts, dtype=str)}
@@ -490,15 +512,16 @@ def pretrain_corpus(n_docs: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]
     return docs, facts
 
 
-def corpus(task_name: str, n: int, seed: int) -> dict[str, pd.DataFrame]:
-    """The synthetic corpus of a corpus task: {"train": idx,text} (+ "facts" for pretrain)."""
+def corpus(task_name: str, n: int, seed: int, **options: Any) -> dict[str, pd.DataFrame]:
+    """The synthetic corpus of a corpus task: {"train": idx,text} (+ "facts" for pretrain);
+    `options` (CORPUS_OPTIONS) shape the pre-training corpus (`pretrain_corpus`)."""
     task = get_task(task_name)
     if not task.is_corpus:
         raise ValueError(f"task {task_name!r} is a labelled task; use generate({task_name!r}, ...)")
     if task.synthetic == "sentences":
         return {"train": sentence_corpus(n, seed)}
     if task.synthetic == "facts":
-        docs, facts = pretrain_corpus(n, seed)
+        docs, facts = pretrain_corpus(n, seed, **options)
         return {"train": docs, "facts": facts}
     raise ValueError(f"task {task_name!r}: unknown corpus generator {task.synthetic!r}")
 

@@ -30,7 +30,7 @@ SPLIT_ALIASES: dict[str, str] = {
 
 COMMON_KEYS = frozenset({"source", "task", "max_rows", "resplit", "imbalance"})
 SOURCE_KEYS: dict[str, frozenset[str]] = {
-    "synthetic": COMMON_KEYS | {"sizes"},
+    "synthetic": COMMON_KEYS | {"sizes", "n_facts", "qa_wording", "end_with_fact"},
     "file": COMMON_KEYS | {"files", "dir", "columns", "format", "facts", "train_tokens"},
     "hub": COMMON_KEYS
     | {"path", "name", "splits", "revision", "data_files", "streaming", "columns", "facts"}
@@ -118,6 +118,12 @@ def check_source(name: str, cfg: Mapping[str, Any]) -> Task:
         )
     if "facts" in cfg and task.synthetic != "facts":
         raise ConfigError(f"{dataset_key(name, 'facts')} is only for the pre-training corpus")
+    for key in ("n_facts", "qa_wording", "end_with_fact"):
+        if key in cfg and task.synthetic != "facts":
+            raise ConfigError(
+                f"{dataset_key(name, key)} shapes the synthetic pre-training corpus only"
+                " (task: pretrain); remove it"
+            )
     return task
 
 
