@@ -38,7 +38,9 @@ def test_threads_and_one_s3_param_replan_only_that_table(tiny_run, tmp_path):
     config["threads"] = 2
     config["studies"]["s3"]["stay_D"] = [0.05, 0.2, 0.5]
     out, counts = _plan(tiny_run, _write(config, tmp_path / "edited.yaml"))
-    assert counts == {"table": 1, "figure": 1, "all": 1}, out[-3000:]
+    # that table, its figure and report page, and the reproduction summary that reads every table
+    downstream = {"repro_tables": 1, "repro_figures": 1, "summary_views": 1}
+    assert counts == {"table": 1, "figure": 1, "table_view": 1, **downstream, "all": 1}, out[-3000:]
     assert "output: results/tables/s3_t1.parquet" in out
     assert "output: results/figures/s3_t1.png" in out
 
