@@ -97,7 +97,7 @@ ARTIFACTS: dict[str, Artifact] = {
         _a(
             "S2.F2",
             "Optimisation trajectory in polar coordinates",
-            "model lr seed run step epoch r phi loss failed",
+            "model lr seed run step epoch r phi loss run_value failed shown_as",
         ),
         _a(
             "S2.F3",
@@ -108,7 +108,7 @@ ARTIFACTS: dict[str, Artifact] = {
         _a(
             "S2.F4",
             "Per-layer Fisher erank during fine-tuning",
-            "model lr seed run step layer n erank value failed",
+            "model lr seed run step layer n erank value run_value failed shown_as",
         ),
         _a(
             "S3.F4",

@@ -412,6 +412,7 @@ def _plan_simcse(plan: Plan, config: dict[str, Any], s2: dict[str, Any]) -> dict
             eval_every=simcse["eval_every"] if simcse.get("stsb") else 0,
         ).to_dict()
         spec["temperature"] = simcse["temperature"]
+        spec["pooler"] = simcse["pooler"]
         plan.models[model_id] = {
             "source": "simcse",
             "base": s2["model"],
@@ -435,6 +436,7 @@ def _plan_s2_sweep(
     task = task_of(config, dataset)
     fisher, polar = s2["fisher"], s2["polar"]
     inloop_cells = _inloop_cells(s2, models)
+    _check_drawn_seeds(s2)
     sweep, fisher_runs, polar_runs = [], [], []
     for (label, model), lr, seed in itertools.product(
         models.items(), s2["lrs"], range(s2["n_seeds"])
@@ -474,12 +476,29 @@ def _plan_s2_sweep(
         artifact_id: Target(
             ARTIFACTS[artifact_id],
             tuple(runs),
-            params={**grid, "runs": {r: plan.runs[r].extra for r in runs}},
+            params={**grid, "runs": {r: plan.runs[r].extra for r in runs}, "draw": draw},
             datasets=(dataset,),
         )
-        for artifact_id, runs in (("S2.F2", polar_runs), ("S2.F4", fisher_runs))
+        for artifact_id, runs, draw in (
+            ("S2.F2", polar_runs, polar["draw"]),
+            ("S2.F4", fisher_runs, fisher["draw"]),
+        )
         if runs
     }
+
+
+def _check_drawn_seeds(s2: dict[str, Any]) -> None:
+    """A `draw` list may only name seeds whose runs exist (and, for S2.F2, record the trace)."""
+    for key, among in (
+        ("fisher", set(range(s2["n_seeds"]))),
+        ("polar", set(s2["polar"]["seeds"]) & set(range(s2["n_seeds"]))),
+    ):
+        draw = s2[key]["draw"]
+        if isinstance(draw, list) and not set(draw) <= among:
+            raise ConfigError(
+                f"config key 'studies.s2.{key}.draw': seeds {sorted(set(draw) - among)} have no"
+                f" in-loop run to draw; use seeds of {sorted(among)}"
+            )
 
 
 def _plan_s2_fishers(

@@ -209,10 +209,43 @@ def test_f2_and_f4_tables_carry_each_runs_failure(tmp_path):
     assert f2.groupby("seed")["failed"].first().tolist() == [False, True]  # 0.6 <= 2/3
     assert f4.groupby("seed")["failed"].first().tolist() == [False, True]
     assert (f4["value"] == 0.5).all()
+    assert set(f2["shown_as"]) == {"run"} and set(f4["shown_as"]) == {"mean"}  # the defaults
+    assert f4.groupby("seed")["run_value"].first().tolist() == [0.9, 0.6]
     for plot, table in ((s2.plot_f2, f2), (s2.plot_f4, f4)):
         out = tmp_path / f"{plot.__name__}.png"
         plot(table, [out])
         assert out.stat().st_size > 5000
+    # single runs as the paper's Fig. 4: auto pairs the failed and the successful seed
+    auto = s2.table_f4({**spec, "params": {**spec["params"], "draw": "auto"}}, results)
+    assert set(auto["shown_as"]) == {"run"}
+    s2.plot_f4(auto, [tmp_path / "single.png"])
+    assert (tmp_path / "single.png").stat().st_size > 5000
+    one = s2.table_f2({**spec, "params": {**spec["params"], "draw": [1]}}, results)
+    assert one.groupby("seed")["shown_as"].first().tolist() == ["", "run"]
+    none = s2.table_f4({**spec, "params": {**spec["params"], "draw": [7]}}, results)
+    with pytest.raises(ValueError, match="studies.s2.fisher.draw"):
+        s2.plot_f4(none.assign(shown_as=""), [tmp_path / "none.png"])
+
+
+def test_auto_draw_picks_each_cells_first_failed_and_first_successful_seed():
+    runs = pd.DataFrame(
+        [
+            {"model": m, "lr": lr, "seed": seed, "run": f"{m}-{lr}-{seed}", "failed": failed}
+            for m, lr, outcomes in (
+                ("vanilla", 2e-5, [False, True, True, False]),
+                ("vanilla", 1e-5, [False, False, False, False]),  # never failed: one run
+                ("simcse", 2e-5, [True, True, False, False]),
+            )
+            for seed, failed in reversed(list(enumerate(outcomes)))  # order must not matter
+        ]
+    )
+    picked = {r for r, how in zip(runs["run"], s2._shown_as(runs, "auto")) if how == "run"}
+    assert picked == {"vanilla-2e-05-0", "vanilla-2e-05-1", "vanilla-1e-05-0", "simcse-2e-05-0", "simcse-2e-05-2"}
+    listed = s2._shown_as(runs, [3])
+    assert [r for r, how in zip(runs["run"], listed) if how] == [
+        "vanilla-2e-05-3", "vanilla-1e-05-3", "simcse-2e-05-3"
+    ]
+    assert set(s2._shown_as(runs, "mean")) == {"mean"} and set(s2._shown_as(runs, "all")) == {"run"}
 
 
 def test_extra_steps_are_measured_besides_the_regular_ones(tiny, tmp_path):

@@ -98,6 +98,18 @@ def test_in_loop_cells_outside_the_sweep_name_the_key(repo):
             make_plan(validate_config(cfg))
 
 
+def test_s2_draws_the_papers_single_runs_and_refuses_seeds_without_a_run(repo, paper):
+    for artifact_id in ("S2.F2", "S2.F4"):
+        assert paper.targets[artifact_id].params["draw"] == "auto"  # the paper's figures
+    assert paper.models["s2-simcse-p0.1"]["source"] == "simcse"
+    assert paper.runs["s2-simcse-p0.1"].spec["pooler"] == "mlp"  # simcse_to_huggingface.py
+    for key, draw in (("fisher", [30]), ("polar", [5])):  # 30 seeds; polar records 0-4
+        raw = yaml.safe_load((repo / "paper.yaml").read_text())
+        raw["studies"]["s2"][key]["draw"] = draw
+        with pytest.raises(ConfigError, match=rf"studies\.s2\.{key}\.draw': seeds \[{draw[0]}\]"):
+            make_plan(validate_config(raw))
+
+
 def test_s3_runs(paper):
     runs = runs_of(paper, "s3")
     main = TrainSpec.from_dict(runs["s3-main-s42"].spec)

@@ -226,3 +226,32 @@ def test_the_simcse_mlp_starts_as_bert_initialises_a_layer(world):
     assert torch.count_nonzero(b) == 0
     # 32 x 32 draws; nn.Linear's default uniform(±1/√32) would have a std of 0.10
     assert float(w.std()) == pytest.approx(std, rel=0.1)
+
+
+def test_the_saved_pooler_is_the_trained_mlp_or_else_the_base_models(world):
+    """pooler mlp: the checkpoint's pooler is the MLP as training left it (SimCSE's
+    simcse_to_huggingface.py); pooler base: none saved, and `head: pooler` reads the base's."""
+    from safetensors import safe_open
+
+    from tuneatlas.models.classifier import pretrained_pooler
+
+    class LastMLP:
+        def on_evaluate(self, state, split, _scores):
+            self.mlp = {k: v.detach().clone() for k, v in state.model.mlp.state_dict().items()}
+
+    root, grab = world["root"], LastMLP()
+    spec = _spec(run="s2-simcse-mlp")
+    simcse(spec, world["corpus"], world["base"], root / "mlp", root / "mlp-run", [grab])
+    found = pretrained_pooler(root / "mlp")
+    torch.testing.assert_close(found["weight"], grab.mlp["0.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(found["bias"], grab.mlp["0.bias"], rtol=0, atol=0)
+    base_pooler = pretrained_pooler(world["base"])
+    assert not torch.equal(found["weight"], base_pooler["weight"])
+
+    spec = _spec(run="s2-simcse-base", pooler="base")
+    simcse(spec, world["corpus"], world["base"], root / "nopool", root / "nopool-run")
+    with safe_open(str(root / "nopool" / "model.safetensors"), framework="pt") as f:
+        assert not [k for k in f.keys() if "pooler" in k]  # noqa: SIM118
+    torch.testing.assert_close(pretrained_pooler(root / "nopool")["weight"], base_pooler["weight"])
+    with pytest.raises(ValueError, match="pooler must be 'mlp' or 'base'"):
+        simcse(_spec(pooler="cls"), world["corpus"], world["base"], root / "x", root / "x-run")

@@ -150,8 +150,9 @@ def make_head(kind: str, hidden: int, num_labels: int, p: float) -> nn.Module:
 
 def pretrained_pooler(model_dir: str | os.PathLike) -> dict[str, torch.Tensor] | None:
     """BERT's pretrained pooler (dense weight and bias) from a model directory's checkpoint, or
-    None. A SimCSE model (saved without one) defers to the base it was trained from, whose pooler
-    SimCSE never touched; the SimCSE code itself keeps no pooler (`add_pooling_layer=False`)."""
+    None. A SimCSE model saved with `pooler: base` (none of its own) defers to the base it was
+    trained from, whose pooler SimCSE never touched; with `pooler: mlp` its checkpoint holds the
+    trained MLP as its pooler, as SimCSE's simcse_to_huggingface.py writes it."""
     import json
 
     path = Path(model_dir)

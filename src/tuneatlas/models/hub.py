@@ -145,7 +145,8 @@ def _drop_load_report(record: logging.LogRecord) -> bool:
 
 def load_encoder(path: str | os.PathLike, trust_remote_code: bool = False) -> Any:
     """Load the bare encoder of a model directory, without a BERT-style pooler when the model
-    class offers that switch (its weights, if stored, are ignored: tuneatlas never uses them)."""
+    class offers that switch (its weights, if stored, are ignored here: only the `pooler` head
+    reads them, through `models.classifier.pretrained_pooler`)."""
     from transformers import AutoConfig, AutoModel
 
     path = _require_model_dir(path, "encoder directory")

@@ -230,11 +230,16 @@ def plot_t2(df: pd.DataFrame, outputs: list[Path]) -> None:
 
 
 # --- S2.F2 / S2.F4: in the loop ----------------------------------------------------------------
-def _inloop(spec: dict[str, Any], results: Path, file: str, columns: list[str]) -> pd.DataFrame:
-    """What each in-loop run wrote to `captures/<file>`, with its model, lr, seed and failure."""
+def _inloop(
+    spec: dict[str, Any], results: Path, file: str, columns: list[str], draw: Any
+) -> pd.DataFrame:
+    """What each in-loop run wrote to `captures/<file>`, with its model, lr, seed, final
+    accuracy (`run_value`), failure, and how the figure shows it (`shown_as`)."""
     from tuneatlas.analysis.capture import CAPTURES_DIR
 
-    runs = table_f1(spec, results)[["model", "lr", "seed", "run", "failed"]]
+    runs = table_f1(spec, results)[["model", "lr", "seed", "run", "value", "failed"]]
+    runs = runs.rename(columns={"value": "run_value"})
+    runs["shown_as"] = _shown_as(runs, draw)
     frames = []
     for run in runs["run"]:
         path = results / "runs" / run / CAPTURES_DIR / file
@@ -245,21 +250,38 @@ def _inloop(spec: dict[str, Any], results: Path, file: str, columns: list[str]) 
             )
         frames.append(pd.read_parquet(path))
     df = runs.merge(pd.concat(frames, ignore_index=True), on="run", validate="one_to_many")
-    return df[["model", "lr", "seed", "run", *columns, "failed"]]
+    return df[["model", "lr", "seed", "run", *columns, "run_value", "failed", "shown_as"]]
+
+
+def _shown_as(runs: pd.DataFrame, draw: Any) -> list[str]:
+    """Per run: "run" (drawn alone), "mean" (in its cell's mean) or "" (in the table only).
+
+    draw "mean": every run in the mean; "all": every run alone; "auto": per (model, lr) cell
+    the lowest seed that failed and the lowest that did not, as the papers' figures pair a
+    failed and a successful run; a list of seeds: those runs alone."""
+    if draw in ("mean", "all"):
+        return [draw if draw == "mean" else "run"] * len(runs)
+    if draw == "auto":
+        picked = set(runs.sort_values("seed").groupby(["model", "lr", "failed"])["run"].first())
+    else:
+        picked = set(runs.loc[runs["seed"].isin(list(draw)), "run"])
+    return ["run" if r in picked else "" for r in runs["run"]]
 
 
 def table_f2(spec: dict[str, Any], results: Path) -> pd.DataFrame:
     """Per run and measured step: r, phi (radians) and the training loss."""
     from tuneatlas.analysis.polar import POLAR_FILE
 
-    return _inloop(spec, results, POLAR_FILE, ["step", "epoch", "r", "phi", "loss"])
+    columns = ["step", "epoch", "r", "phi", "loss"]
+    return _inloop(spec, results, POLAR_FILE, columns, spec["params"].get("draw", "all"))
 
 
 def table_f4(spec: dict[str, Any], results: Path) -> pd.DataFrame:
     """Per run, measured step and layer: erank and erank / N (`value`) of the layer's Fisher."""
     from tuneatlas.analysis.fisher.trace import FISHER_FILE
 
-    df = _inloop(spec, results, FISHER_FILE, ["step", "layer", "n", "erank", "normalised_erank"])
+    columns = ["step", "layer", "n", "erank", "normalised_erank"]
+    df = _inloop(spec, results, FISHER_FILE, columns, spec["params"].get("draw", "mean"))
     return df.rename(columns={"normalised_erank": "value"})
 
 
@@ -288,9 +310,17 @@ def _readable_labels(run: pd.DataFrame, gap: float = 0.1) -> list[tuple[int, flo
     return [rows[i] for i in keep]
 
 
+def _drawn_alone(df: pd.DataFrame, key: str) -> pd.DataFrame:
+    drawn = df[df["shown_as"] == "run"]
+    if drawn.empty:
+        raise ValueError(f"no run to draw: config key '{key}' names no seed of the in-loop runs")
+    return drawn
+
+
 def plot_f2(df: pd.DataFrame, outputs: list[Path]) -> None:
     from matplotlib import cm, colors
 
+    df = _drawn_alone(df, "studies.s2.polar.draw")
     cells = _cells(df)
     fig, axes = plots.subplots(
         ncols=len(cells),
@@ -329,26 +359,32 @@ def plot_f2(df: pd.DataFrame, outputs: list[Path]) -> None:
 
 
 def plot_f4(df: pd.DataFrame, outputs: list[Path]) -> None:
+    """The mean over each cell's seeds (split by outcome), or single runs as the paper's Fig. 4
+    (one panel per run, titled with its accuracy): `shown_as` says which."""
     from matplotlib import cm, colormaps, colors
 
-    models = list(dict.fromkeys(df["model"]))
-    lrs = sorted(df["lr"].unique())
+    single = not (df["shown_as"] == "mean").any()
+    drawn = _drawn_alone(df, "studies.s2.fisher.draw") if single else df
+    panels = _f4_panels(drawn, single)
+    nrows, ncols = len(panels), max(len(row) for row in panels)
     fig, axes = plots.subplots(
-        ncols=len(lrs), nrows=len(models), width=4.0, height=3.2, layout="constrained"
+        ncols=ncols, nrows=nrows, width=4.0, height=3.2, layout="constrained"
     )
     norm = colors.Normalize(df["step"].min(), df["step"].max())
     cmap = colormaps["viridis"]
-    for i, model in enumerate(models):
-        for j, lr in enumerate(lrs):
-            ax, cell = axes[i, j], df[(df["model"] == model) & (df["lr"] == lr)]
+    for i, row in enumerate(panels):
+        for j in range(ncols):
+            ax = axes[i, j]
+            if j >= len(row):
+                ax.axis("off")
+                continue
+            title, part = row[j]
             for failed, ls in ((False, "-"), (True, "--")):
-                part = cell[cell["failed"] == failed]
-                for step, at in part.groupby("step"):
+                for step, at in part[part["failed"] == failed].groupby("step"):
                     mean = at.groupby("layer")["value"].mean()
                     ax.plot(mean.index, mean.to_numpy(), ls, color=cmap(norm(step)), lw=1.2)
-            n_failed, n_runs = cell.groupby("run")["failed"].first().agg(["sum", "size"])
             ax.set(
-                title=f"{model}, lr {lr:g}: {n_failed}/{n_runs} failed",
+                title=title,
                 xlabel="layer",
                 ylabel="erank / N",
                 ylim=(0, 1.05),
@@ -356,12 +392,38 @@ def plot_f4(df: pd.DataFrame, outputs: list[Path]) -> None:
             )
     mappable = cm.ScalarMappable(norm=norm, cmap=cmap)
     fig.colorbar(mappable, ax=axes.ravel().tolist(), label="step", shrink=0.6)
+    how = "single runs" if single else "mean over seeds; solid: successful runs"
     fig.suptitle(
-        "S2.F4 - per-layer Fisher erank during fine-tuning\n(mean over seeds; solid: successful"
-        " runs, dashed: failed runs)",
+        f"S2.F4 - per-layer Fisher erank during fine-tuning\n({how}, dashed: failed runs)",
         fontsize=10,
     )
     plots.save(fig, outputs[0])
+
+
+def _f4_panels(df: pd.DataFrame, single: bool) -> list[list[tuple[str, pd.DataFrame]]]:
+    """One row of (title, rows) panels per (model, lr) cell: its runs one by one, or one
+    panel for the cell in lr columns per model (the mean view)."""
+    if single:
+        return [
+            [
+                (
+                    f"{model}, lr {lr:g}, seed {seed}:\nacc {run['run_value'].iloc[0]:.2f}"
+                    + (" (failed)" if run["failed"].iloc[0] else ""),
+                    run,
+                )
+                for seed, run in df[(df["model"] == model) & (df["lr"] == lr)].groupby("seed")
+            ]
+            for model, lr in _cells(df)
+        ]
+    rows = []
+    for model in dict.fromkeys(df["model"]):
+        row = []
+        for lr in sorted(df["lr"].unique()):
+            cell = df[(df["model"] == model) & (df["lr"] == lr)]
+            n_failed, n_runs = cell.groupby("run")["failed"].first().agg(["sum", "size"])
+            row.append((f"{model}, lr {lr:g}: {n_failed}/{n_runs} failed", cell))
+        rows.append(row)
+    return rows
 
 
 TABLES = {

@@ -58,6 +58,10 @@ class SimCSESpec(TrainSpec):
 
     temperature: float = 0.05
     heldout: int = 256  # sentences kept out of training (at most a tenth of the corpus)
+    # the saved model's pooler: "mlp" = the trained MLP, as SimCSE's simcse_to_huggingface.py
+    # writes it into the released checkpoints; "base" = none saved, `head: pooler` then takes
+    # the base model's pretrained pooler (models.classifier.pretrained_pooler)
+    pooler: str = "mlp"
 
 
 class SimCSEModel(nn.Module):
@@ -144,6 +148,8 @@ class SimCSERecipe(Recipe):
         model_out: str | os.PathLike,
         stsb_dir: str | os.PathLike | None = None,
     ) -> None:
+        if spec.pooler not in ("mlp", "base"):
+            raise ValueError(f"run {spec.run}: pooler must be 'mlp' or 'base', got {spec.pooler!r}")
         if spec.dropout is None or not 0.0 < spec.dropout < 1.0:
             raise ValueError(
                 f"run {spec.run}: SimCSE needs a dropout in (0, 1), got {spec.dropout}: the two"
@@ -234,8 +240,9 @@ class SimCSERecipe(Recipe):
         return {"accuracy": hits / n, "loss": float(np.sum(losses) / n)}
 
     def save(self, model: Any, out_dir: Path, final: dict[str, dict[str, float]], **info: Any):
-        """The bare encoder (no MLP) with the base model's dropout config and its tokenizer at
-        `model_out`; the held-out scores in the run's eval.parquet."""
+        """The encoder (its pooler = the MLP, or none: `spec.pooler`) with the base model's
+        dropout config and its tokenizer at `model_out`; the held-out scores in the run's
+        eval.parquet."""
         from transformers import AutoConfig
 
         base = AutoConfig.from_pretrained(str(self.model_dir))
@@ -243,8 +250,12 @@ class SimCSERecipe(Recipe):
         for key, value in base.to_dict().items():
             if "dropout" in key and isinstance(value, (int, float)):
                 setattr(encoder.config, key, value)
+        state = dict(encoder.state_dict())
+        if self.spec.pooler == "mlp":
+            state["pooler.dense.weight"] = model.mlp[0].weight.detach()
+            state["pooler.dense.bias"] = model.mlp[0].bias.detach()
         with atomic_dir(self.model_out) as tmp, quiet_hf_progress():
-            encoder.save_pretrained(tmp, safe_serialization=True)
+            encoder.save_pretrained(tmp, state_dict=state, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             write_json(
                 {
