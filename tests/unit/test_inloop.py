@@ -239,11 +239,20 @@ def test_auto_draw_picks_each_cells_first_failed_and_first_successful_seed():
             for seed, failed in reversed(list(enumerate(outcomes)))  # order must not matter
         ]
     )
-    picked = {r for r, how in zip(runs["run"], s2._shown_as(runs, "auto")) if how == "run"}
-    assert picked == {"vanilla-2e-05-0", "vanilla-2e-05-1", "vanilla-1e-05-0", "simcse-2e-05-0", "simcse-2e-05-2"}
+    auto = s2._shown_as(runs, "auto")
+    picked = {r for r, how in zip(runs["run"], auto, strict=True) if how == "run"}
+    assert picked == {
+        "vanilla-2e-05-0",
+        "vanilla-2e-05-1",
+        "vanilla-1e-05-0",
+        "simcse-2e-05-0",
+        "simcse-2e-05-2",
+    }
     listed = s2._shown_as(runs, [3])
-    assert [r for r, how in zip(runs["run"], listed) if how] == [
-        "vanilla-2e-05-3", "vanilla-1e-05-3", "simcse-2e-05-3"
+    assert [r for r, how in zip(runs["run"], listed, strict=True) if how] == [
+        "vanilla-2e-05-3",
+        "vanilla-1e-05-3",
+        "simcse-2e-05-3",
     ]
     assert set(s2._shown_as(runs, "mean")) == {"mean"} and set(s2._shown_as(runs, "all")) == {"run"}
 
