@@ -256,6 +256,20 @@ def cmd_fisher(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_bundle(args: argparse.Namespace) -> None:
+    from tuneatlas.bundles import Member, run_bundle
+
+    parser = build_parser()
+
+    def run_member(argv: list[str]) -> None:
+        member_args = parser.parse_args(argv)
+        member_args.func(member_args)
+
+    members = [Member.from_json(m) for m in args.member]
+    manifest = run_bundle(args.name, members, Path(args.out), run_member)
+    log.info("bundle %s: %s -> %s", args.name, manifest["members"], args.out)
+
+
 def cmd_tokenize(args: argparse.Namespace) -> None:
     from tuneatlas.data.tokens import prepare_tokens
 
@@ -708,6 +722,21 @@ COMMANDS = (
             out_option("the trial's Parquet file"),
             DEVICE,
             CONFIG_HASH,
+        ),
+    ),
+    Command(
+        "bundle",
+        cmd_bundle,
+        "run many short jobs of one rule in this process (config `bundles`)",
+        (
+            option("--name", required=True, help="the bundle id (plan.bundles)"),
+            option(
+                "--member",
+                action="append",
+                required=True,
+                help="one member as JSON: name, argv (its tuneatlas command), outputs, log",
+            ),
+            out_option("the bundle's manifest (done.json), written when every member is done"),
         ),
     ),
     Command(

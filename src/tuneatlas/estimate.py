@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -613,3 +613,24 @@ def job_resources(
         "runtime": math.ceil(min(minutes, settings.max_hours * 60)),
         "mem_mb": math.ceil((8000 + 8 * est.params / 1e6) * attempt),
     }
+
+
+def bundle_resources(
+    ests: list[JobEstimate | None], attempt: int, settings: Settings, default: Mapping[str, int]
+) -> dict[str, int]:
+    """A bundle job's (tuneatlas.bundles) `runtime` and `mem_mb`: its members one after another,
+    so their hours add up (one start-up floor, not one per member) and the largest member sets
+    the memory; members without an estimate count `default` each."""
+    known = [e for e in ests if e is not None and e.verdict != "unknown"]
+    if not known:
+        per = [int(default["runtime"]) * attempt] * len(ests)
+        return {"runtime": sum(per), "mem_mb": int(default["mem_mb"]) * attempt}
+    unknown_hours = (
+        (len(ests) - len(known)) * default["runtime"] / 60 if len(known) < len(ests) else 0
+    )
+    combined = replace(
+        known[0],
+        hours=sum(e.hours for e in known) + unknown_hours,
+        params=max(e.params for e in known),
+    )
+    return job_resources(combined, attempt, settings, default)

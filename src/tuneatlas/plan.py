@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from tuneatlas.bundles import plan_bundles
 from tuneatlas.catalogue import ARTIFACTS, REPRO_FIGURES, REPRO_TABLES, Artifact
 from tuneatlas.config import unsafe_id
 from tuneatlas.data.members import members
@@ -89,6 +90,16 @@ class Plan:
     # REPRO (rules repro_tables / repro_figures): study -> {"tables": [its artifact tables],
     # "not_comparable": why its numbers cannot be set beside the paper's, or None}
     repro: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # bundle id -> {"rule": train | fisher, "members": [run or trial ids]} (config `bundles`,
+    # tuneatlas.bundles): the members' jobs run inside rule `bundle`
+    bundles: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def bundle_of(self, rule: str, name: str) -> str | None:
+        """The bundle that runs job `name` of `rule`, or None when it runs on its own."""
+        for bundle_id, bundle in self.bundles.items():
+            if bundle["rule"] == rule and name in bundle["members"]:
+                return bundle_id
+        return None
 
     def final_outputs(self) -> list[str]:
         """Table and figure paths of every artifact of the enabled studies, the REPRO tables
@@ -192,7 +203,25 @@ def make_plan(config: dict[str, Any]) -> Plan:
             }
     _check_saved_models(plan)
     _grant_trust(plan)
+    _plan_bundles(plan, config.get("bundles", {}))
     return plan
+
+
+def _plan_bundles(plan: Plan, sizes: dict[str, dict[str, int]]) -> None:
+    """Cut each study's bundleable jobs into bundles (tuneatlas.bundles). A fine-tune that
+    starts from another run's weights runs alone: its input may be a sibling's output (a
+    cycle through the bundle)."""
+    groups: dict[str, list[str]] = {}
+    for run in plan.runs.values():
+        if run.kind == "finetune" and not run.spec.get("init_from"):
+            groups.setdefault(f"{run.study}-train", []).append(run.id)
+    for fisher_id in plan.fishers:
+        groups.setdefault("s2-fisher", []).append(fisher_id)
+    by_group = {
+        f"{study}-{rule}": size for study, rules in sizes.items() for rule, size in rules.items()
+    }
+    for bundle_id, names in plan_bundles(groups, by_group).items():
+        plan.bundles[bundle_id] = {"rule": bundle_id.split("-")[1], "members": names}
 
 
 def toy_scale_reason(config: dict[str, Any], section: dict[str, Any]) -> str | None:

@@ -311,7 +311,9 @@ def local_reference(local_started, show) -> Path:
 
 
 @pytest.fixture(scope="module")
-def slurm_run(slurm_cluster, local_started, fault_started, tmp_path_factory, show) -> SlurmRun:
+def slurm_run(
+    slurm_cluster, local_started, fault_started, bundled_started, tmp_path_factory, show
+) -> SlurmRun:
     workdir = tmp_path_factory.mktemp("slurm")
     proc, seconds = run_snakemake(workdir, TARGET)
     run = SlurmRun.collect(workdir, proc.returncode, proc.stdout, seconds)
@@ -505,6 +507,42 @@ def test_sigterm_to_a_running_train_job_checkpoints_and_the_retry_resumes(
     for name in ("eval.parquet", "metrics.parquet"):
         path = f"results/runs/{run.RUN}/{name}"
         same_frames(run.workdir / path, preempt_local.workdir / path)
+
+
+# ---------------------------------------------------------------- bundles (config `bundles`)
+@pytest.fixture(scope="module")
+def bundled_started(slurm_cluster, tmp_path_factory):
+    """tiny_slurm.yaml with S1's four fine-tunes as one bundle, through the profile; beside the
+    main SLURM run (the node has a GPU for each)."""
+    config = yaml.safe_load(CONFIG.read_text()) | {"bundles": {"s1": {"train": 8}}}
+    config_file = tmp_path_factory.mktemp("bundled-config") / "bundled.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    run = Background(tmp_path_factory.mktemp("bundled"), TARGET, config=config_file)
+    yield run
+    run.wait()
+
+
+def test_a_bundle_is_one_sbatch_for_four_fine_tunes_with_the_outputs_of_one_job_each(
+    bundled_started, local_reference, show
+):
+    run = SlurmRun.collect(bundled_started.workdir, *bundled_started.wait())
+    show(run.report(f"bundled run of {TARGET} (bundles: {{s1: {{train: 8}}}})"))
+    assert run.returncode == 0, run.failure("the bundled SLURM run failed")
+    counts = job_counts(run.stdout)
+    adopted = sum(n for rule, n in counts.items() if rule.startswith("adopt_train"))
+    assert counts.get("bundle") == 1 and adopted == 4 and "train" not in counts, counts
+    rules = sorted(rule_of(r) for r in run.records)  # what reached SLURM: one job per sbatch
+    assert rules == ["build_model", "bundle", "prepare_data", "table"], run.failure("sbatch jobs")
+    (bundle,) = [r for r in run.records if rule_of(r) == "bundle"]
+    assert bundle["Partition"] == "gpu" and bundle.get("JOB_GRES") == "gpu:1", bundle
+    assert all(r["JobState"] == "COMPLETED" for r in run.records), run.failure("states")
+    # the adopt jobs ran on the submit host, moving the members' outputs into place
+    assert "localrule adopt_train" in run.stdout, run.failure("no local adopt job")
+    same_frames(run.workdir / TARGET, local_reference / TARGET)
+    for name in TRAIN_RUNS:
+        for file in ("eval.parquet", "metrics.parquet"):
+            path = f"results/runs/{name}/{file}"
+            same_frames(run.workdir / path, local_reference / path)
 
 
 def test_profile_site_values_come_from_the_environment(tmp_path):

@@ -25,6 +25,7 @@ LAYERS = {
     "tuneatlas.models": 1,
     "tuneatlas.engine": 2,
     "tuneatlas.analysis": 3,
+    "tuneatlas.bundles": 3,  # runs members' commands under the engine's SIGTERM guard
     "tuneatlas.studies": 4,
     "tuneatlas.report": 4,
     # the top band: config -> pure plan -> checks of the files the config names -> CLI

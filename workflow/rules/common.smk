@@ -15,7 +15,7 @@ from tuneatlas.config import config_hash, read_yaml, validate_config
 from tuneatlas.data.prepare import local_source_files
 from tuneatlas.data.sources import hub_fetch_spec
 from tuneatlas.errors import ConfigError, DataError
-from tuneatlas.estimate import GPUS, Settings, estimate_plan, job_resources
+from tuneatlas.estimate import GPUS, Settings, bundle_resources, estimate_plan, job_resources
 from tuneatlas.io import stable_hash
 from tuneatlas.plan import make_plan
 from tuneatlas.preflight import preflight
@@ -440,3 +440,82 @@ def estimated(rule, field, default, wildcards, attempt):
     is none (the rule's one wildcard names the job)."""
     est = ESTIMATES.get((rule, wildcards[0]))
     return job_resources(est, attempt, ESTIMATE_SETTINGS, {field: default})[field]
+
+
+# Bundles (config `bundles`, rule `bundle`, tuneatlas.bundles): the jobs of rules train and
+# fisher that run inside a bundle job; their own rules leave them to adopt_train/adopt_fisher.
+TRAIN_OUTPUTS = ("model", "captures", "eval.parquet", "metrics.parquet", "spec.yaml")
+
+
+def bundled(rule_name):
+    return sorted(m for b in PLAN.bundles.values() if b["rule"] == rule_name for m in b["members"])
+
+
+def unbundled(rule_name, names):
+    return sorted(set(names) - set(bundled(rule_name)))
+
+
+def bundle_done(rule_name):
+    """Input function of adopt_<rule>: the manifest of the bundle that ran the member."""
+
+    def done(wildcards):
+        return f"{RESULTS}/bundles/{PLAN.bundle_of(rule_name, wildcards[0])}/done.json"
+
+    return done
+
+
+def bundle_inputs(wildcards):
+    """Every member's data and base model."""
+    specs = [
+        PLAN.runs[m].spec if b["rule"] == "train" else PLAN.fishers[m]
+        for b in [PLAN.bundles[wildcards.bundle]]
+        for m in b["members"]
+    ]
+    return sorted(
+        {f"{RESULTS}/data/{s['dataset']}" for s in specs}
+        | {f"{RESULTS}/models/{s['model']}" for s in specs}
+    )
+
+
+def bundle_member(bundle_id, name):
+    """A member's command line (the one its own job runs, outputs under the bundle's stage),
+    outputs and log: a tuneatlas.bundles.Member as JSON."""
+    from tuneatlas.bundles import Member, staged
+
+    rule_name = PLAN.bundles[bundle_id]["rule"]
+    if rule_name == "train":
+        spec, out = PLAN.runs[name].spec, f"{RESULTS}/runs/{name}"
+        outputs = [f"{out}/{o}" for o in TRAIN_OUTPUTS]
+    else:
+        spec, out = PLAN.fishers[name], f"{RESULTS}/fisher/{name}.parquet"
+        outputs = [out]
+    argv = [rule_name, "--spec", as_json(spec), "--out", staged(out, bundle_id)]
+    if name in PREDICTED_RUNS:  # as rule train_with_predictions
+        outputs.append(f"{out}/predictions.parquet")
+        argv += ["--predictions", staged(outputs[-1], bundle_id)]
+    argv += ["--data", f"{RESULTS}/data/{spec['dataset']}"]
+    argv += ["--model", f"{RESULTS}/models/{spec['model']}"]
+    return Member(name, argv, outputs, f"{RESULTS}/logs/{rule_name}/{name}.log").to_json()
+
+
+def bundle_members_arg(wildcards):
+    return " ".join(
+        f"--member {shlex.quote(bundle_member(wildcards.bundle, m))}"
+        for m in PLAN.bundles[wildcards.bundle]["members"]
+    )
+
+
+# the resources rules train and fisher ask for a job without an estimate
+UNESTIMATED = {"train": {"runtime": 240, "mem_mb": 16000}, "fisher": {"runtime": 30, "mem_mb": 16000}}
+
+
+def bundle_resource(field):
+    """`field` of a bundle job's attempt: its members one after another (estimate.bundle_resources)."""
+
+    def resource(wildcards, attempt):
+        bundle = PLAN.bundles[wildcards.bundle]
+        ests = [ESTIMATES.get((bundle["rule"], m)) for m in bundle["members"]]
+        default = UNESTIMATED[bundle["rule"]]
+        return bundle_resources(ests, attempt, ESTIMATE_SETTINGS, default)[field]
+
+    return resource

@@ -16,7 +16,7 @@ rule train:
         f"{RESULTS}/benchmarks/train/{{run}}.tsv"
     wildcard_constraints:
         # the fine-tune runs only: a pre-training run's outputs match too (rule pretrain)
-        run=one_of(FINETUNE_RUNS),
+        run=one_of(unbundled("train", FINETUNE_RUNS)),
     conda:
         "../../envs/tuneatlas.yaml"
     threads: THREADS
@@ -48,7 +48,7 @@ use rule train as train_with_predictions with:
         spec=f"{RESULTS}/runs/{{run}}/spec.yaml",
         predictions=f"{RESULTS}/runs/{{run}}/predictions.parquet",
     wildcard_constraints:
-        run=one_of(PREDICTED_RUNS),
+        run=one_of(unbundled("train", PREDICTED_RUNS)),
 
 
 rule embed:

@@ -13,7 +13,7 @@ rule fisher:
     benchmark:
         f"{RESULTS}/benchmarks/fisher/{{fisher}}.tsv"
     wildcard_constraints:
-        fisher=one_of(PLAN.fishers),
+        fisher=one_of(unbundled("fisher", PLAN.fishers)),
     conda:
         "../../envs/tuneatlas.yaml"
     threads: THREADS

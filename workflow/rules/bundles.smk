@@ -1,0 +1,87 @@
+# Bundles (config `bundles`, tuneatlas.bundles): many short fine-tunes or Fisher trials of one
+# study as one GPU job, one process; each member's outputs are then moved into place by a local
+# job of its own, so every rule downstream reads the paths an unbundled run writes.
+
+
+localrules:
+    adopt_train,
+    adopt_train_with_predictions,
+    adopt_fisher,
+
+
+rule bundle:
+    input:
+        bundle_inputs,
+    output:
+        f"{RESULTS}/bundles/{{bundle}}/done.json",
+    log:
+        f"{RESULTS}/logs/bundle/{{bundle}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/bundle/{{bundle}}.tsv"
+    wildcard_constraints:
+        bundle=one_of(PLAN.bundles),
+    conda:
+        "../../envs/tuneatlas.yaml"
+    threads: THREADS
+    resources:
+        gpu=1,
+        mem_mb=bundle_resource("mem_mb"),
+        runtime=bundle_resource("runtime"),
+    params:
+        members=bundle_members_arg,
+    shell:
+        "python -m tuneatlas --threads {threads} bundle --name {wildcards.bundle}"
+        " {params.members} --out {output:q} 2> {log:q}"
+
+
+rule adopt_train:
+    input:
+        bundle_done("train"),
+    output:
+        model=directory(f"{RESULTS}/runs/{{run}}/model"),
+        captures=directory(f"{RESULTS}/runs/{{run}}/captures"),
+        eval=f"{RESULTS}/runs/{{run}}/eval.parquet",
+        metrics=f"{RESULTS}/runs/{{run}}/metrics.parquet",
+        spec=f"{RESULTS}/runs/{{run}}/spec.yaml",
+    log:
+        f"{RESULTS}/logs/train/{{run}}.log",
+    wildcard_constraints:
+        run=one_of(set(bundled("train")) - set(PREDICTED_RUNS)),
+    params:
+        # what decides the outputs, as for rule train: a changed spec re-runs the member
+        spec=lambda wc: as_json(run_of(wc).spec),
+        bundle=lambda wc: PLAN.bundle_of("train", wc.run),
+    run:
+        from tuneatlas.bundles import Member, adopt
+
+        adopt(params.bundle, Member.from_json(bundle_member(params.bundle, wildcards.run)))
+
+
+use rule adopt_train as adopt_train_with_predictions with:
+    output:
+        model=directory(f"{RESULTS}/runs/{{run}}/model"),
+        captures=directory(f"{RESULTS}/runs/{{run}}/captures"),
+        eval=f"{RESULTS}/runs/{{run}}/eval.parquet",
+        metrics=f"{RESULTS}/runs/{{run}}/metrics.parquet",
+        spec=f"{RESULTS}/runs/{{run}}/spec.yaml",
+        predictions=f"{RESULTS}/runs/{{run}}/predictions.parquet",
+    wildcard_constraints:
+        run=one_of(set(bundled("train")) & set(PREDICTED_RUNS)),
+
+
+rule adopt_fisher:
+    input:
+        bundle_done("fisher"),
+    output:
+        f"{RESULTS}/fisher/{{fisher}}.parquet",
+    log:
+        f"{RESULTS}/logs/fisher/{{fisher}}.log",
+    wildcard_constraints:
+        fisher=one_of(bundled("fisher")),
+    params:
+        spec=lambda wc: as_json(fisher_of(wc)),
+        bundle=lambda wc: PLAN.bundle_of("fisher", wc.fisher),
+    run:
+        from tuneatlas.bundles import Member, adopt
+
+        adopt(params.bundle, Member.from_json(bundle_member(params.bundle, wildcards.fisher)))
