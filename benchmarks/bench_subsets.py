@@ -438,7 +438,8 @@ def print_binary(args, naive: dict, e: dict, base: dict, f: dict, loads) -> None
     cache = "cold" if args.fresh_cache else "warm or cold (shared Inductor cache)"
     print(
         f"compile (tiny problem, {cache}): {e['compile_s']:.2f} s; "
-        f"scorer setup {e['setup_s']:.3f} s (incl. building the native kernel if used)"
+        f"scorer setup {e['setup_s']:.3f} s; the first pair run ({e['pair_times'][0]:.2f} s) "
+        "includes building the native kernel where it is used"
     )
     print(
         f"engine == naive on the {len(naive['combos']):,} timed combinations: {e['agree']}; "
