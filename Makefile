@@ -8,7 +8,8 @@
 #                      ends with a skip summary. TUNEATLAS_REQUIRE=cluster,fidelity,... turns
 #                      those kinds' skips into failures (tests/conftest.py REQUIRE_KINDS)
 #   make test-cluster  the real-SLURM test (installs Debian's SLURM; needs root)
-#   make gpu-check     on a GPU machine: tiny DAG on CUDA (fp32, bf16), CUDA vs CPU subset scores
+#   make gpu-check     on a GPU machine: tiny DAG on CUDA (fp32, bf16), CUDA vs CPU subset scores,
+#                      Fisher spectra vs a float64 CPU reference, SimCSE and causal-LM steps (bf16)
 SHELL := /bin/bash
 VENV ?= .venv
 PYTHON ?= python3

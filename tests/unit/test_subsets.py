@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from tests.conftest import require_or_skip
-from tuneatlas.analysis.subsets import kernels
+from tuneatlas.analysis.subsets import kernels, native
 from tuneatlas.analysis.subsets import scorer as scorer_module
 from tuneatlas.analysis.subsets.combinatorics import (
     PAPER_PAIR_RATES,
@@ -209,6 +209,66 @@ def test_compiled_kernels_equal_eager(n_classes, metric):
     for g, e in zip(got, want, strict=True):
         np.testing.assert_array_equal(g, e)
     np.testing.assert_allclose(got[1], np.sort(ref3)[::-1][:10], atol=1e-6)
+
+
+def _skip_unless_native() -> None:
+    if not native.available():
+        require_or_skip("native", f"the C subset kernel cannot be built: {native.build_error()}")
+
+
+def _obvious_counts(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return ((a[:, None, :] + b[None, :, :]) > 0).sum(-1).to(torch.int32)
+
+
+@pytest.mark.parametrize(
+    ("rows_a", "rows_b", "n"),
+    [(1, 1, 1), (3, 5, 15), (4, 4, 16), (5, 9, 17), (7, 70, 33), (130, 6, 40), (66, 131, 48)],
+)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_counts_equal_the_obvious_sum(rows_a, rows_b, n, threads):
+    # Tiles (4 x 4) and the 16-lane steps leave remainders in every shape above; half the values
+    # are small dyadic integers, so a + b is exactly 0 often (a tie is "not > 0"), and +-0.0,
+    # huge and tiny magnitudes check that b > -a is the sign of the rounded sum.
+    _skip_unless_native()
+    g = torch.Generator().manual_seed(rows_a * 1000 + rows_b * 10 + n)
+    special = torch.tensor([0.0, -0.0, 1e30, -1e30, 1e-38, -1e-38, 3e-45, -3e-45])
+
+    def values(rows: int) -> torch.Tensor:
+        x = torch.randn(rows, n, generator=g)
+        ints = torch.randint(-3, 4, (rows, n), generator=g).float() / 4
+        x = torch.where(torch.rand(rows, n, generator=g) < 0.5, ints, x)
+        pick = torch.rand(rows, n, generator=g) < 0.1
+        return torch.where(pick, special[torch.randint(8, (rows, n), generator=g)], x)
+
+    a, b = values(rows_a), values(rows_b)
+    b[0] = -a[0]  # a row pair that ties everywhere
+    want = _obvious_counts(a, b)
+    assert 0 < int(((a[:, None] + b[None]) == 0).sum())  # exact ties do occur
+    torch.testing.assert_close(native.binary_counts(a, b, threads=threads), want, rtol=0, atol=0)
+    # a non-contiguous left operand and a row slice on the right, as the scan passes them
+    wide = values(rows_b + 3)
+    got = native.binary_counts(a.T.contiguous().T, wide[2 : 2 + rows_b], threads=threads)
+    torch.testing.assert_close(got, _obvious_counts(a, wide[2 : 2 + rows_b]), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "f1"])
+def test_native_kernel_scan_equals_eager(metric):
+    # The default CPU path for binary heads: every pair, the triples' top-k and histogram, and
+    # score(), bit for bit the eager kernels' (ties included), with native blocks really run.
+    (h, y, w, b), pairs, ref2, triples, ref3 = _reference(2, "f1", False, True)
+    _skip_unless_native()
+    eager = SubsetScorer(h, y, w, b, metric, backend="eager")
+    fast = SubsetScorer(h, y, w, b, metric, backend="native")
+    np.testing.assert_array_equal(fast.pair_scores(), eager.pair_scores())
+    edges = histogram_edges(metric, 10)
+    for got, want in zip(
+        fast.scan_triples(k=12, edges=edges), eager.scan_triples(k=12, edges=edges), strict=True
+    ):
+        np.testing.assert_array_equal(got, want)
+    assert fast.kernel_runs["native"] > 0 and fast.kernel_runs["eager"] == 0
+    assert eager.kernel_runs["native"] == 0
+    auto = SubsetScorer(h, y, w, b, metric)  # "auto" prefers the C kernel where it applies
+    assert auto._kernel_mode(1) == "native" and not auto.will_compile(3)
 
 
 @pytest.mark.parametrize("metric", ["mcc", "f1", "macro_f1"])

@@ -12,6 +12,8 @@ the paper's seeded sampling available). Its modules, each imported by name (no r
 * ``combinatorics``: counting, ranking, unranking and seeded sampling of subsets;
 * ``kernels``: confusion-count metrics, score histograms and the (compiled or eager) block
   kernels that count predictions for dense blocks of pairs/triples;
+* ``native``: the binary block kernel as hand-tiled AVX-512 C (``count_greater.c``), built
+  per process; the CPU default for binary heads where it builds;
 * ``scorer``: ``SubsetScorer``, one split's per-dimension contributions through the head;
 * ``pearson``: the closed form the scorer uses for regression heads;
 * ``ranking``: the deterministic order (score descending, dims ascending) and running top-k;

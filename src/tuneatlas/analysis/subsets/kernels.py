@@ -7,7 +7,9 @@ Multi-class classification keeps one contribution row per class and counts, per 
 examples where it beats every earlier class strictly and every later one or ties it (argmax).
 The block kernel (``sum_n [a[i, n] + b[l, n] > 0]``) is one fused loop under ``torch.compile``
 (Inductor C++ on CPU, Triton on CUDA) when the amount of work pays for the compile; otherwise,
-or when compiling fails, the same torch code runs eagerly in cache-sized chunks.
+or when compiling fails, the same torch code runs eagerly in cache-sized chunks. On AVX-512
+CPUs the binary kernel runs as hand-tiled C instead (``native``); these torch forms are its
+reference in the tests.
 """
 
 from __future__ import annotations

@@ -21,6 +21,10 @@ class RunningTopK:
         flat = block.reshape(-1)
         if flat.numel() == 0:
             return
+        if len(self.scores) == self.k and float(flat.max()) < self.scores[-1]:
+            # Nothing reaches the current k-th score (ties might still win on ids: not skipped);
+            # after the first blocks this is most blocks, and a max is far cheaper than a topk.
+            return
         k = min(self.k, flat.numel())
         kth = torch.topk(flat, k).values[-1]
         if len(self.scores) == self.k and float(kth) < self.scores[-1]:

@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from tuneatlas.analysis.subsets import kernels
+from tuneatlas.analysis.subsets import kernels, native
 from tuneatlas.analysis.subsets.combinatorics import Array, n_combinations
 from tuneatlas.analysis.subsets.kernels import (
     CLASSIFICATION_METRICS,
@@ -35,7 +35,8 @@ from tuneatlas.analysis.subsets.kernels import (
 from tuneatlas.analysis.subsets.pearson import PearsonClosedForm
 from tuneatlas.analysis.subsets.ranking import RunningTopK
 
-Backend = Literal["auto", "compile", "eager"]
+Backend = Literal["auto", "native", "compile", "eager"]
+KernelMode = Literal["native", "compiled", "eager"]
 
 # backend="auto" compiles when the eager kernels would need at least this long: a compile costs
 # ~3-5 s from a warm Inductor cache and ~20 s cold on 2 cores, the fused kernel then runs
@@ -90,13 +91,16 @@ class SubsetScorer:
         metric: one of ``accuracy, mcc, f1, macro_f1`` (classification) or ``pearson``.
         regression: the head outputs one value scored by Pearson correlation.
         device: where to compute; default: ``hidden``'s device if it is a tensor, else CPU.
-        backend: ``"compile"`` fuses block kernels with ``torch.compile``; ``"eager"`` never
-            compiles; ``"auto"`` compiles when the eager kernels would need at least
-            ``COMPILE_MIN_EAGER_SECONDS`` or the kernel is already compiled in this process.
+        backend: ``"native"`` runs binary heads' block kernels on the CPU in the hand-tiled C
+            kernel of ``native`` (other heads and devices as ``"auto"``); ``"compile"`` fuses
+            block kernels with ``torch.compile``; ``"eager"`` never compiles; ``"auto"`` is
+            ``"native"`` where the C kernel builds and applies, else compiles when the eager
+            kernels would need at least ``COMPILE_MIN_EAGER_SECONDS`` or the kernel is already
+            compiled in this process.
 
     Attributes:
-        kernel_runs: how many exhaustive-search block kernels ran ``"compiled"`` and how many
-            ``"eager"`` on this scorer (blocks too small to compile, or every block after a
+        kernel_runs: how many exhaustive-search block kernels ran ``"native"``, ``"compiled"``
+            and ``"eager"`` on this scorer (blocks too small to compile, or every block after a
             failed compile, run eager). It only records; it never changes a score, and it is
             how a caller (or a test) sees that ``backend="compile"`` really ran fused code.
     """
@@ -116,10 +120,10 @@ class SubsetScorer:
         if device is None:
             device = hidden.device if isinstance(hidden, torch.Tensor) else "cpu"
         self.device = torch.device(device)
-        if backend not in ("auto", "compile", "eager"):
-            raise ValueError(f"backend must be auto, compile or eager, got {backend!r}")
+        if backend not in ("auto", "native", "compile", "eager"):
+            raise ValueError(f"backend must be auto, native, compile or eager, got {backend!r}")
         self.backend: Backend = backend
-        self.kernel_runs: dict[str, int] = {"compiled": 0, "eager": 0}
+        self.kernel_runs: dict[str, int] = {"native": 0, "compiled": 0, "eager": 0}
         self.metric = metric
         self.regression = regression
 
@@ -234,19 +238,22 @@ class SubsetScorer:
             edges = histogram_edges(self.metric, edges)
         top = RunningTopK(k, 3)
         counts = None if edges is None else np.zeros(len(edges) - 1, dtype=np.int64)
-        key_bins = None
+        # Every score is a table entry: count the keys, then bin the table once at the end.
+        key_counts = None
         if edges is not None and self._table is not None:
-            # Every score is a table entry: bin the table once, then only look bins up.
-            key_bins = histogram_bins(self._table, edges)
+            key_counts = torch.zeros(len(self._table), dtype=torch.int64, device=self.device)
         for j, block, keys in self._triple_blocks():
             if counts is not None:
-                if keys is not None and key_bins is not None:
-                    n_bins = len(edges) - 1
-                    hist = torch.bincount(key_bins[keys.reshape(-1)], minlength=n_bins + 1)
-                    counts += hist[:n_bins].cpu().numpy()
+                if keys is not None and key_counts is not None:
+                    key_counts += torch.bincount(keys.reshape(-1), minlength=len(self._table))
                 else:
                     add_histogram(counts, block, edges)
             top.update_block(block, j)
+        if key_counts is not None:
+            n_bins = len(edges) - 1
+            per_bin = torch.zeros(n_bins + 1, dtype=torch.int64, device=self.device)
+            per_bin.index_add_(0, histogram_bins(self._table, edges), key_counts)
+            counts += per_bin[:n_bins].cpu().numpy()
         dims, scores = top.result()
         return dims, scores, counts
 
@@ -261,14 +268,17 @@ class SubsetScorer:
         """Scores from per-segment counts, plus their score-table keys when there is a table."""
         if self._table is None:
             return self._metric_direct(counts), None
-        pos = [torch.zeros((), dtype=torch.int64, device=self.device)] * 2
+        # int32 keys: the table has at most _MAX_TABLE entries, and the key arithmetic on 75M
+        # triples moves half the bytes of int64 (the native kernel's counts are int32 already).
+        pos = [torch.zeros((), dtype=torch.int32, device=self.device)] * 2
         for (cls, _), cnt in zip(self._segments, counts, strict=True):
-            pos[cls] = cnt.to(torch.int64)
+            pos[cls] = cnt.to(torch.int32)
         n0 = int(self.class_sizes[0])
         if self.metric == "accuracy":
-            keys = pos[1] - pos[0] + n0  # correct = pos1 + (n0 - pos0): one integer suffices
+            # correct = pos1 + (n0 - pos0): one integer suffices
+            keys = torch.sub(pos[1], pos[0]).add_(n0)
         else:
-            keys = pos[1] * (n0 + 1) + pos[0]
+            keys = torch.mul(pos[1], n0 + 1).add_(pos[0])
         keys = keys.expand(torch.broadcast_shapes(pos[0].shape, pos[1].shape))
         return self._table[keys], keys
 
@@ -347,7 +357,19 @@ class SubsetScorer:
 
     def will_compile(self, size: int) -> bool:
         """Whether the exhaustive search of ``size``-subsets runs the compiled kernel."""
-        return not self.regression and self._use_compile(n_combinations(self.n_dims, size))
+        return self._kernel_mode(n_combinations(self.n_dims, size)) == "compiled"
+
+    def _kernel_mode(self, n_combos: int) -> KernelMode | None:
+        """Which block kernel a job over ``n_combos`` combinations runs (None: regression)."""
+        if self.regression:
+            return None
+        if self.backend in ("auto", "native") and self._native_applies():
+            return "native"
+        return "compiled" if self._use_compile(n_combos) else "eager"
+
+    def _native_applies(self) -> bool:
+        # The C kernel is binary-only and CPU-only; building it (~0.3 s) happens on first use.
+        return self.binary and self.device.type == "cpu" and native.available()
 
     def _use_compile(self, n_combos: int) -> bool:
         """Whether a job over ``n_combos`` combinations should use the compiled kernels."""
@@ -366,11 +388,14 @@ class SubsetScorer:
             rate = _EAGER_RATE_MULTICLASS / (self.n_classes - 1)
         return n_combos * self.n_examples / rate >= COMPILE_MIN_EAGER_SECONDS
 
-    def _block_counts(self, a: torch.Tensor, b: torch.Tensor, compiled: bool) -> torch.Tensor:
+    def _block_counts(self, a: torch.Tensor, b: torch.Tensor, mode: KernelMode) -> torch.Tensor:
         """Counts for the dense block ``left rows a x right rows b`` of one segment."""
         kind = "binary" if self.binary else "multiclass"
         rows_a, rows_b = a.shape[-2], b.shape[-2]
-        if compiled and min(rows_a, rows_b, a.shape[-1]) >= 2:
+        if mode == "native":
+            self.kernel_runs["native"] += 1
+            return native.binary_counts(a, b)
+        if mode == "compiled" and min(rows_a, rows_b, a.shape[-1]) >= 2:
             # Sizes 0/1 would make dynamo specialise and recompile; those tiny blocks run eager.
             # A view (with a ._base) and a fresh tensor get different guards: always pass
             # fresh contiguous tensors so one compiled graph serves every call.
@@ -391,14 +416,14 @@ class SubsetScorer:
         return KERNELS[kind][1](a, b)
 
     def _classification_block(
-        self, left: Callable[[torch.Tensor], torch.Tensor], lo: int, compiled: bool
+        self, left: Callable[[torch.Tensor], torch.Tensor], lo: int, mode: KernelMode
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Scores (and table keys) of ``left(x)[a] + x[lo + b]`` for every segment's ``x``."""
         counts = []
         for _, x in self._segments:
             a = left(x).contiguous()
             b = x[..., lo:, :]
-            counts.append(self._block_counts(a, b, compiled))
+            counts.append(self._block_counts(a, b, mode))
         return self._metric_and_keys(counts)
 
     def _pair_blocks(self, rows: int = 32) -> Iterator[tuple[int, int, torch.Tensor]]:
@@ -406,7 +431,7 @@ class SubsetScorer:
         and ``j > i``, in lexicographic order; consecutive blocks tile the pairs in rank order.
         """
         k_dims = self.n_dims
-        compiled = not self.regression and self._use_compile(n_combinations(k_dims, 2))
+        mode = self._kernel_mode(n_combinations(k_dims, 2))
         for i0 in range(0, k_dims - 1, rows):
             i1 = min(i0 + rows, k_dims - 1)
             if self.regression:
@@ -415,7 +440,7 @@ class SubsetScorer:
                 block = self._classification_block(
                     lambda x, i0=i0, i1=i1: x[..., i0:i1, :] + self._bias_for(x),
                     i0 + 1,
-                    compiled,
+                    mode,
                 )[0]
             # Row i keeps columns j > i: column index (j - i0 - 1) >= i - i0.
             r = torch.arange(i1 - i0, device=self.device)[:, None]
@@ -430,7 +455,7 @@ class SubsetScorer:
         """Yield ``(j, scores [j, K-1-j], table keys or None)``: all triples ``(i, j, l)``
         with middle dimension j."""
         k_dims = self.n_dims
-        compiled = not self.regression and self._use_compile(n_combinations(k_dims, 3))
+        mode = self._kernel_mode(n_combinations(k_dims, 3))
         for j in range(1, k_dims - 1):
             if self.regression:
                 yield j, self._closed_form.triple_block(j), None
@@ -439,4 +464,4 @@ class SubsetScorer:
                 def left(x: torch.Tensor, j: int = j) -> torch.Tensor:
                     return (x[..., j : j + 1, :] + self._bias_for(x)) + x[..., :j, :]
 
-                yield j, *self._classification_block(left, j + 1, compiled)
+                yield j, *self._classification_block(left, j + 1, mode)
