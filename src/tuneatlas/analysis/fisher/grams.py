@@ -39,7 +39,7 @@ product stays local to its chunk. S2 reads the spectra only through erank (the s
 holding more than 99% of the mass) and their sums, so "exact" is defined by those: "fast"
 (float32 products) gives each layer's erank of the float64 N-backward reference and every
 eigenvalue above 1e-3 of the layer's largest within 1e-4 relative (measured on MiniLM, N up to
-128: within 1e-6); smaller eigenvalues are returned but not promised (a fresh head makes one
+128: within 3e-6); smaller eigenvalues are returned but not promised (a fresh head makes one
 direction dominate, spans of 1e4 to 1e6, where float32 products err by up to 1e-3 on the
 smallest). "exact" (float64 products, about 1.4x the time of "fast" at N = 128) keeps every
 eigenvalue above 1e-6 of the largest within 1e-4.
