@@ -473,7 +473,7 @@ def _plan_s2_sweep(
         run_id = f"s2-{label}-lr{_lr_tag(lr)}-s{seed}"
         inloop: dict[str, Any] = {}
         if (label, lr) in inloop_cells:
-            keys = ("every", "batch_size", "energy")
+            keys = ("every", "batch_size", "energy", "precision")
             inloop["fisher"] = FisherSpec(
                 **{k: fisher[k] for k in keys}, extra_steps=tuple(fisher["extra_steps"])
             )
@@ -552,6 +552,7 @@ def _plan_s2_fishers(
             "trial": trial,
             "batch_size": fisher["batch_size"],
             "energy": fisher["energy"],
+            "precision": fisher["precision"],
             "train": head.to_dict(),
         }
         trials[fisher_id] = {"model": label, "trial": trial}

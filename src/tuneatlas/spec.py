@@ -56,6 +56,9 @@ class FisherSpec:
     every: int = 0  # 0 = off
     batch_size: int = 16
     energy: float = 0.99  # eigenvalue mass of the effective rank
+    # Gram products: fast (float32, float64 sums) | exact (float64). Plans set it from
+    # studies.s2.fisher.precision (default fast); a spec written before the key computed exact
+    precision: str = "exact"
     extra_steps: tuple[int, ...] = ()  # also measured (S2's Fig. 4: steps 1-4 of the warm-up)
 
 

@@ -45,6 +45,10 @@ def test_defaults_are_filled_without_touching_the_input(toy):
         (lambda c: c["studies"]["s1"].__setitem__("seeds", []), "studies.s1.seeds"),
         (lambda c: c["train"].__setitem__("schedule", "step"), "train.schedule"),
         (lambda c: c["train"].__setitem__("precision", "fp16"), "train.precision"),
+        (
+            lambda c: c["studies"]["s2"]["fisher"].__setitem__("precision", "float32"),
+            "studies.s2.fisher.precision",
+        ),
         (lambda c: c["models"]["bert-toy"].pop("hidden_size"), "models.bert-toy"),
         (lambda c: c["models"]["bert-toy"]["corpus"].append("wiki"), "models.bert-toy.corpus.6"),
     ],

@@ -74,6 +74,7 @@ def test_s2_grid(paper):
     assert len(paper.fishers) == 6 * 30
     trial = paper.fishers["s2-simcse-p0.1-t7"]
     assert (trial["model"], trial["trial"], trial["batch_size"]) == ("s2-simcse-p0.1", 7, 16)
+    assert trial["precision"] == "fast"  # paper.yaml: float32 Gram products, float64 sums
     assert trial["dataset"] == "rte-glue"
     assert len(paper.targets["S2.T2"].fishers) == 180
     assert paper.targets["S2.T1"].datasets == ("rte-glue",)
@@ -82,6 +83,7 @@ def test_s2_grid(paper):
     assert len(f4) == 2 * 3 * 30 and len(f2) == 2 * 3 * 5 and set(f2) < set(f4)
     inloop = TrainSpec.from_dict(runs["s2-simcse-p0.1-lr2e-5-s0"].spec)
     assert (inloop.fisher.every, inloop.fisher.batch_size, inloop.polar_every) == (47, 16, 47)
+    assert inloop.fisher.precision == "fast"
     seed1 = TrainSpec.from_dict(runs["s2-vanilla-lr1e-5-s5"].spec)  # not a polar seed
     assert seed1.fisher.every == 47 and seed1.polar_every == 0
     assert "fisher" not in runs["s2-vanilla-lr5e-6-s0"].spec  # outside the in-loop cells

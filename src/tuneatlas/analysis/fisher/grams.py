@@ -32,6 +32,18 @@ pass asks autograd only for the gradient of layer 0's input, so no parameter ``.
 touched and no weight gradient of the batch is formed. Each contribution is added as soon as
 its output gradient arrives, and the kept inputs are then released.
 
+Precision (`PRECISIONS`): the gradients are float32 (the model's own); what differs is the
+dtype of the Gram products. Each chunk's N x N product is summed over a few thousand to a few
+hundred thousand terms and then added into a float64 accumulator, so the rounding of a float32
+product stays local to its chunk. S2 reads the spectra only through erank (the smallest j
+holding more than 99% of the mass) and their sums, so "exact" is defined by those: "fast"
+(float32 products) gives each layer's erank of the float64 N-backward reference and every
+eigenvalue above 1e-3 of the layer's largest within 1e-4 relative (measured on MiniLM, N up to
+128: within 3e-6); smaller eigenvalues are returned but not promised (a fresh head makes one
+direction dominate, spans of 1e4 to 1e6, where float32 products err by up to 1e-3 on the
+smallest). "exact" (float64 products, about 1.4x the time of "fast" at N = 128) keeps every
+eigenvalue above 1e-6 of the largest within 1e-4.
+
 Padding: padded positions reach the loss only through attention, where the mask gives them a
 weight of exactly 0, so their output gradients are exactly 0 and they add nothing; nothing is
 masked here (masking would hide a model that does use them). The tests check this against the
@@ -53,7 +65,12 @@ from torch import nn
 from tuneatlas.analysis.fisher.spectrum import ERANK_MASS, FisherSpectrum, fisher_spectrum
 
 STRATEGIES = ("auto", "per_example", "ghost")
-DEFAULT_CHUNK_BYTES = 256 * 2**20
+# dtype of the Gram products per precision; their N x N results are summed in float64 either way
+PRECISIONS = {"fast": torch.float32, "exact": torch.float64}
+# Small enough that a chunk of per-example weight gradients is still in cache when its Gram
+# product reads it (MiniLM, N = 64, 1 thread: 8 MiB took 0.55x the time of 256 MiB in float64,
+# 0.9x in float32), large enough that each product is one efficient matmul.
+DEFAULT_CHUNK_BYTES = 8 * 2**20
 
 PerExampleFn = Callable[[nn.Module], torch.Tensor]
 
@@ -147,15 +164,30 @@ def _mirror(k: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _add_gram(k: torch.Tensor, x: torch.Tensor) -> None:
-    """k += the Gram of the flattened rows of x [N, ...], block upper triangle only."""
-    x = x.reshape(x.shape[0], -1).to(k.dtype)
+def _add_gram(k: torch.Tensor, x: torch.Tensor, dtype: torch.dtype) -> None:
+    """k += the Gram of the flattened rows of x [N, ...], block upper triangle only; the
+    products in `dtype`, each block added to k (float64) as it is formed."""
+    x = x.reshape(x.shape[0], -1).to(dtype)
     for i, j in _blocks(x.shape[0]):
         k[i:j, i:] += x[i:j] @ x[i:].T
 
 
+def row_gram(
+    x: torch.Tensor, precision: str = "fast", chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> torch.Tensor:
+    """The N x N Gram (float64) of the rows of x [N, P] as `layer_grams` forms its own: in
+    column chunks of `chunk_bytes`, each chunk's block upper triangle in the precision's dtype,
+    summed in float64. For baselines that must do the same arithmetic (benchmarks)."""
+    n = x.shape[0]
+    k = torch.zeros(n, n, dtype=torch.float64, device=x.device)
+    cols = max(1, chunk_bytes // max(1, n * x.element_size()))
+    for c in range(0, x.shape[1], cols):
+        _add_gram(k, x[:, c : c + cols], PRECISIONS[precision])
+    return _mirror(k)
+
+
 def _add_per_example_gram(
-    k: torch.Tensor, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int
+    k: torch.Tensor, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int, dtype: torch.dtype
 ) -> None:
     """k += sum_o of the Gram of W_i[o, :] = sum_t g_it[o] a_it, in chunks of output rows o."""
     n, _, d_in = a.shape
@@ -163,13 +195,15 @@ def _add_per_example_gram(
     rows = max(1, min(d_out, chunk_bytes // max(1, n * d_in * a.element_size())))
     gt = g.transpose(1, 2)  # [N, d_out, T]
     for o in range(0, d_out, rows):
-        _add_gram(k, torch.bmm(gt[:, o : o + rows], a))  # W chunk [N, r, d_in]
+        _add_gram(k, torch.bmm(gt[:, o : o + rows], a), dtype)  # W chunk [N, r, d_in]
 
 
-def _add_ghost_gram(k: torch.Tensor, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int) -> None:
+def _add_ghost_gram(
+    k: torch.Tensor, a: torch.Tensor, g: torch.Tensor, chunk_bytes: int, dtype: torch.dtype
+) -> None:
     """k += K with K_ij = sum_{t,s} (a_it . a_js)(g_it . g_js), in chunks of examples i."""
     n, t, _ = a.shape
-    a2, g2 = a.reshape(n * t, -1).to(k.dtype), g.reshape(n * t, -1).to(k.dtype)
+    a2, g2 = a.reshape(n * t, -1).to(dtype), g.reshape(n * t, -1).to(dtype)
     rows = max(1, min(n, chunk_bytes // max(1, 2 * t * n * t * a2.element_size())))
     for i in range(0, n, rows):
         j = min(n, i + rows)
@@ -207,17 +241,16 @@ class LayerGrams:
 class _GramAccumulator:
     """Adds each module's contribution to its layer's Gram as its output gradient arrives."""
 
-    def __init__(
-        self, n_layers: int, strategy: str, chunk_bytes: int, gram_dtype: torch.dtype
-    ) -> None:
+    def __init__(self, n_layers: int, strategy: str, chunk_bytes: int, precision: str) -> None:
         self.grams: list[torch.Tensor | None] = [None] * n_layers  # block upper triangles
         self.chosen: dict[str, str] = {}
         self.errors: list[str] = []
-        self.strategy, self.chunk_bytes, self.gram_dtype = strategy, chunk_bytes, gram_dtype
+        self.strategy, self.chunk_bytes = strategy, chunk_bytes
+        self.dtype = PRECISIONS[precision]
 
     def _gram(self, cap: _Capture, n: int, device: torch.device) -> torch.Tensor:
         if self.grams[cap.layer] is None:
-            self.grams[cap.layer] = torch.zeros(n, n, dtype=self.gram_dtype, device=device)
+            self.grams[cap.layer] = torch.zeros(n, n, dtype=torch.float64, device=device)
         return self.grams[cap.layer]
 
     def forward_hook(self, cap: _Capture) -> Callable[..., None]:
@@ -255,11 +288,11 @@ class _GramAccumulator:
             how = choose_strategy(n, a.shape[1], a.shape[2], g.shape[2])
         self.chosen[f"{cap.layer}.{cap.name}"] = how
         if how == "ghost":
-            _add_ghost_gram(k, a, g, self.chunk_bytes)
+            _add_ghost_gram(k, a, g, self.chunk_bytes, self.dtype)
         else:
-            _add_per_example_gram(k, a, g, self.chunk_bytes)
+            _add_per_example_gram(k, a, g, self.chunk_bytes, self.dtype)
         if cap.module.bias is not None:
-            _add_gram(k, g.sum(1))
+            _add_gram(k, g.sum(1), self.dtype)
 
     def _add_norm(self, cap: _Capture, k: torch.Tensor, x: torch.Tensor, g: torch.Tensor) -> None:
         xf = _as_ntd(x, x.shape[0])
@@ -271,9 +304,9 @@ class _GramAccumulator:
             xhat = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
             xhat = xhat.to(x.dtype).float()
         if cap.module.weight is not None:
-            _add_gram(k, (g * xhat).sum(1))
+            _add_gram(k, (g * xhat).sum(1), self.dtype)
         if getattr(cap.module, "bias", None) is not None:
-            _add_gram(k, g.sum(1))
+            _add_gram(k, g.sum(1), self.dtype)
 
     def stacked(self, n: int, device: torch.device) -> torch.Tensor:
         """[L, N, N] float64 on the CPU; a layer that got no gradient has a zero Gram."""
@@ -316,7 +349,7 @@ def layer_grams(
     layers: Sequence[nn.Module] | None = None,
     strategy: str = "auto",
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-    gram_dtype: torch.dtype = torch.float64,
+    precision: str = "fast",
 ) -> LayerGrams:
     """Per-layer N x N Gram matrices of per-example gradients, from one forward and one
     backward pass (see the module docstring for the method and its cost).
@@ -324,15 +357,15 @@ def layer_grams(
     `per_example(model)` runs the model on the batch and returns the N per-example log-probs
     (or losses), shape [N]. `layers`: default `find_layers(model)`. `strategy`: "auto" (the
     cheaper form per Linear), or force "per_example" or "ghost" for every Linear.
-    `chunk_bytes` bounds each temporary of the Gram forms. `gram_dtype`: the dtype the Gram
-    products are summed in (gradients stay float32). float64, the default, keeps eigenvalues
-    within 1e-4 relative of the N-backward reference down to 1e-6 of the largest (tested at
-    a span of 1e6) for ~1.6x the Gram's cost. float32 is enough while the spectrum spans less
-    than ~1e4, but a fresh classification head makes one direction dominate (S2 before
-    fine-tuning: a span of 6e4 on a built BERT, where float32 sums err by 1e-3).
+    `chunk_bytes` bounds each temporary of the Gram forms. `precision` (`PRECISIONS`): the
+    gradients are float32 either way; "fast" forms each chunk's Gram product in float32 and
+    sums the N x N products in float64, "exact" forms them in float64. See the module
+    docstring for what each promises.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; use one of {STRATEGIES}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use one of {tuple(PRECISIONS)}")
     layers = list(find_layers(model) if layers is None else layers)
     if not layers:
         raise ValueError("layer_grams: no layers")
@@ -340,7 +373,7 @@ def layer_grams(
         _Capture(li, name, m, _kind(m)) for li, layer in enumerate(layers)
         for name, m in _layer_parts(layer, li)
     ]  # fmt: skip
-    acc = _GramAccumulator(len(layers), strategy, chunk_bytes, gram_dtype)
+    acc = _GramAccumulator(len(layers), strategy, chunk_bytes, precision)
     root: list[torch.Tensor] = []
     handles = [layers[0].register_forward_pre_hook(_cut_below(root), with_kwargs=True)]
     handles += [c.module.register_forward_hook(acc.forward_hook(c)) for c in captures]

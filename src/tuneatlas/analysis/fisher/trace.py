@@ -49,9 +49,10 @@ class FisherTrace(StepHook):
         with preserved_rng():
             model.eval()
             try:
-                spectrum = layer_grams(model, lambda m: log_probs(m, batch)).spectrum(
-                    self.fisher.energy
+                grams = layer_grams(
+                    model, lambda m: log_probs(m, batch), precision=self.fisher.precision
                 )
+                spectrum = grams.spectrum(self.fisher.energy)
             finally:
                 model.train(was_training)
         base = self._base(state)

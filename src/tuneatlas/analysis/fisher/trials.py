@@ -73,7 +73,8 @@ def fisher_trial(
 ) -> pd.DataFrame:
     """Per-layer erank of the empirical Fisher of `model_dir` + a fresh head on a training
     mini-batch of `data_dir`, written to `out` (FISHER_COLUMNS). `spec` is a trial of the plan
-    (`Plan.fishers`): label, trial, batch_size, energy and the head's `train` spec."""
+    (`Plan.fishers`): label, trial, batch_size, energy, precision and the head's `train`
+    spec."""
     label, trial, batch_size = spec["label"], int(spec["trial"]), int(spec["batch_size"])
     train = TrainSpec.from_dict({**spec["train"], "seed": trial})
     task = fine_tuning_task(train.task)
@@ -85,7 +86,10 @@ def fisher_trial(
     split = tokenize_splits(data_dir, model.tokenizer, train.max_length, task, splits=("train",))
     rows = trial_rows(len(split["train"]), batch_size, trial)
     batch = split["train"].batch(rows, device=dev)
-    grams = layer_grams(model, lambda m: log_probs(m, batch))
+    # a spec planned before `precision` existed was computed with float64 products
+    grams = layer_grams(
+        model, lambda m: log_probs(m, batch), precision=spec.get("precision", "exact")
+    )
     spectrum = grams.spectrum(spec["energy"])
     df = pd.DataFrame(
         [{"model": label, "trial": trial, **row} for row in spectrum_rows(spectrum, batch_size)],
