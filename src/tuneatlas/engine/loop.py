@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -127,6 +128,19 @@ def micro_batches(rows: list[int], rank: int, world: int, micro: int | None) -> 
     return [mine[i : i + size] for i in range(0, len(mine), size)] or [[]]
 
 
+def compile_for_training(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`torch.compile` (Inductor) of what the loss calls; evaluation and checkpoints keep using
+    the eager module, which shares its parameters. Inductor's CPU kernels need a C++ compiler
+    (CUDA's are Triton's): without one, say so now rather than at the first step."""
+    compilers = (os.environ.get("CXX", "g++"), "c++")
+    if device.type == "cpu" and not any(shutil.which(c) for c in compilers):
+        raise RuntimeError(
+            "compile: true needs a C++ compiler for torch.compile's CPU kernels (g++ or c++ on"
+            " PATH, or CXX); install one or set the pre-training setting compile: false"
+        )
+    return torch.compile(model)
+
+
 def _progress(total: int, initial: int, desc: str, enabled: bool) -> Any:
     from tqdm import tqdm
 
@@ -189,6 +203,8 @@ class _Run:
             self.trained = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None
             )
+        if getattr(spec, "compile", False):  # a setting of the specs that have it (S4's)
+            self.trained = compile_for_training(self.trained, device)
         o = spec.optim
         optimizer = AdamW(
             recipe.param_groups(model, o.weight_decay),
