@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -224,11 +225,16 @@ def run_trainer(a, pacer: Pacer) -> None:
         Trainer(model=_model(a), args=args, train_dataset=Blocks(), callbacks=[Pace()]).train()
 
 
-def _make_tokens(root: Path) -> Path:
+def _make_tokens(a, root: Path) -> Path:
+    """A corpus long enough that no method reaches the end of an epoch: the engine's last batch
+    of an epoch is short (a compiled model compiles a graph for it), the others' are full."""
     from tuneatlas.data import synthetic
     from tuneatlas.data.tokens import pack, train_bpe
 
-    docs, _ = synthetic.pretrain_corpus(1500, seed=0)
+    tokens = (a.warmup + a.chunk * a.repeats + 1) * a.batch * (a.seq_len + 1)
+    # a synthetic document is about 51 BPE tokens (1,500 documents: 77k); 20% to spare
+    documents = max(1500, math.ceil(1.2 * tokens / 51))
+    docs, _ = synthetic.pretrain_corpus(documents, seed=0)
     texts = docs["text"].tolist()
     out = root / "tokens"
     pack(texts, train_bpe(texts, VOCAB, out), out)
@@ -372,7 +378,7 @@ def main(argv=None) -> None:
         _worker(a)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        tokens = _make_tokens(Path(tmp))
+        tokens = _make_tokens(a, Path(tmp))
         load = [_loadavg()]
         seconds = measure(a, tokens)
         load.append(_loadavg())
