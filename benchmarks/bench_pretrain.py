@@ -75,8 +75,9 @@ def _args(argv=None):
     p.add_argument(
         "--omp-wait-policy",
         choices=("passive", "active", "unset"),
-        default="passive",
-        help="OMP_WAIT_POLICY of every worker (passive: idle OpenMP threads sleep, see below)",
+        default="unset",
+        help="OMP_WAIT_POLICY of every worker (unset: libgomp's default; passive: idle OpenMP"
+        " threads sleep, see _start)",
     )
     p.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
     p.add_argument("--tokens", help=argparse.SUPPRESS)
@@ -254,8 +255,10 @@ def _start(a, method: str, tokens: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "TOKENIZERS_PARALLELISM": "false"}
     if a.omp_wait_policy != "unset":
         # Spinning OpenMP threads wait at every kernel's barrier for a thread the OS gave to
-        # another process: on a loaded 2-core machine a step of many small kernels took 5-15x
-        # longer (measured); passive waiting sleeps instead. libgomp reads it at start-up.
+        # another process: on a loaded 2-core machine a compiled step of many small kernels
+        # took 5-15x longer (measured); passive waiting sleeps instead, but slows eager
+        # kernels on a quiet machine. Not the default: it moves the ratio (benchmarks/README).
+        # libgomp reads it at start-up.
         env["OMP_WAIT_POLICY"] = a.omp_wait_policy.upper()
     cmd = [sys.executable, __file__, *sys.argv[1:], "--method", method, "--tokens", str(tokens)]
     return subprocess.Popen(
