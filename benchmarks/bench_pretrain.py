@@ -6,7 +6,7 @@ same packed tokens), with the same global batch, sequence length, precision, Ada
 weight decay 0.1 on >= 2-D tensors), warm-up + cosine schedule and gradient clipping:
 
 - engine: `tuneatlas.engine.loop.fit` with `CausalLMRecipe` (hooks, metrics, progress, ...);
-- bare: the model, torch's fused AdamW, clipping and the schedule in a ten-line loop, nothing
+- bare: the model, torch's fused AdamW, clipping and the schedule in a short loop, nothing
   else: the floor the engine's overhead is measured against (target <= 5%);
 - trainer: `transformers.Trainer` with its defaults for everything else (fused AdamW, no
   evaluation, saving or logging, dataloader in the main process).
@@ -21,7 +21,8 @@ per-round ratios (the methods of one round ran seconds apart). The load average 
 before and after.
 
 `--compile on` (the default) runs the engine with `compile: true` (the pre-training setting
-`studies.s4.compile`) and the bare loop with `torch.compile(model)`, both Inductor; Trainer
+`studies.s4.compile`) and the bare loop with its loss function (model + cross-entropy)
+compiled as the engine compiles it, both Inductor; Trainer
 stays eager unless `--trainer-compile` (its own `torch_compile` argument). The table says which.
 
     .venv/bin/python benchmarks/bench_pretrain.py                  # toy size, compile on
@@ -181,14 +182,18 @@ def run_bare(a, pacer: Pacer) -> None:
     ]
     opt = torch.optim.AdamW(groups, lr=3e-4, betas=(0.9, 0.95), fused=True)
     sched = make_scheduler(opt, spec.schedule, 10**9, spec.max_steps)
-    fwd = torch.compile(model) if spec.compile else model
     bf16 = a.precision == "bf16" and a.device.startswith("cuda")
+
+    def loss_of(ids):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(input_ids=ids[:, :-1]).logits
+        return F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
+
+    # compiled as the engine compiles it (model and loss, static shapes)
+    loss_fn = torch.compile(loss_of, dynamic=False) if spec.compile else loss_of
     batches = _batches(a, a.device)
     for _ in range(spec.max_steps):
-        ids = next(batches)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-            logits = fwd(input_ids=ids[:, :-1]).logits
-        loss = F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
+        loss = loss_fn(next(batches))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
