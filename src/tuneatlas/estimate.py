@@ -67,6 +67,36 @@ GPUS = {
 }
 
 
+def peak_tflops(device_name: str, precision: str) -> float | None:
+    """Dense peak TFLOPS of a GPU named as `torch.cuda.get_device_name()` names it (e.g.
+    "NVIDIA H100 80GB HBM3") at `precision` (bf16, tf32 or fp32: the arithmetic the run's
+    matmuls used); None for a GPU not in `GPUS`."""
+    name = device_name.lower()
+    for key, gpu in GPUS.items():
+        model, _, memory = key.partition("-")  # "a100-80g": the model, then its memory
+        if model in name and (not memory or memory.rstrip("g") + "gb" in name.replace(" ", "")):
+            return float(gpu.tflops[precision])
+    return None
+
+
+def matmul_precision(precision: str, tf32: bool) -> str:
+    """The arithmetic a run's matmuls use on CUDA: bf16 under bf16 autocast, else TF32 when
+    the run turns it on, else fp32; the key of `Gpu.tflops` its MFU divides by."""
+    return "bf16" if precision == "bf16" else ("tf32" if tf32 else "fp32")
+
+
+def training_mfu(
+    tokens_per_s: float, arch: Arch, seq: int, device_name: str, precision: str
+) -> tuple[float, float | None]:
+    """(achieved TFLOPS, model FLOPs utilisation) of training at `tokens_per_s`: FLOPs per
+    token as `Arch.flops_per_token` counts them (the LM head included) against the dense peak
+    of the GPU at the arithmetic actually used (`matmul_precision`); MFU None for a GPU not
+    in `GPUS`."""
+    achieved = tokens_per_s * arch.flops_per_token(seq, backward=True) / 1e12
+    peak = peak_tflops(device_name, precision)
+    return achieved, (achieved / peak if peak else None)
+
+
 @dataclass(frozen=True)
 class Settings:
     """The assumptions of an estimate (all printed with it)."""

@@ -852,6 +852,7 @@ def _s4_pretrain_spec(
         ffn_widths=ffn_widths,
         grad_clip=1.0,
         precision=s4["precision"],
+        compile=s4["compile"],
         checkpoint_every=s4["checkpoint_every"],
         optim=OptimSpec(lr=s4["lr"], betas=tuple(s4["betas"]), weight_decay=s4["weight_decay"]),
         schedule=ScheduleSpec(name="cosine", warmup_steps=s4["warmup_steps"]),

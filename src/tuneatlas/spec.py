@@ -169,6 +169,8 @@ class PretrainSpec:
     grad_clip: float | None = 1.0
     precision: Precision = "fp32"  # bf16 = autocast on CUDA only; CPU always runs fp32
     tf32: bool = False
+    # torch.compile (Inductor) the training forward/backward: faster, not bit-identical to eager
+    compile: bool = False
     optim: OptimSpec = field(default_factory=OptimSpec)
     schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
     checkpoint_every: int | str = 0

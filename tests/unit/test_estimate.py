@@ -17,7 +17,13 @@ import yaml
 from tests.support import REPO
 from tuneatlas.cli import main
 from tuneatlas.config import validate_config
-from tuneatlas.estimate import Arch, estimate_plan, settings_for
+from tuneatlas.estimate import (
+    Arch,
+    estimate_plan,
+    matmul_precision,
+    settings_for,
+    training_mfu,
+)
 from tuneatlas.plan import make_plan
 
 SEQ = 32
@@ -118,6 +124,28 @@ MEASURE = textwrap.dedent(
     print(json.dumps({"delta": status("VmHWM:") - base}))
     """
 )
+
+
+def test_mfu_counts_the_lm_head_and_divides_by_the_peak_of_the_precision_used():
+    """A vocabulary much wider than the model, so the LM head is most of the step: the FLOPs
+    behind the MFU are torch's direct count of a training step (not 6 N without the head),
+    and the peak is the GPU's at bf16, TF32 or fp32, as the run computed."""
+    torch.manual_seed(0)
+    model, arch = _llama([64, 64], hidden=32, heads=4, vocab=4000)
+    ids = torch.randint(0, arch.vocab, (2, SEQ))
+    counted = _counted_flops(model, ids, causal=True) / ids.numel()
+    head = 6 * arch.vocab * arch.hidden
+    assert head > 0.5 * counted  # the head dominates: leaving it out would fail below
+    rate = 1e6  # tokens/s
+    for precision, tf32, peak in (("bf16", False, 989), ("fp32", True, 494), ("fp32", False, 67)):
+        used = matmul_precision(precision, tf32)
+        tflops, mfu = training_mfu(rate, arch, SEQ, "NVIDIA H100 80GB HBM3", used)
+        assert tflops == pytest.approx(rate * counted / 1e12, rel=0.03)
+        assert mfu == pytest.approx(tflops / peak)
+    assert training_mfu(rate, arch, SEQ, "NVIDIA A100-SXM4-40GB", "bf16")[1] == pytest.approx(
+        tflops / 312
+    )
+    assert training_mfu(rate, arch, SEQ, "Some Other GPU", "bf16")[1] is None
 
 
 @pytest.mark.parametrize("kind", ["llama", "bert"])

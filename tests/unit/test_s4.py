@@ -214,6 +214,26 @@ def test_a_retokenised_corpus_of_the_same_size_never_resumes_a_stale_checkpoint(
     assert again["resumed_from"] == 5
 
 
+def test_compiled_pretraining_follows_the_eager_run_and_resumes(tokens, tmp_path):
+    """`compile: true` (torch.compile, Inductor's C++ kernels on CPU) trains the same model as
+    eager up to rounding, and its checkpoint (the eager module's weights) resumes."""
+    spec = replace(SPEC, max_steps=6, micro_batch_size=None, checkpoint_every=3)
+    eager = pretrain(spec, tokens["dir"], tmp_path / "eager", device="cpu")
+    compiled = replace(spec, compile=True)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(compiled, tokens["dir"], tmp_path / "compiled", hooks=[Crash(4)], device="cpu")
+    resumed = pretrain(
+        compiled, tokens["dir"], tmp_path / "compiled", hooks=[Crash(None)], device="cpu"
+    )
+    assert resumed["resumed_from"] == 3
+    losses = [
+        pd.read_parquet(tmp_path / run / "metrics.parquet")["loss"].dropna().to_numpy()
+        for run in ("eager", "compiled")
+    ]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
+    assert resumed["valid"]["loss"] == pytest.approx(eager["valid"]["loss"], rel=1e-4)
+
+
 def test_keep_best_is_refused_for_pretraining(tokens, tmp_path):
     with pytest.raises(ValueError, match="keep_best"):
         pretrain(replace(SPEC, keep_best=True), tokens["dir"], tmp_path, device="cpu")
