@@ -270,6 +270,12 @@ def cmd_bundle(args: argparse.Namespace) -> None:
     log.info("bundle %s: %s -> %s", args.name, manifest["members"], args.out)
 
 
+def cmd_adopt(args: argparse.Namespace) -> None:
+    from tuneatlas.bundles import Member, adopt
+
+    adopt(args.bundle, Member.from_json(args.member))
+
+
 def cmd_tokenize(args: argparse.Namespace) -> None:
     from tuneatlas.data.tokens import prepare_tokens
 
@@ -738,6 +744,15 @@ COMMANDS = (
                 help="one member as JSON: name, argv (its tuneatlas command), outputs, log",
             ),
             out_option("the bundle's manifest (done.json), written when every member is done"),
+        ),
+    ),
+    Command(
+        "adopt",
+        cmd_adopt,
+        "move a bundle member's outputs to their final paths (after rule `bundle`)",
+        (
+            option("--bundle", required=True, help="the bundle id (plan.bundles)"),
+            option("--member", required=True, help="the member as JSON (as `bundle` took it)"),
         ),
     ),
     Command(
