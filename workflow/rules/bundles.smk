@@ -47,6 +47,8 @@ rule adopt_train:
         f"{RESULTS}/logs/train/{{run}}.log",
     wildcard_constraints:
         run=one_of(set(bundled("train")) - set(PREDICTED_RUNS)),
+    conda:
+        "../../envs/tuneatlas.yaml"
     params:
         # the member's command holds its spec: a changed spec re-runs the member
         bundle=lambda wc: PLAN.bundle_of("train", wc.run),
@@ -78,6 +80,8 @@ rule adopt_fisher:
         f"{RESULTS}/logs/fisher/{{fisher}}.log",
     wildcard_constraints:
         fisher=one_of(bundled("fisher")),
+    conda:
+        "../../envs/tuneatlas.yaml"
     params:
         bundle=lambda wc: PLAN.bundle_of("fisher", wc.fisher),
         member=lambda wc: bundle_member(PLAN.bundle_of("fisher", wc.fisher), wc.fisher),

@@ -15,7 +15,13 @@ from tuneatlas.config import config_hash, read_yaml, validate_config
 from tuneatlas.data.prepare import local_source_files
 from tuneatlas.data.sources import hub_fetch_spec
 from tuneatlas.errors import ConfigError, DataError
-from tuneatlas.estimate import GPUS, Settings, bundle_resources, estimate_plan, job_resources
+from tuneatlas.estimate import (
+    GPUS,
+    Settings,
+    bundle_resources,
+    estimate_plan,
+    job_resources,
+)
 from tuneatlas.io import stable_hash
 from tuneatlas.plan import make_plan
 from tuneatlas.preflight import preflight
@@ -442,13 +448,15 @@ def estimated(rule, field, default, wildcards, attempt):
     return job_resources(est, attempt, ESTIMATE_SETTINGS, {field: default})[field]
 
 
-# Bundles (config `bundles`, rule `bundle`, tuneatlas.bundles): the jobs of rules train and
+# Bundles (config `bundles`, tuneatlas.bundles, the `bundle` rule). The jobs of rules train and
 # fisher that run inside a bundle job; their own rules leave them to adopt_train/adopt_fisher.
 TRAIN_OUTPUTS = ("model", "captures", "eval.parquet", "metrics.parquet", "spec.yaml")
 
 
 def bundled(rule_name):
-    return sorted(m for b in PLAN.bundles.values() if b["rule"] == rule_name for m in b["members"])
+    return sorted(
+        m for b in PLAN.bundles.values() if b["rule"] == rule_name for m in b["members"]
+    )
 
 
 def unbundled(rule_name, names):
@@ -495,7 +503,9 @@ def bundle_member(bundle_id, name):
         argv += ["--predictions", staged(outputs[-1], bundle_id)]
     argv += ["--data", f"{RESULTS}/data/{spec['dataset']}"]
     argv += ["--model", f"{RESULTS}/models/{spec['model']}"]
-    return Member(name, argv, outputs, f"{RESULTS}/logs/{rule_name}/{name}.log").to_json()
+    return Member(
+        name, argv, outputs, f"{RESULTS}/logs/{rule_name}/{name}.log"
+    ).to_json()
 
 
 def bundle_members_arg(wildcards):
@@ -506,7 +516,10 @@ def bundle_members_arg(wildcards):
 
 
 # the resources rules train and fisher ask for a job without an estimate
-UNESTIMATED = {"train": {"runtime": 240, "mem_mb": 16000}, "fisher": {"runtime": 30, "mem_mb": 16000}}
+UNESTIMATED = {
+    "train": {"runtime": 240, "mem_mb": 16000},
+    "fisher": {"runtime": 30, "mem_mb": 16000},
+}
 
 
 def bundle_resource(field):
