@@ -13,6 +13,7 @@ Only the command line adds test-only options (fast status polling, squeue as sta
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import threading
@@ -522,6 +523,9 @@ def bundled_started(slurm_cluster, tmp_path_factory):
     run.wait()
 
 
+OTHER_S1_RUNS = ("s1-sst2-frozen-s42", "s1-sst2-nodrop-s42")  # S1's other fine-tunes: 4 in all
+
+
 def test_a_bundle_is_one_sbatch_for_four_fine_tunes_with_the_outputs_of_one_job_each(
     bundled_started, local_reference, show
 ):
@@ -530,7 +534,11 @@ def test_a_bundle_is_one_sbatch_for_four_fine_tunes_with_the_outputs_of_one_job_
     assert run.returncode == 0, run.failure("the bundled SLURM run failed")
     counts = job_counts(run.stdout)
     adopted = sum(n for rule, n in counts.items() if rule.startswith("adopt_train"))
-    assert counts.get("bundle") == 1 and adopted == 4 and "train" not in counts, counts
+    # the bundle trains all four; the target adopts the two it reads (TRAIN_RUNS)
+    assert counts.get("bundle") == 1 and "train" not in counts, counts
+    assert adopted == len(TRAIN_RUNS), counts
+    done = json.loads((run.workdir / "results/bundles/s1-train-00/done.json").read_text())
+    assert done["members"] == dict.fromkeys([*TRAIN_RUNS, *OTHER_S1_RUNS], "done"), done
     rules = sorted(rule_of(r) for r in run.records)  # what reached SLURM: one job per sbatch
     assert rules == ["build_model", "bundle", "prepare_data", "table"], run.failure("sbatch jobs")
     (bundle,) = [r for r in run.records if rule_of(r) == "bundle"]

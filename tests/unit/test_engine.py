@@ -717,6 +717,9 @@ class SigtermAt:  # SIGTERM to rank 1 only, after step `at` (None: never)
         if state.step == self.at and state.rank == 1:
             os.kill(os.getpid(), signal.SIGTERM)
 
+def say(line):  # one write per line: the two ranks share the pipe, print can interleave them
+    os.write(1, (line + "\\n").encode())
+
 def rank_main(rank, spec, data, model, out, rendezvous, at):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
@@ -724,9 +727,9 @@ def rank_main(rank, spec, data, model, out, rendezvous, at):
         hooks = [SigtermAt(None if at == "none" else int(at))]
         try:
             res = finetune(TrainSpec.from_dict(json.loads(spec)), data, model, out, hooks=hooks)
-            print(f"rank {rank} resumed_from {res['resumed_from']}", flush=True)
+            say(f"rank {rank} resumed_from {res['resumed_from']}")
         except Preempted as e:
-            print(f"rank {rank} preempted at {e.step}", flush=True)
+            say(f"rank {rank} preempted at {e.step}")
     finally:
         dist.destroy_process_group()
 

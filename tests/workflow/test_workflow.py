@@ -231,7 +231,10 @@ def test_paper_dry_run_builds_every_studys_full_grid(tmp_path):
     assert "Exception" not in out  # no rule's input function failed on the way
     assert not (tmp_path / "data").exists()
     counts = job_counts(out)
-    counts["train"] += counts.get("train_with_predictions", 0)
+    # a bundled fine-tune or Fisher trial is one adopt job (its bundle ran it)
+    bundled_train = counts.get("adopt_train", 0) + counts.get("adopt_train_with_predictions", 0)
+    counts["train"] += counts.get("train_with_predictions", 0) + bundled_train
+    counts["fisher"] = counts.get("fisher", 0) + counts.get("adopt_fisher", 0)
     # S3: the main run, and the preliminary run when paper.yaml's S3 section names its dataset
     paper = yaml.safe_load((REPO / "paper.yaml").read_text())
     s3 = paper["studies"]["s3"]
@@ -242,6 +245,10 @@ def test_paper_dry_run_builds_every_studys_full_grid(tmp_path):
     assert counts["train"] == 120 + 1 + bool(s3.get("preliminary_dataset")) + 1080 + 6
     assert counts["simcse"] == 5 and counts["fisher"] == 6 * 30  # 30 trials per model
     assert (s2["model"], len(s2["lrs"]), s2["n_seeds"]) == ("bert-large", 6, 30)
+    # paper.yaml bundles S2's sweep: 36 fine-tunes or 12 Fisher trials per sbatch
+    assert paper["bundles"] == {"s2": {"train": 36, "fisher": 12}}
+    assert counts["adopt_train_with_predictions"] == 1080 and counts["adopt_fisher"] == 180
+    assert counts["bundle"] == 1080 // 36 + 180 // 12
     # GLUE + livedoor (+ imbalanced) + S2's RTE (public validation), wiki1m and STS-B dev
     # (SimCSE's checkpoint selection) + S4's FineWeb-Edu (sample-10BT for 285M, sample-100BT for
     # 570M/2B: fresh tokens) + S5's SST-2
@@ -260,7 +267,7 @@ def test_paper_dry_run_builds_every_studys_full_grid(tmp_path):
     assert (s5["model"], s5["k"], s5["seeds"]) == ("roberta-base", 3, [0, 1, 2])
     assert counts["cluster"] == 1 and counts["cluster_data"] == 3
     # the S5 members and S2's sweep (per-example validation predictions), in the train count
-    assert counts["train_with_predictions"] == 6 + 1080
+    assert counts["train_with_predictions"] + counts["adopt_train_with_predictions"] == 6 + 1080
     # every hub dataset and model is fetched by a rule of its own, run on the submit host
     s1_datasets = paper["studies"]["s1"]["datasets"]
     used = [*s1_datasets, *s3_datasets, s2["dataset"], s2["corpus"], s2["simcse"]["stsb"]]
@@ -311,8 +318,9 @@ def test_a_real_paper_run_still_refuses_missing_data_up_front(tmp_path):
     assert "tuneatlas zsre-convert" in proc.stdout and "Building DAG" not in proc.stdout
 
 
-def test_only_the_hub_fetches_and_the_tracking_store_are_local_rules(tmp_path):
-    """On SLURM, localrules run on the submit host (compute nodes often have no network)."""
+def test_only_the_hub_fetches_the_tracking_store_and_adopts_are_local_rules(tmp_path):
+    """On SLURM, localrules run on the submit host (compute nodes often have no network); an
+    adopt job moves a bundled run's outputs into place, a second's file moves."""
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import ConfigSettings, ResourceSettings
 
@@ -329,6 +337,9 @@ def test_only_the_hub_fetches_and_the_tracking_store_are_local_rules(tmp_path):
             "fetch_model",
             "fetch_harness_data",
             "track",
+            "adopt_train",
+            "adopt_train_with_predictions",
+            "adopt_fisher",
         }
 
 
