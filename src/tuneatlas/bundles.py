@@ -39,7 +39,6 @@ from tuneatlas.io import atomic_path, stable_hash, write_json
 log = logging.getLogger(__name__)
 
 RESULTS = "results"
-BUNDLED_RULES = ("train", "fisher")
 
 
 @dataclass(frozen=True)
@@ -153,7 +152,7 @@ def run_bundle(
     from tuneatlas.errors import Preempted, error_lines
 
     status: dict[str, str] = {}
-    with StopOnSigterm() as sigterm:  # between members: stop before the next one starts
+    with StopOnSigterm() as sigterm:
         for i, member in enumerate(members, 1):
             if sigterm.requested:  # between members: the finished ones are the checkpoint
                 raise Preempted(f"bundle {bundle}", i - 1, len(members))

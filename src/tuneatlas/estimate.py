@@ -653,11 +653,10 @@ def bundle_resources(
     the memory; members without an estimate count `default` each."""
     known = [e for e in ests if e is not None and e.verdict != "unknown"]
     if not known:
-        per = [int(default["runtime"]) * attempt] * len(ests)
-        return {"runtime": sum(per), "mem_mb": int(default["mem_mb"]) * attempt}
-    unknown_hours = (
-        (len(ests) - len(known)) * default["runtime"] / 60 if len(known) < len(ests) else 0
-    )
+        runtime = int(default["runtime"]) * attempt * len(ests)
+        return {"runtime": runtime, "mem_mb": int(default["mem_mb"]) * attempt}
+    unknown = len(ests) - len(known)  # members without an estimate count the default each
+    unknown_hours = unknown * default["runtime"] / 60 if unknown else 0.0
     combined = replace(
         known[0],
         hours=sum(e.hours for e in known) + unknown_hours,

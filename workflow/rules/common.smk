@@ -474,11 +474,9 @@ def bundle_done(rule_name):
 
 def bundle_inputs(wildcards):
     """Every member's data and base model."""
-    specs = [
-        PLAN.runs[m].spec if b["rule"] == "train" else PLAN.fishers[m]
-        for b in [PLAN.bundles[wildcards.bundle]]
-        for m in b["members"]
-    ]
+    bundle = PLAN.bundles[wildcards.bundle]
+    train = bundle["rule"] == "train"
+    specs = [PLAN.runs[m].spec if train else PLAN.fishers[m] for m in bundle["members"]]
     return sorted(
         {f"{RESULTS}/data/{s['dataset']}" for s in specs}
         | {f"{RESULTS}/models/{s['model']}" for s in specs}

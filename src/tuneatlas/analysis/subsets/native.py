@@ -118,6 +118,8 @@ def binary_counts(a: torch.Tensor, b: torch.Tensor, threads: int | None = None) 
         call(0, longer)
         return out
     if NATIVE.pool_size < parts:
+        if NATIVE.pool is not None:  # too few workers: replace it, do not leave it idle
+            NATIVE.pool.shutdown(wait=False)
         NATIVE.pool = ThreadPoolExecutor(max_workers=parts, thread_name_prefix="subsets")
         NATIVE.pool_size = parts
     for fut in [
