@@ -279,6 +279,14 @@ def _check_references(config: dict[str, Any]) -> None:
                         f"config key 'studies.s1.{field}.{i}': {value!r} is not in"
                         " studies.s1.datasets"
                     )
+    if (
+        config["bundles"].get("s4", {}).get("pretrain", 1) > 1
+        and (studies.get("s4") or {}).get("gpus", 1) > 1
+    ):
+        problems.append(
+            "config key 'bundles.s4.pretrain': a pre-training run on several GPUs"
+            " (studies.s4.gpus) is a torchrun job of its own; bundle it only on one GPU"
+        )
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 

@@ -90,7 +90,7 @@ class Plan:
     # REPRO (rules repro_tables / repro_figures): study -> {"tables": [its artifact tables],
     # "not_comparable": why its numbers cannot be set beside the paper's, or None}
     repro: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # bundle id -> {"rule": train | fisher, "members": [run or trial ids]} (config `bundles`,
+    # bundle id -> {"rule": train | fisher | pretrain, "members": [run or trial ids]} (`bundles`,
     # tuneatlas.bundles): the members' jobs run inside rule `bundle`
     bundles: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -208,20 +208,29 @@ def make_plan(config: dict[str, Any]) -> Plan:
 
 
 def _plan_bundles(plan: Plan, sizes: dict[str, dict[str, int]]) -> None:
-    """Cut each study's bundleable jobs into bundles (tuneatlas.bundles). A fine-tune that
-    starts from another run's weights runs alone: its input may be a sibling's output (a
-    cycle through the bundle)."""
-    groups: dict[str, list[str]] = {}
+    """Cut each study's bundleable jobs into bundles (tuneatlas.bundles): its fine-tunes, Fisher
+    trials and pre-training runs. A fine-tune that starts from another run's weights goes to a
+    later wave of its study's bundles (`<study>-train-w<depth>-NN`, depth = the runs it starts
+    from, one after another): its input is an earlier bundle's output, never a sibling's."""
+    groups: dict[str, tuple[str, list[str]]] = {}  # group -> (rule, members)
     for run in plan.runs.values():
-        if run.kind == "finetune" and not run.spec.get("init_from"):
-            groups.setdefault(f"{run.study}-train", []).append(run.id)
+        if run.kind in ("finetune", "pretrain"):
+            rule = "train" if run.kind == "finetune" else "pretrain"
+            depth = _init_depth(plan, run.id)
+            group = f"{run.study}-{rule}" + (f"-w{depth}" if depth else "")
+            groups.setdefault(group, (rule, []))[1].append(run.id)
     for fisher_id in plan.fishers:
-        groups.setdefault("s2-fisher", []).append(fisher_id)
-    by_group = {
-        f"{study}-{rule}": size for study, rules in sizes.items() for rule, size in rules.items()
-    }
-    for bundle_id, names in plan_bundles(groups, by_group).items():
-        plan.bundles[bundle_id] = {"rule": bundle_id.split("-")[1], "members": names}
+        groups.setdefault("s2-fisher", ("fisher", []))[1].append(fisher_id)
+    for group, (rule, names) in sorted(groups.items()):
+        size = sizes.get(group.split("-")[0], {}).get(rule, 1)
+        for bundle_id, cut in plan_bundles({group: names}, {group: size}).items():
+            plan.bundles[bundle_id] = {"rule": rule, "members": cut}
+
+
+def _init_depth(plan: Plan, run_id: str) -> int:
+    """How many runs `run_id` starts from, one from the other's weights (0: from a base model)."""
+    init_from = plan.runs[run_id].spec.get("init_from")
+    return 1 + _init_depth(plan, init_from) if init_from else 0
 
 
 def toy_scale_reason(config: dict[str, Any], section: dict[str, Any]) -> str | None:

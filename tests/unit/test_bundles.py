@@ -30,25 +30,43 @@ def test_each_group_is_cut_into_near_equal_contiguous_bundles():
     assert plan_bundles({"s2-train": names}, {"s2-train": 1}) == {}  # 1: one job per run
 
 
-def test_the_plan_bundles_every_fine_tune_but_those_started_from_another_run(repo):
+def test_the_plan_bundles_runs_started_from_another_run_in_a_later_wave(repo):
     config = yaml.safe_load((repo / "config.yaml").read_text())
-    config["bundles"] = {"s1": {"train": 5}, "s2": {"train": 9, "fisher": 4}}
+    config["bundles"] = {"s1": {"train": 5}, "s2": {"train": 9, "fisher": 4}, "s4": {"pretrain": 7}}
     plan = make_plan(validate_config(config))
     members = {
         rule: sorted(m for b in plan.bundles.values() if b["rule"] == rule for m in b["members"])
-        for rule in ("train", "fisher")
+        for rule in ("train", "fisher", "pretrain")
     }
     finetunes = [r for r, run in plan.runs.items() if run.kind == "finetune"]
     alone = [r for r in finetunes if r not in members["train"]]
-    expected_alone = [r for r in finetunes if plan.runs[r].spec["init_from"]]
-    expected_alone += [r for r in finetunes if plan.runs[r].study not in ("s1", "s2")]
-    assert sorted(alone) == sorted(expected_alone) and expected_alone
+    assert sorted(alone) == sorted(r for r in finetunes if plan.runs[r].study not in ("s1", "s2"))
     assert members["fisher"] == sorted(plan.fishers)
+    pretrains = [r for r, run in plan.runs.items() if run.kind == "pretrain"]
+    assert members["pretrain"] == sorted(pretrains)
+    assert len([b for b in plan.bundles if b.startswith("s4-pretrain-")]) == 3  # 16 runs, 7 a job
     for bundle_id, bundle in plan.bundles.items():
         study = bundle_id.split("-")[0]
         assert all(m.startswith(f"{study}-") for m in bundle["members"]), bundle_id
         assert plan.bundle_of(bundle["rule"], bundle["members"][0]) == bundle_id
-    assert plan.bundle_of("train", expected_alone[0]) is None
+    # S1's sequential runs: in the second wave, each after the first-wave bundle of its start
+    sequential = [r for r in finetunes if plan.runs[r].spec["init_from"]]
+    assert sequential and alone
+    for run in sequential:
+        start = plan.runs[run].spec["init_from"]
+        assert plan.bundle_of("train", run).startswith("s1-train-w1-"), run
+        assert not plan.bundle_of("train", start).startswith("s1-train-w"), start
+    assert plan.bundle_of("train", alone[0]) is None
+
+
+def test_pretraining_on_several_gpus_is_not_bundled(repo):
+    config = yaml.safe_load((repo / "config.yaml").read_text())
+    config["bundles"] = {"s4": {"pretrain": 4}}
+    config["studies"]["s4"]["gpus"] = 2
+    with pytest.raises(ConfigError, match="'bundles.s4.pretrain': a pre-training run on several"):
+        validate_config(config)
+    config["studies"]["s4"]["gpus"] = 1
+    validate_config(config)
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
-# Bundles (config `bundles`, tuneatlas.bundles): many short fine-tunes or Fisher trials of one
-# study as one GPU job, one process; each member's outputs are then moved into place by a local
+# Bundles (config `bundles`, tuneatlas.bundles): many short fine-tunes, Fisher trials or toy
+# pre-training runs of one study as one GPU job, one process; each member's outputs are then moved into place by a local
 # job of its own, so every rule downstream reads the paths an unbundled run writes.
 
 
@@ -7,6 +7,7 @@ localrules:
     adopt_train,
     adopt_train_with_predictions,
     adopt_fisher,
+    adopt_pretrain,
 
 
 rule bundle:
@@ -85,5 +86,26 @@ rule adopt_fisher:
     params:
         bundle=lambda wc: PLAN.bundle_of("fisher", wc.fisher),
         member=lambda wc: bundle_member(PLAN.bundle_of("fisher", wc.fisher), wc.fisher),
+    shell:
+        "python -m tuneatlas adopt --bundle {params.bundle} --member {params.member:q}"
+
+
+rule adopt_pretrain:
+    input:
+        bundle_done("pretrain"),
+    output:
+        model=directory(f"{RESULTS}/runs/{{run}}/model"),
+        eval=f"{RESULTS}/runs/{{run}}/eval.parquet",
+        metrics=f"{RESULTS}/runs/{{run}}/metrics.parquet",
+        spec=f"{RESULTS}/runs/{{run}}/spec.yaml",
+    log:
+        f"{RESULTS}/logs/pretrain/{{run}}.log",
+    wildcard_constraints:
+        run=one_of(bundled("pretrain")),
+    conda:
+        "../../envs/tuneatlas.yaml"
+    params:
+        bundle=lambda wc: PLAN.bundle_of("pretrain", wc.run),
+        member=lambda wc: bundle_member(PLAN.bundle_of("pretrain", wc.run), wc.run),
     shell:
         "python -m tuneatlas adopt --bundle {params.bundle} --member {params.member:q}"

@@ -150,8 +150,8 @@ def run_of(wildcards):
         ) from None
 
 
-def train_inputs(wildcards):
-    spec = run_of(wildcards).spec
+def finetune_inputs(spec):
+    """A fine-tune's data and base model, and the run whose weights it starts from."""
     inputs = {
         "data": f"{RESULTS}/data/{spec['dataset']}",
         "model": f"{RESULTS}/models/{spec['model']}",
@@ -448,9 +448,10 @@ def estimated(rule, field, default, wildcards, attempt):
     return job_resources(est, attempt, ESTIMATE_SETTINGS, {field: default})[field]
 
 
-# Bundles (config `bundles`, tuneatlas.bundles, the `bundle` rule). The jobs of rules train and
-# fisher that run inside a bundle job; their own rules leave them to adopt_train/adopt_fisher.
+# Bundles (config `bundles`, tuneatlas.bundles, the `bundle` rule). The jobs of rules train,
+# fisher and pretrain that run inside a bundle job; their own rules leave them to adopt_<rule>.
 TRAIN_OUTPUTS = ("model", "captures", "eval.parquet", "metrics.parquet", "spec.yaml")
+PRETRAIN_OUTPUTS = ("model", "eval.parquet", "metrics.parquet", "spec.yaml")
 
 
 def bundled(rule_name):
@@ -472,14 +473,27 @@ def bundle_done(rule_name):
     return done
 
 
+def member_inputs(rule_name, name):
+    """What a member's own job reads (rule train, fisher or pretrain): option -> path."""
+    if rule_name == "pretrain":
+        return {"tokens": f"{RESULTS}/tokens/{PLAN.runs[name].spec['tokens']}"}
+    if rule_name == "train":
+        return finetune_inputs(PLAN.runs[name].spec)
+    spec = PLAN.fishers[name]
+    return {
+        "data": f"{RESULTS}/data/{spec['dataset']}",
+        "model": f"{RESULTS}/models/{spec['model']}",
+    }
+
+
 def bundle_inputs(wildcards):
-    """Every member's data and base model."""
     bundle = PLAN.bundles[wildcards.bundle]
-    train = bundle["rule"] == "train"
-    specs = [PLAN.runs[m].spec if train else PLAN.fishers[m] for m in bundle["members"]]
     return sorted(
-        {f"{RESULTS}/data/{s['dataset']}" for s in specs}
-        | {f"{RESULTS}/models/{s['model']}" for s in specs}
+        {
+            p
+            for m in bundle["members"]
+            for p in member_inputs(bundle["rule"], m).values()
+        }
     )
 
 
@@ -489,18 +503,22 @@ def bundle_member(bundle_id, name):
     from tuneatlas.bundles import Member, staged
 
     rule_name = PLAN.bundles[bundle_id]["rule"]
-    if rule_name == "train":
-        spec, out = PLAN.runs[name].spec, f"{RESULTS}/runs/{name}"
-        outputs = [f"{out}/{o}" for o in TRAIN_OUTPUTS]
-    else:
+    if rule_name == "fisher":
         spec, out = PLAN.fishers[name], f"{RESULTS}/fisher/{name}.parquet"
         outputs = [out]
+    else:
+        spec, out = PLAN.runs[name].spec, f"{RESULTS}/runs/{name}"
+        names = TRAIN_OUTPUTS if rule_name == "train" else PRETRAIN_OUTPUTS
+        outputs = [f"{out}/{o}" for o in names]
     argv = [rule_name, "--spec", as_json(spec), "--out", staged(out, bundle_id)]
     if name in PREDICTED_RUNS:  # as rule train_with_predictions
         outputs.append(f"{out}/predictions.parquet")
         argv += ["--predictions", staged(outputs[-1], bundle_id)]
-    argv += ["--data", f"{RESULTS}/data/{spec['dataset']}"]
-    argv += ["--model", f"{RESULTS}/models/{spec['model']}"]
+    argv += [
+        a
+        for option, path in member_inputs(rule_name, name).items()
+        for a in (f"--{option}", path)
+    ]
     return Member(
         name, argv, outputs, f"{RESULTS}/logs/{rule_name}/{name}.log"
     ).to_json()
@@ -513,10 +531,11 @@ def bundle_members_arg(wildcards):
     )
 
 
-# the resources rules train and fisher ask for a job without an estimate
+# the resources rules train, fisher and pretrain ask for a job without an estimate
 UNESTIMATED = {
     "train": {"runtime": 240, "mem_mb": 16000},
     "fisher": {"runtime": 30, "mem_mb": 16000},
+    "pretrain": {"runtime": 1440, "mem_mb": 32000},
 }
 
 

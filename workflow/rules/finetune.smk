@@ -3,7 +3,7 @@
 
 rule train:
     input:
-        unpack(train_inputs),
+        unpack(lambda wc: member_inputs("train", wc.run)),
     output:
         model=directory(f"{RESULTS}/runs/{{run}}/model"),
         captures=directory(f"{RESULTS}/runs/{{run}}/captures"),

@@ -4,8 +4,7 @@
 
 rule fisher:
     input:
-        data=lambda wc: f"{RESULTS}/data/{fisher_of(wc)['dataset']}",
-        model=lambda wc: f"{RESULTS}/models/{fisher_of(wc)['model']}",
+        unpack(lambda wc: member_inputs("fisher", wc.fisher)),
     output:
         f"{RESULTS}/fisher/{{fisher}}.parquet",
     log:

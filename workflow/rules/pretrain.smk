@@ -32,7 +32,7 @@ ruleorder: pretrain > train
 
 rule pretrain:
     input:
-        tokens=lambda wc: f"{RESULTS}/tokens/{run_of(wc).spec['tokens']}",
+        unpack(lambda wc: member_inputs("pretrain", wc.run)),
     output:
         model=directory(f"{RESULTS}/runs/{{run}}/model"),
         eval=f"{RESULTS}/runs/{{run}}/eval.parquet",
@@ -43,7 +43,7 @@ rule pretrain:
     benchmark:
         f"{RESULTS}/benchmarks/pretrain/{{run}}.tsv"
     wildcard_constraints:
-        run=one_of(PRETRAIN_RUNS),
+        run=one_of(unbundled("pretrain", PRETRAIN_RUNS)),
     conda:
         "../../envs/tuneatlas.yaml"
     threads: THREADS
