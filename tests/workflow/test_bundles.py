@@ -1,7 +1,7 @@
 """Bundles in a real snakemake run: S2's fine-tunes and Fisher trials as 4 bundle jobs instead
-of 12 jobs, one member failing on the first attempt; S1's sequential fine-tunes in a second-wave
-bundle after the bundle of the runs they start from; S4's pre-training runs as 2 bundle jobs. In
-the end, the same outputs as one job per run (the tiny run)."""
+of 12 jobs, one member failing on the first attempt, and S4's pre-training runs as 2; in the end,
+the same outputs as one job per run (the tiny run). test_workflow's bundled rerun bundles every
+study and compares every table."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tests.workflow.conftest import TINY
 from tuneatlas.config import validate_config
 from tuneatlas.plan import make_plan
 
-BUNDLES = {"s1": {"train": 9}, "s2": {"train": 4, "fisher": 2}, "s4": {"pretrain": 2}}
+BUNDLES = {"s2": {"train": 4, "fisher": 2}, "s4": {"pretrain": 2}}
 
 
 def _job_stats(stdout: str) -> dict[str, int]:
@@ -31,11 +31,10 @@ def test_a_bundled_s2_sweep_survives_a_failed_member_and_equals_one_job_per_run(
     config_file.write_text(yaml.safe_dump(config))
     plan = make_plan(validate_config(config))
     runs = [r for r, run in plan.runs.items() if run.study == "s2" and run.kind == "finetune"]
-    sequential = [r for r, run in plan.runs.items() if run.spec.get("init_from")]
     pretrains = [r for r, run in plan.runs.items() if run.kind == "pretrain"]
     outputs = [
         f"results/runs/{r}/{f}"
-        for r in runs + sequential + pretrains
+        for r in runs + pretrains
         for f in ("eval.parquet", "metrics.parquet")
     ]
     outputs += [f"results/fisher/{t}.parquet" for t in plan.fishers]
@@ -53,11 +52,10 @@ def test_a_bundled_s2_sweep_survives_a_failed_member_and_equals_one_job_per_run(
     first = snakemake(work, *args, *outputs, check=False)
     assert first.returncode != 0
     stats = _job_stats(first.stdout)
-    # S2: 2 + 2, S1: the 9 first-wave runs (two of them the starts) and the second wave, S4: 2
-    assert stats["bundle"] == 8, stats
+    assert stats["bundle"] == 6, stats  # S2: 2 + 2, S4: 2
     assert not {"train", "fisher", "pretrain"} & set(stats), stats
     adopted = stats.get("adopt_train", 0) + stats.get("adopt_train_with_predictions", 0)
-    assert adopted == len(runs) + 2 * len(sequential) and stats["adopt_pretrain"] == 3, stats
+    assert adopted == len(runs) and stats["adopt_pretrain"] == len(pretrains) == 3, stats
     bundle_log = work / f"results/logs/bundle/{bundle}.log"
     assert f"1 of {len(members)} members failed ({failing};" in bundle_log.read_text()
     for sibling in set(members) - {failing}:  # finished, kept, not yet in place

@@ -177,9 +177,26 @@ def test_report_builds(tiny_run):
     assert "s1_t1" in html
 
 
-def test_rerun_with_same_config_gives_identical_tables(tiny_run, tmp_path):
-    snakemake(tmp_path, "--configfile", str(TINY), "--cores", "2")
-    first, second = built_tables(tiny_run), built_tables(tmp_path)
+def test_a_rerun_with_every_job_bundled_gives_identical_tables(tiny_run, tmp_path):
+    """Fixed seeds give identical tables, and running every bundleable job in bundles (S1's
+    two waves, S2's sweep and Fisher trials, S4's pre-training, S5's members) changes none of
+    them: tiny_run runs one job per run."""
+    bundles = {
+        "s1": {"train": 6},
+        "s2": {"train": 4, "fisher": 2},
+        "s4": {"pretrain": 3},
+        "s5": {"train": 5},
+    }
+    config = tmp_path / "bundled.yaml"
+    config.write_text(yaml.safe_dump(yaml.safe_load(TINY.read_text()) | {"bundles": bundles}))
+    work = tmp_path / "work"
+    out = snakemake(work, "--configfile", str(config), "--cores", "2").stdout
+    # S1: 9 first-wave runs in 2 bundles, the 2 sequential ones in a third; S2: 1 + 1; S4, S5: 1
+    counts = job_counts(out)
+    assert counts["bundle"] == 7 and not {"pretrain", "fisher"} & set(counts), counts
+    assert counts["train"] == 2, counts  # S3's two runs only
+    assert {p.name for p in (work / "results/bundles").iterdir()} >= {"s1-train-w1-00"}
+    first, second = built_tables(tiny_run), built_tables(work)
     assert first.keys() == second.keys()
     for slug in first:
         pd.testing.assert_frame_equal(first[slug], second[slug], check_exact=True, obj=slug)

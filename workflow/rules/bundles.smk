@@ -24,6 +24,7 @@ rule bundle:
     conda:
         "../../envs/tuneatlas.yaml"
     threads: THREADS
+    priority: bundle_priority
     resources:
         gpu=1,
         mem_mb=bundle_resource("mem_mb"),

@@ -497,6 +497,13 @@ def bundle_inputs(wildcards):
     )
 
 
+def bundle_priority(wildcards):
+    """1 for a bundle holding a run that other runs start from (their later wave waits on it,
+    so it goes first among the jobs ready to run), else 0."""
+    members = set(PLAN.bundles[wildcards.bundle]["members"])
+    return int(any(run.spec.get("init_from") in members for run in PLAN.runs.values()))
+
+
 def bundle_member(bundle_id, name):
     """A member's command line (the one its own job runs, outputs under the bundle's stage),
     outputs and log: a tuneatlas.bundles.Member as JSON."""
