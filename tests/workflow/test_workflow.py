@@ -196,6 +196,9 @@ def test_a_rerun_with_every_job_bundled_gives_identical_tables(tiny_run, tmp_pat
     assert counts["bundle"] == 7 and not {"pretrain", "fisher"} & set(counts), counts
     assert counts["train"] == 2, counts  # S3's two runs only
     assert {p.name for p in (work / "results/bundles").iterdir()} >= {"s1-train-w1-00"}
+    # the first-wave bundle that holds the runs the second wave starts from goes first
+    first_served = re.findall(r"wildcards: bundle=(\S+)\n\s+priority: 1\n", out)
+    assert first_served == ["s1-train-01"], first_served
     first, second = built_tables(tiny_run), built_tables(work)
     assert first.keys() == second.keys()
     for slug in first:
