@@ -5,8 +5,9 @@
 #   make demo          run the whole toy DAG on config.yaml and build the HTML report
 #   make test          lint, then unit + workflow + real-encoder fidelity tests (+ the
 #                      real-SLURM test when TUNEATLAS_REQUIRE names cluster, as .ci/run sets);
-#                      ends with a skip summary. TUNEATLAS_REQUIRE=cluster,fidelity,... turns
-#                      those kinds' skips into failures (tests/conftest.py REQUIRE_KINDS)
+#                      ends with the 25 slowest tests and a skip summary.
+#                      TUNEATLAS_REQUIRE=cluster,fidelity,... turns those kinds' skips into
+#                      failures (tests/conftest.py REQUIRE_KINDS)
 #   make test-cluster  the real-SLURM test (installs Debian's SLURM; needs root)
 #   make gpu-check     on a GPU machine: tiny DAG on CUDA (fp32, bf16), CUDA vs CPU subset scores,
 #                      Fisher spectra vs a float64 CPU reference, SimCSE and causal-LM steps (bf16)
@@ -58,7 +59,7 @@ demo: setup
 	@echo "tables: results/tables/  figures: results/figures/  report: results/report.html"
 
 test: setup lint
-	$(BIN)/pytest -ra tests/unit tests/workflow tests/fidelity tests/cluster
+	$(BIN)/pytest -ra --durations=25 tests/unit tests/workflow tests/fidelity tests/cluster
 
 test-unit: setup
 	$(BIN)/pytest -ra tests/unit

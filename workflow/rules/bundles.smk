@@ -1,6 +1,7 @@
 # Bundles (config `bundles`, tuneatlas.bundles): many short fine-tunes, Fisher trials or toy
-# pre-training runs of one study as one GPU job, one process; each member's outputs are then moved into place by a local
-# job of its own, so every rule downstream reads the paths an unbundled run writes.
+# pre-training runs of one study as one GPU job, one process; each member's outputs are then
+# moved into place by a local job of its own, so every rule downstream reads the paths an
+# unbundled run writes.
 
 
 localrules:
@@ -21,10 +22,10 @@ rule bundle:
         f"{RESULTS}/benchmarks/bundle/{{bundle}}.tsv"
     wildcard_constraints:
         bundle=one_of(PLAN.bundles),
+    priority: bundle_priority
     conda:
         "../../envs/tuneatlas.yaml"
     threads: THREADS
-    priority: bundle_priority
     resources:
         gpu=1,
         mem_mb=bundle_resource("mem_mb"),

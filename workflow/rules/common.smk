@@ -474,7 +474,7 @@ def bundle_done(rule_name):
 
 
 def member_inputs(rule_name, name):
-    """What a member's own job reads (rule train, fisher or pretrain): option -> path."""
+    """What a member's own job (of rules train, fisher or pretrain) reads, as option -> path."""
     if rule_name == "pretrain":
         return {"tokens": f"{RESULTS}/tokens/{PLAN.runs[name].spec['tokens']}"}
     if rule_name == "train":
