@@ -246,14 +246,17 @@ def test_effective_rank_of_a_hand_made_spectrum():
     assert int(effective_rank(spec)) == 5
     assert int(effective_rank(spec, mass=0.9)) == 3
     assert int(effective_rank(torch.zeros(8))) == 0
-    # through a Gram with that spectrum in a random basis, one layer per row
-    q, _ = torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64))
-    grams = torch.stack([q @ torch.diag(spec.double()) @ q.T, torch.eye(8, dtype=torch.float64)])
+    # through a Gram in a random basis, one layer per row. Its eigenvalues carry rounding noise,
+    # so this spectrum keeps clear of the 99 % line: top-4 hold 98.9 %, top-5 99.5 %
+    spec = torch.tensor([50.0, 30.0, 15.0, 3.9, 0.6, 0.5, 0.0, 0.0], dtype=torch.float64)
+    basis = torch.randn(8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    q, _ = torch.linalg.qr(basis)
+    grams = torch.stack([q @ torch.diag(spec) @ q.T, torch.eye(8, dtype=torch.float64)])
     s = fisher_spectrum(grams)
     assert s.erank.tolist() == [5, 8]
     assert s.normalised_erank.tolist() == [5 / 8, 1.0]
     assert s.model_rank == 13
-    assert torch.allclose(s.eigenvalues[0], spec.double(), atol=1e-9)
+    assert torch.allclose(s.eigenvalues[0], spec, atol=1e-9)
 
 
 def test_find_layers_bert_llama_and_error():
