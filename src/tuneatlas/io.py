@@ -18,15 +18,15 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 
 from tuneatlas import __version__
+
+if TYPE_CHECKING:  # numpy, pandas and pyarrow load where used: `adopt` and the CLI's errors
+    import numpy as np  # import this module and need none of them (~0.4 s a job)
+    import pandas as pd
 
 META_PREFIX = "tuneatlas."
 _UMASK = os.umask(0)
@@ -173,6 +173,9 @@ def write_parquet(
     df: pd.DataFrame, path: str | os.PathLike, meta: Mapping[str, str] | None = None
 ) -> Path:
     """Write `df` atomically, with `meta` stored under `tuneatlas.*` keys of the schema metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
     merged = dict(table.schema.metadata or {})
     for key, value in (meta or {}).items():
@@ -185,6 +188,8 @@ def write_parquet(
 
 def read_parquet_meta(path: str | os.PathLike) -> dict[str, str]:
     """The `tuneatlas.*` metadata of a Parquet file, without the prefix."""
+    import pyarrow.parquet as pq
+
     raw = pq.read_schema(path).metadata or {}
     return {
         k.decode()[len(META_PREFIX) :]: v.decode()
@@ -209,6 +214,7 @@ def save_tensors(
     tensors: Mapping[str, Any], path: str | os.PathLike, metadata: Mapping[str, str] | None = None
 ) -> Path:
     """Save numpy arrays or torch tensors to a safetensors file, atomically."""
+    import numpy as np
     from safetensors.numpy import save_file
 
     arrays = {

@@ -13,12 +13,12 @@ import pytest
 HEAVY_UNUSED = ("sklearn", "matplotlib", "seaborn", "datasets", "scipy", "lm_eval", "mlflow")
 
 
-def imported(*modules: str) -> list[str]:
-    """The heavy top-level packages a fresh interpreter holds after importing `modules`."""
+def imported(*modules: str, heavy: tuple[str, ...] = HEAVY_UNUSED) -> list[str]:
+    """The `heavy` top-level packages a fresh interpreter holds after importing `modules`."""
     code = (
         f"import json, sys\nfor m in {list(modules)!r}: __import__(m)\n"
         "tops = {m.split('.')[0] for m in sys.modules}\n"
-        f"print(json.dumps(sorted(tops & set({HEAVY_UNUSED!r}))))"
+        f"print(json.dumps(sorted(tops & set({heavy!r}))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
@@ -30,6 +30,13 @@ def test_a_training_job_imports_no_sklearn_or_plotting():
         imported("tuneatlas.cli", "tuneatlas.engine.recipes.finetune", "tuneatlas.analysis.hooks")
         == []
     )
+
+
+def test_an_adopt_job_imports_no_array_or_table_library():
+    # `tuneatlas adopt` (a local job per bundled run: 79 in the demo) moves files and writes a
+    # JSON marker; numpy + pandas + pyarrow would be ~0.35 s of its ~0.45 s
+    modules = ("tuneatlas.cli", "tuneatlas.bundles", "tuneatlas.errors")
+    assert imported(*modules, heavy=("numpy", "pandas", "pyarrow", "torch")) == []
 
 
 @pytest.mark.parametrize("study", ["s1", "s2", "s4"])

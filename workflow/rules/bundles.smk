@@ -22,7 +22,7 @@ rule bundle:
         f"{RESULTS}/benchmarks/bundle/{{bundle}}.tsv"
     wildcard_constraints:
         bundle=one_of(PLAN.bundles),
-    priority: bundle_priority
+    priority: training_priority
     conda:
         "../../envs/tuneatlas.yaml"
     threads: THREADS

@@ -497,11 +497,19 @@ def bundle_inputs(wildcards):
     )
 
 
-def bundle_priority(wildcards):
-    """1 for a bundle holding a run that other runs start from (their later wave waits on it,
-    so it goes first among the jobs ready to run), else 0."""
-    members = set(PLAN.bundles[wildcards.bundle]["members"])
-    return int(any(run.spec.get("init_from") in members for run in PLAN.runs.values()))
+# the runs other runs start from (init_from: S1's sequential fine-tunes)
+STARTS = {run.spec.get("init_from") for run in PLAN.runs.values()} - {None}
+
+
+def training_priority(wildcards):
+    """Of the jobs ready to run, snakemake starts those of higher priority first. Training jobs
+    (this priority's rules) are the long ones: 1, so they start before the short jobs that read
+    them (tables, figures, evaluations: 0), which then fill the cores at the end instead of
+    leaving one long job to run alone. A job training a run that others start from gets 2:
+    their later wave waits on it."""
+    bundle = PLAN.bundles.get(wildcards.get("bundle"))
+    names = bundle["members"] if bundle else list(wildcards)
+    return 2 if STARTS & set(names) else 1
 
 
 def bundle_member(bundle_id, name):

@@ -17,6 +17,7 @@ rule train:
     wildcard_constraints:
         # the fine-tune runs only: a pre-training run's outputs match too (rule pretrain)
         run=one_of(unbundled("train", FINETUNE_RUNS)),
+    priority: training_priority
     conda:
         "../../envs/tuneatlas.yaml"
     threads: THREADS
@@ -96,6 +97,7 @@ rule simcse:
         f"{RESULTS}/benchmarks/simcse/{{model}}.tsv"
     wildcard_constraints:
         model=models_from("simcse"),
+    priority: training_priority
     conda:
         "../../envs/tuneatlas.yaml"
     threads: THREADS

@@ -13,6 +13,7 @@ rule fisher:
         f"{RESULTS}/benchmarks/fisher/{{fisher}}.tsv"
     wildcard_constraints:
         fisher=one_of(unbundled("fisher", PLAN.fishers)),
+    priority: training_priority
     conda:
         "../../envs/tuneatlas.yaml"
     threads: THREADS

@@ -44,6 +44,7 @@ rule pretrain:
         f"{RESULTS}/benchmarks/pretrain/{{run}}.tsv"
     wildcard_constraints:
         run=one_of(unbundled("pretrain", PRETRAIN_RUNS)),
+    priority: training_priority
     conda:
         "../../envs/tuneatlas.yaml"
     threads: THREADS
