@@ -70,22 +70,17 @@ def staged(path: str, bundle: str) -> str:
     return f"{stage_dir(bundle)}/{path[len(RESULTS) + 1 :]}"
 
 
-def plan_bundles(
-    members_by_group: dict[str, list[str]], sizes: dict[str, int]
-) -> dict[str, list[str]]:
-    """Bundle id -> its members: each group's (``<study>-<rule>``) members, sorted, cut into
-    ceil(n / size) contiguous bundles of near-equal size. Groups without a size stay unbundled."""
-    bundles: dict[str, list[str]] = {}
-    for group, names in sorted(members_by_group.items()):
-        size = sizes.get(group, 1)
-        if size <= 1 or not names:
-            continue
-        names = sorted(names)
-        count = math.ceil(len(names) / size)
-        step = len(names) / count
-        for i in range(count):
-            bundles[f"{group}-{i:02d}"] = names[round(i * step) : round((i + 1) * step)]
-    return bundles
+def plan_bundles(group: str, names: list[str], size: int) -> dict[str, list[str]]:
+    """Bundle id (``<group>-NN``) -> its members: the group's members, sorted, cut into
+    ceil(n / size) contiguous bundles of near-equal size; none for a size of 1 (one job each)."""
+    if size <= 1 or not names:
+        return {}
+    names = sorted(names)
+    count = math.ceil(len(names) / size)
+    step = len(names) / count
+    return {
+        f"{group}-{i:02d}": names[round(i * step) : round((i + 1) * step)] for i in range(count)
+    }
 
 
 def _fingerprint(member: Member, bundle: str) -> str:

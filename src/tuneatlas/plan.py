@@ -223,7 +223,7 @@ def _plan_bundles(plan: Plan, sizes: dict[str, dict[str, int]]) -> None:
         groups.setdefault("s2-fisher", ("fisher", []))[1].append(fisher_id)
     for group, (rule, names) in sorted(groups.items()):
         size = sizes.get(group.split("-")[0], {}).get(rule, 1)
-        for bundle_id, cut in plan_bundles({group: names}, {group: size}).items():
+        for bundle_id, cut in plan_bundles(group, names, size).items():
             plan.bundles[bundle_id] = {"rule": rule, "members": cut}
 
 

@@ -18,16 +18,16 @@ from tuneatlas.plan import make_plan
 BUNDLE = "s2-train-00"
 
 
-def test_each_group_is_cut_into_near_equal_contiguous_bundles():
+def test_a_group_is_cut_into_near_equal_contiguous_bundles():
     names = [f"r{i:02d}" for i in range(10)]
-    bundles = plan_bundles({"s2-train": names[::-1], "s1-train": ["a"]}, {"s2-train": 4})
-    # ceil(10 / 4) = 3 bundles of 3-4, in name order; s1 has no size, so no bundle
-    assert bundles == {
+    # ceil(10 / 4) = 3 bundles of 3-4, in name order
+    assert plan_bundles("s2-train", names[::-1], 4) == {
         "s2-train-00": names[0:3],
         "s2-train-01": names[3:7],
         "s2-train-02": names[7:10],
     }
-    assert plan_bundles({"s2-train": names}, {"s2-train": 1}) == {}  # 1: one job per run
+    assert plan_bundles("s2-train", names, 1) == {}  # 1: one job per run
+    assert plan_bundles("s2-train", [], 4) == {}
 
 
 def test_the_plan_bundles_runs_started_from_another_run_in_a_later_wave(repo):
