@@ -38,6 +38,19 @@ def snakemake_env(drop: Iterable[str] = (), **extra: str) -> dict[str, str]:
     return env
 
 
+def start_snakemake(workdir: Path, *args: str) -> subprocess.Popen:
+    """Start snakemake on the repository's Snakefile in `workdir` without waiting for it (a run
+    to interrupt, or one to run beside another); its output, stdout and stderr together, is
+    the process's text `stdout`."""
+    return subprocess.Popen(
+        snakemake_command(workdir, *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=snakemake_env(),
+    )
+
+
 def snakemake(
     workdir: Path,
     *args: str,

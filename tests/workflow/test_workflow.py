@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from tests.support import REPO, snakemake, snakemake_command, snakemake_env
+from tests.support import REPO, snakemake, snakemake_env, start_snakemake
 from tuneatlas.catalogue import ARTIFACTS, REPRO_TABLES
 from tuneatlas.engine.checkpoint import CKPT_DIR, CKPT_FILE
 from tuneatlas.io import read_parquet_meta
@@ -425,18 +424,9 @@ def test_kill_9_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
     target = f"results/runs/{run}/eval.parquet"
 
     clean = tmp_path / "clean"  # the uninterrupted reference, on the other core meanwhile
-    reference = subprocess.Popen(
-        snakemake_command(clean, "--configfile", str(long_cfg), "--cores", "1", target),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=snakemake_env(),
-    )
+    reference = start_snakemake(clean, "--configfile", str(long_cfg), "--cores", "1", target)
     killed = tmp_path / "killed"
-    cmd = snakemake_command(killed, "--configfile", str(long_cfg), "--cores", "1", target)
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=snakemake_env()
-    )
+    proc = start_snakemake(killed, "--configfile", str(long_cfg), "--cores", "1", target)
     ckpt = killed / "results/runs" / run / CKPT_DIR
     # wait for the finished checkpoint itself: the directory also holds the atomic-write temp file
     checkpoint_file = ckpt / CKPT_FILE
@@ -479,11 +469,8 @@ def test_sigterm_saves_a_checkpoint_and_the_retry_resumes_to_identical_outputs(t
     target = f"results/runs/{run}/eval.parquet"
 
     term = tmp_path / "term"
-    cmd = snakemake_command(
+    proc = start_snakemake(
         term, "--configfile", str(long_cfg), "--cores", "1", "--retries", "1", target
-    )
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=snakemake_env()
     )
     log = term / f"results/logs/train/{run}.log"
     deadline, pid = time.monotonic() + 300, None
