@@ -24,8 +24,10 @@ import yaml
 
 from tuneatlas import __version__
 
-if TYPE_CHECKING:  # numpy, pandas and pyarrow load where used: `adopt` and the CLI's errors
-    import numpy as np  # import this module and need none of them (~0.4 s a job)
+# numpy, pandas and pyarrow load in the functions that use them: `adopt` and the CLI's error
+# path import this module and need none of them (~0.4 s a job)
+if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
 META_PREFIX = "tuneatlas."
