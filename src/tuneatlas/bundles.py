@@ -10,8 +10,8 @@ member fails (tests/cluster/README.md, "Job arrays and groups"), so a bundle is 
 - rule `bundle` runs every member's usual `tuneatlas` command in this process, its outputs
   under ``results/bundles/<bundle>/stage/`` (each command writes atomically, as on its own),
   then writes ``results/bundles/<bundle>/done.json``;
-- one local job per member (`adopt_train`, `adopt_fisher`) moves the member's staged outputs to
-  their usual paths, so every rule downstream reads what an unbundled run writes;
+- one local job per member (`adopt_<rule>`) moves the member's staged outputs to their usual
+  paths, so every rule downstream reads what an unbundled run writes;
 - a member that fails is logged and the others still run; the bundle then fails, and its next
   attempt (the profile's `retries`, or the next `snakemake`) reruns only the members without
   complete staged outputs of the same command. A SIGTERM (preemption, time limit) checkpoints

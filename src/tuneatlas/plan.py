@@ -90,7 +90,7 @@ class Plan:
     # REPRO (rules repro_tables / repro_figures): study -> {"tables": [its artifact tables],
     # "not_comparable": why its numbers cannot be set beside the paper's, or None}
     repro: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # bundle id -> {"rule": train | fisher | pretrain, "members": [run or trial ids]} (`bundles`,
+    # bundle id -> {"rule": train | fisher | pretrain | lm_eval, "members": [ids]} (`bundles`,
     # tuneatlas.bundles): the members' jobs run inside rule `bundle`
     bundles: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -209,9 +209,10 @@ def make_plan(config: dict[str, Any]) -> Plan:
 
 def _plan_bundles(plan: Plan, sizes: dict[str, dict[str, int]]) -> None:
     """Cut each study's bundleable jobs into bundles (tuneatlas.bundles): its fine-tunes, Fisher
-    trials and pre-training runs. A fine-tune that starts from another run's weights goes to a
-    later wave of its study's bundles (`<study>-train-w<depth>-NN`, depth = the runs it starts
-    from, one after another): its input is an earlier bundle's output, never a sibling's."""
+    trials, pre-training runs and their evaluations. A fine-tune that starts from another run's
+    weights goes to a later wave of its study's bundles (`<study>-train-w<depth>-NN`, depth =
+    the runs it starts from, one after another): its input is an earlier bundle's output, never
+    a sibling's."""
     groups: dict[str, tuple[str, list[str]]] = {}  # group -> (rule, members)
     for run in plan.runs.values():
         if run.kind in ("finetune", "pretrain"):
@@ -221,6 +222,8 @@ def _plan_bundles(plan: Plan, sizes: dict[str, dict[str, int]]) -> None:
             groups.setdefault(group, (rule, []))[1].append(run.id)
     for fisher_id in plan.fishers:
         groups.setdefault("s2-fisher", ("fisher", []))[1].append(fisher_id)
+    for run_id in plan.lm_evals:
+        groups.setdefault("s4-lm_eval", ("lm_eval", []))[1].append(run_id)
     for group, (rule, names) in sorted(groups.items()):
         size = sizes.get(group.split("-")[0], {}).get(rule, 1)
         for bundle_id, cut in plan_bundles(group, names, size).items():

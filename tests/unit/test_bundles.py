@@ -32,11 +32,15 @@ def test_a_group_is_cut_into_near_equal_contiguous_bundles():
 
 def test_the_plan_bundles_runs_started_from_another_run_in_a_later_wave(repo):
     config = yaml.safe_load((repo / "config.yaml").read_text())
-    config["bundles"] = {"s1": {"train": 5}, "s2": {"train": 9, "fisher": 4}, "s4": {"pretrain": 7}}
+    config["bundles"] = {
+        "s1": {"train": 5},
+        "s2": {"train": 9, "fisher": 4},
+        "s4": {"pretrain": 7, "lm_eval": 5},
+    }
     plan = make_plan(validate_config(config))
     members = {
         rule: sorted(m for b in plan.bundles.values() if b["rule"] == rule for m in b["members"])
-        for rule in ("train", "fisher", "pretrain")
+        for rule in ("train", "fisher", "pretrain", "lm_eval")
     }
     finetunes = [r for r, run in plan.runs.items() if run.kind == "finetune"]
     alone = [r for r in finetunes if r not in members["train"]]
@@ -45,6 +49,8 @@ def test_the_plan_bundles_runs_started_from_another_run_in_a_later_wave(repo):
     pretrains = [r for r, run in plan.runs.items() if run.kind == "pretrain"]
     assert members["pretrain"] == sorted(pretrains)
     assert len([b for b in plan.bundles if b.startswith("s4-pretrain-")]) == 3  # 16 runs, 7 a job
+    assert members["lm_eval"] == sorted(plan.lm_evals) == members["pretrain"]
+    assert len([b for b in plan.bundles if b.startswith("s4-lm_eval-")]) == 4  # 16 runs, 5 a job
     for bundle_id, bundle in plan.bundles.items():
         study = bundle_id.split("-")[0]
         assert all(m.startswith(f"{study}-") for m in bundle["members"]), bundle_id

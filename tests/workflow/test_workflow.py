@@ -178,12 +178,12 @@ def test_report_builds(tiny_run):
 
 def test_a_rerun_with_every_job_bundled_gives_identical_tables(tiny_run, tmp_path):
     """Fixed seeds give identical tables, and running every bundleable job in bundles (S1's
-    two waves, S2's sweep and Fisher trials, S4's pre-training, S5's members) changes none of
-    them: tiny_run runs one job per run."""
+    two waves, S2's sweep and Fisher trials, S4's pre-training and its evaluations, S5's
+    members) changes none of them: tiny_run runs one job per run."""
     bundles = {
         "s1": {"train": 6},
         "s2": {"train": 4, "fisher": 2},
-        "s4": {"pretrain": 3},
+        "s4": {"pretrain": 3, "lm_eval": 3},
         "s5": {"train": 5},
     }
     config = tmp_path / "bundled.yaml"
@@ -192,16 +192,21 @@ def test_a_rerun_with_every_job_bundled_gives_identical_tables(tiny_run, tmp_pat
     # the tables alone: the figures and report views drawn from them are not compared here
     tables = [f"results/tables/{slug}.parquet" for slug in built_tables(tiny_run)]
     out = snakemake(work, "--configfile", str(config), "--cores", "2", *tables).stdout
-    # S1: 9 first-wave runs in 2 bundles, the 2 sequential ones in a third; S2: 2 + 2; S4, S5: 1
+    # S1: 9 first-wave runs in 2 bundles, the 2 sequential ones in a third; S2: 2 + 2; S4: 1
+    # of pre-training, 1 of evaluations; S5: 1
     counts = job_counts(out)
-    assert counts["bundle"] == 9 and not {"pretrain", "fisher"} & set(counts), counts
+    assert counts["bundle"] == 10 and not {"pretrain", "fisher", "lm_eval"} & set(counts), counts
     assert counts["train"] == 2, counts  # S3's two runs only
     assert {p.name for p in (work / "results/bundles").iterdir()} >= {"s1-train-w1-00"}
     # training jobs go before what reads them, and first of all the first-wave bundle that holds
-    # the runs the second wave starts from (tables, figures: no priority, none printed)
-    served = dict(re.findall(r"wildcards: (?:bundle|run)=(\S+)\n\s+priority: (\d)\n", out))
+    # the runs the second wave starts from (tables, figures, evaluations: no priority, none
+    # printed); S5's clustering, which its members' training waits for, goes with training
+    served = dict(re.findall(r"wildcards: \w+=(\S+)\n\s+priority: (\d)\n", out))
     assert {job for job, p in served.items() if p == "2"} == {"s1-train-01"}, served
-    assert len(served) == 9 + 2, served  # every bundle, S3's two train jobs
+    # every training bundle, S3's two train jobs, S2's SimCSE, S5's clustering and its 3
+    # member datasets
+    assert len(served) == 9 + 2 + 1 + 1 + 3, served
+    assert not any(job.startswith("s4-lm_eval-") for job in served), served
     table_job = re.search(r"rule table:\n(?: {4}.*\n)+", out)
     assert table_job and "priority" not in table_job[0], out
     first, second = built_tables(tiny_run), built_tables(work)
@@ -390,6 +395,25 @@ def test_the_harness_job_runs_with_the_network_cut_off(tmp_path):
     scores = pd.read_parquet(tmp_path / target)
     assert {"toy_wikitext", "toy_lambada", "toy_hellaswag"} <= set(scores["task"])
     assert "fetch_harness_data" not in out.stdout  # toy tasks: nothing to fetch
+
+
+def test_a_bundle_of_hub_task_evaluations_reads_the_fetched_cache_offline(tmp_path):
+    """paper.yaml with S4's evaluations bundled (`bundles.s4.lm_eval`): a bundle job waits for
+    fetch_harness_data's cache and runs with the environment of an lm_eval job of its own."""
+    paper = yaml.safe_load((REPO / "paper.yaml").read_text())
+    config = tmp_path / "bundled.yaml"
+    config.write_text(yaml.safe_dump(paper | {"bundles": {"s4": {"lm_eval": 12}}}))
+    target = "results/bundles/s4-lm_eval-00/done.json"
+    out = snakemake(tmp_path, "--configfile", str(config), "-n", "-p", target).stdout
+    counts = job_counts(out)
+    assert counts["bundle"] == counts["fetch_harness_data"] == 1 and "lm_eval" not in counts
+    assert counts["pretrain"] == 12, counts  # the bundle's members' models
+    cache = tmp_path.resolve() / "results/hub/harness"
+    offline = "export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1"
+    env = f"{offline} HF_DATASETS_CACHE={cache}/datasets HF_HUB_CACHE={cache}/hub;"
+    shell = next(line for line in out.splitlines() if " bundle --name s4-lm_eval-00" in line)
+    assert shell.startswith(f"Shell command: {env} python -m tuneatlas"), shell
+    assert shell.count('"argv": ["lm-eval", ') == 12
 
 
 def test_lint_is_clean(tmp_path):

@@ -1,7 +1,7 @@
-# Bundles (config `bundles`, tuneatlas.bundles): many short fine-tunes, Fisher trials or toy
-# pre-training runs of one study as one GPU job, one process; each member's outputs are then
-# moved into place by a local job of its own, so every rule downstream reads the paths an
-# unbundled run writes.
+# Bundles (config `bundles`, tuneatlas.bundles): many short fine-tunes, Fisher trials, toy
+# pre-training runs or their evaluations of one study as one GPU job, one process; each
+# member's outputs are then moved into place by a local job of its own, so every rule
+# downstream reads the paths an unbundled run writes.
 
 
 localrules:
@@ -9,6 +9,7 @@ localrules:
     adopt_train_with_predictions,
     adopt_fisher,
     adopt_pretrain,
+    adopt_lm_eval,
 
 
 rule bundle:
@@ -32,8 +33,9 @@ rule bundle:
         runtime=bundle_resource("runtime"),
     params:
         members=bundle_members_arg,
+        env=bundle_env,
     shell:
-        "python -m tuneatlas --threads {threads} bundle --name {wildcards.bundle}"
+        "{params.env} python -m tuneatlas --threads {threads} bundle --name {wildcards.bundle}"
         " {params.members} --out {output:q} 2> {log:q}"
 
 
@@ -109,5 +111,23 @@ rule adopt_pretrain:
     params:
         bundle=lambda wc: PLAN.bundle_of("pretrain", wc.run),
         member=lambda wc: bundle_member(PLAN.bundle_of("pretrain", wc.run), wc.run),
+    shell:
+        "python -m tuneatlas adopt --bundle {params.bundle} --member {params.member:q}"
+
+
+rule adopt_lm_eval:
+    input:
+        bundle_done("lm_eval"),
+    output:
+        f"{RESULTS}/lm_eval/{{run}}.parquet",
+    log:
+        f"{RESULTS}/logs/lm_eval/{{run}}.log",
+    wildcard_constraints:
+        run=one_of(bundled("lm_eval")),
+    conda:
+        "../../envs/tuneatlas.yaml"
+    params:
+        bundle=lambda wc: PLAN.bundle_of("lm_eval", wc.run),
+        member=lambda wc: bundle_member(PLAN.bundle_of("lm_eval", wc.run), wc.run),
     shell:
         "python -m tuneatlas adopt --bundle {params.bundle} --member {params.member:q}"

@@ -358,19 +358,24 @@ HARNESS_TASKS = sorted(
 HARNESS_CACHE = f"{RESULTS}/hub/harness"
 
 
+def harness_caches(names):
+    """The harness's dataset cache, for lm_eval jobs (`names`) with hub tasks; none for toy tasks."""
+    tasks = {t for name in names for t in PLAN.lm_evals[name]["tasks"]}
+    return [HARNESS_CACHE] if tasks - set(TOY_TASKS) else []
+
+
 def harness_cache_of(wildcards):
-    """The harness's dataset cache, for an lm_eval job with hub tasks; nothing for toy tasks."""
-    if any(t not in TOY_TASKS for t in PLAN.lm_evals[wildcards.run]["tasks"]):
-        return HARNESS_CACHE
-    return []
+    return harness_caches([wildcards.run])
 
 
-def harness_env(wildcards, input):
-    """Every lm_eval job runs offline; one with hub tasks reads the fetched cache."""
+def harness_env(names):
+    """The shell's `export ...;` for lm_eval jobs `names` (one job, or a bundle's members): every
+    one runs offline, one with hub tasks reads the fetched cache. Exported before Python starts:
+    `datasets` reads these variables when it is first imported."""
     env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    if input.get("harness"):
-        env.update(harness_cache_env(input.harness))
-    return " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    for cache in harness_caches(names):
+        env.update(harness_cache_env(cache))
+    return "export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + ";"
 
 
 def tokens_inputs(wildcards):
@@ -449,7 +454,8 @@ def estimated(rule, field, default, wildcards, attempt):
 
 
 # Bundles (config `bundles`, tuneatlas.bundles, the `bundle` rule). The jobs of rules train,
-# fisher and pretrain that run inside a bundle job; their own rules leave them to adopt_<rule>.
+# fisher, pretrain and lm_eval that run inside a bundle job; their own rules leave them to
+# adopt_<rule>.
 TRAIN_OUTPUTS = ("model", "captures", "eval.parquet", "metrics.parquet", "spec.yaml")
 PRETRAIN_OUTPUTS = ("model", "eval.parquet", "metrics.parquet", "spec.yaml")
 
@@ -474,9 +480,15 @@ def bundle_done(rule_name):
 
 
 def member_inputs(rule_name, name):
-    """What a member's own job (of rules train, fisher or pretrain) reads, as option -> path."""
+    """What a member's own job (of rules train, fisher, pretrain or lm_eval) reads, as its
+    command's option -> path (an lm_eval job's harness cache: by its environment)."""
     if rule_name == "pretrain":
         return {"tokens": f"{RESULTS}/tokens/{PLAN.runs[name].spec['tokens']}"}
+    if rule_name == "lm_eval":
+        return {
+            "model": f"{RESULTS}/runs/{name}/model",
+            "data": f"{RESULTS}/data/{PLAN.lm_evals[name]['corpus']}",
+        }
     if rule_name == "train":
         return finetune_inputs(PLAN.runs[name].spec)
     spec = PLAN.fishers[name]
@@ -488,13 +500,17 @@ def member_inputs(rule_name, name):
 
 def bundle_inputs(wildcards):
     bundle = PLAN.bundles[wildcards.bundle]
-    return sorted(
-        {
-            p
-            for m in bundle["members"]
-            for p in member_inputs(bundle["rule"], m).values()
-        }
-    )
+    members = bundle["members"]
+    paths = {p for m in members for p in member_inputs(bundle["rule"], m).values()}
+    if bundle["rule"] == "lm_eval":
+        paths.update(harness_caches(members))
+    return sorted(paths)
+
+
+def bundle_env(wildcards):
+    """The shell's environment for a bundle job: that of its lm_eval members' own jobs."""
+    bundle = PLAN.bundles[wildcards.bundle]
+    return harness_env(bundle["members"]) if bundle["rule"] == "lm_eval" else ""
 
 
 # the runs other runs start from (init_from: S1's sequential fine-tunes)
@@ -504,10 +520,14 @@ STARTS = {run.spec.get("init_from") for run in PLAN.runs.values()} - {None}
 def training_priority(wildcards):
     """Of the jobs ready to run, snakemake starts those of higher priority first. Training jobs
     (this priority's rules) are the long ones: 1, so they start before the short jobs that read
-    them (tables, figures, evaluations: 0), which then fill the cores at the end instead of
-    leaving one long job to run alone. A job training a run that others start from gets 2:
-    their later wave waits on it."""
+    them (tables, figures, evaluations, a bundle of lm_eval jobs: 0), which then fill the cores
+    at the end instead of leaving one long job to run alone. So do the jobs that make training
+    inputs out of other jobs' outputs (S5's clusters and member datasets): at 0 they waited
+    until the end, and S5's training then ran last, alone. A job training a run that others
+    start from gets 2: their later wave waits on it."""
     bundle = PLAN.bundles.get(wildcards.get("bundle"))
+    if bundle and bundle["rule"] == "lm_eval":
+        return 0
     names = bundle["members"] if bundle else list(wildcards)
     return 2 if STARTS & set(names) else 1
 
@@ -521,12 +541,16 @@ def bundle_member(bundle_id, name):
     if rule_name == "fisher":
         spec, out = PLAN.fishers[name], f"{RESULTS}/fisher/{name}.parquet"
         outputs = [out]
+    elif rule_name == "lm_eval":
+        spec, out = PLAN.lm_evals[name], f"{RESULTS}/lm_eval/{name}.parquet"
+        outputs = [out]
     else:
         spec, out = PLAN.runs[name].spec, f"{RESULTS}/runs/{name}"
         names = TRAIN_OUTPUTS if rule_name == "train" else PRETRAIN_OUTPUTS
         outputs = [f"{out}/{o}" for o in names]
-    argv = [rule_name, "--spec", as_json(spec), "--out", staged(out, bundle_id)]
-    if name in PREDICTED_RUNS:  # as rule train_with_predictions
+    command = rule_name.replace("_", "-")  # rule lm_eval runs `tuneatlas lm-eval`
+    argv = [command, "--spec", as_json(spec), "--out", staged(out, bundle_id)]
+    if name in PREDICTED_RUNS:  # as rule train_with_predictions (no lm_eval member is one)
         outputs.append(f"{out}/predictions.parquet")
         argv += ["--predictions", staged(outputs[-1], bundle_id)]
     argv += [
@@ -546,11 +570,12 @@ def bundle_members_arg(wildcards):
     )
 
 
-# the resources rules train, fisher and pretrain ask for a job without an estimate
+# the resources rules train, fisher, pretrain and lm_eval ask for a job without an estimate
 UNESTIMATED = {
     "train": {"runtime": 240, "mem_mb": 16000},
     "fisher": {"runtime": 30, "mem_mb": 16000},
     "pretrain": {"runtime": 1440, "mem_mb": 32000},
+    "lm_eval": {"runtime": 240, "mem_mb": 16000},
 }
 
 

@@ -20,6 +20,7 @@ rule cluster:
         f"{RESULTS}/benchmarks/cluster/{{clustering}}.tsv"
     wildcard_constraints:
         clustering=one_of(PLAN.clusterings),
+    priority: training_priority
     conda:
         "../../envs/tuneatlas.yaml"
     threads: THREADS
@@ -47,6 +48,7 @@ rule cluster_data:
         f"{RESULTS}/logs/cluster_data/{{dataset}}.log",
     wildcard_constraints:
         dataset=datasets_from("clusters"),
+    priority: training_priority
     conda:
         "../../envs/tuneatlas.yaml"
     threads: 1

@@ -98,7 +98,7 @@ rule lm_eval:
     benchmark:
         f"{RESULTS}/benchmarks/lm_eval/{{run}}.tsv"
     wildcard_constraints:
-        run=one_of(PLAN.lm_evals),
+        run=one_of(unbundled("lm_eval", PLAN.lm_evals)),
     conda:
         "../../envs/tuneatlas.yaml"
     threads: THREADS
@@ -108,7 +108,7 @@ rule lm_eval:
         runtime=lambda wc, attempt: estimated("lm_eval", "runtime", 240, wc, attempt),
     params:
         spec=lambda wc: as_json(PLAN.lm_evals[wc.run]),
-        env=harness_env,
+        env=lambda wc: harness_env([wc.run]),
     shell:
-        "export {params.env}; python -m tuneatlas --threads {threads} lm-eval --spec {params.spec:q}"
+        "{params.env} python -m tuneatlas --threads {threads} lm-eval --spec {params.spec:q}"
         " --model {input.model:q} --data {input.data:q} --out {output:q} 2> {log:q}"
