@@ -550,7 +550,7 @@ def bundle_member(bundle_id, name):
         outputs = [f"{out}/{o}" for o in names]
     command = rule_name.replace("_", "-")  # rule lm_eval runs `tuneatlas lm-eval`
     argv = [command, "--spec", as_json(spec), "--out", staged(out, bundle_id)]
-    if name in PREDICTED_RUNS:  # as rule train_with_predictions (no lm_eval member is one)
+    if name in PREDICTED_RUNS:  # as rule train_with_predictions
         outputs.append(f"{out}/predictions.parquet")
         argv += ["--predictions", staged(outputs[-1], bundle_id)]
     argv += [
