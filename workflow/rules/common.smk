@@ -519,15 +519,13 @@ STARTS = {run.spec.get("init_from") for run in PLAN.runs.values()} - {None}
 
 def training_priority(wildcards):
     """Of the jobs ready to run, snakemake starts those of higher priority first. Training jobs
-    (this priority's rules) are the long ones: 1, so they start before the short jobs that read
-    them (tables, figures, evaluations, a bundle of lm_eval jobs: 0), which then fill the cores
-    at the end instead of leaving one long job to run alone. So do the jobs that make training
-    inputs out of other jobs' outputs (S5's clusters and member datasets): at 0 they waited
-    until the end, and S5's training then ran last, alone. A job training a run that others
-    start from gets 2: their later wave waits on it."""
+    and bundles (this priority's rules) are the long ones: 1, so they start before the short
+    jobs that read them (tables, figures, an evaluation of its own: 0), which then fill the
+    cores at the end instead of leaving one long job to run alone. So do the jobs that make
+    training inputs out of other jobs' outputs (S5's clusters and member datasets): at 0 they
+    waited until the end, and S5's training then ran last, alone. A job training a run that
+    others start from gets 2: their later wave waits on it."""
     bundle = PLAN.bundles.get(wildcards.get("bundle"))
-    if bundle and bundle["rule"] == "lm_eval":
-        return 0
     names = bundle["members"] if bundle else list(wildcards)
     return 2 if STARTS & set(names) else 1
 
