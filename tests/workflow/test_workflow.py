@@ -369,6 +369,7 @@ def test_only_the_hub_fetches_the_tracking_store_and_adopts_are_local_rules(tmp_
             "adopt_train_with_predictions",
             "adopt_fisher",
             "adopt_pretrain",
+            "adopt_lm_eval",
         }
 
 
