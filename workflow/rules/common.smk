@@ -536,11 +536,9 @@ def bundle_member(bundle_id, name):
     from tuneatlas.bundles import Member, staged
 
     rule_name = PLAN.bundles[bundle_id]["rule"]
-    if rule_name == "fisher":
-        spec, out = PLAN.fishers[name], f"{RESULTS}/fisher/{name}.parquet"
-        outputs = [out]
-    elif rule_name == "lm_eval":
-        spec, out = PLAN.lm_evals[name], f"{RESULTS}/lm_eval/{name}.parquet"
+    one_table = {"fisher": PLAN.fishers, "lm_eval": PLAN.lm_evals}  # results/<rule>/<name>.parquet
+    if rule_name in one_table:
+        spec, out = one_table[rule_name][name], f"{RESULTS}/{rule_name}/{name}.parquet"
         outputs = [out]
     else:
         spec, out = PLAN.runs[name].spec, f"{RESULTS}/runs/{name}"

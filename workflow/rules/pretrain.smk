@@ -88,8 +88,7 @@ rule fetch_harness_data:
 
 rule lm_eval:
     input:
-        model=f"{RESULTS}/runs/{{run}}/model",
-        data=lambda wc: f"{RESULTS}/data/{PLAN.lm_evals[wc.run]['corpus']}",
+        unpack(lambda wc: member_inputs("lm_eval", wc.run)),
         harness=harness_cache_of,
     output:
         f"{RESULTS}/lm_eval/{{run}}.parquet",
