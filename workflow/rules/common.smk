@@ -536,7 +536,8 @@ def bundle_member(bundle_id, name):
     from tuneatlas.bundles import Member, staged
 
     rule_name = PLAN.bundles[bundle_id]["rule"]
-    one_table = {"fisher": PLAN.fishers, "lm_eval": PLAN.lm_evals}  # results/<rule>/<name>.parquet
+    # the rules whose job writes one table: results/<rule>/<name>.parquet
+    one_table = {"fisher": PLAN.fishers, "lm_eval": PLAN.lm_evals}
     if rule_name in one_table:
         spec, out = one_table[rule_name][name], f"{RESULTS}/{rule_name}/{name}.parquet"
         outputs = [out]
